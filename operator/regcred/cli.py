@@ -1,0 +1,108 @@
+"""`regcred run`: start the operator; every flag has a `REGCRED_*` environment variable."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from regcred import __version__
+from regcred.settings import Settings, operator_namespace
+
+_OPTIONS = [
+    # flag, environment variable, default, help
+    ("--namespace", "REGCRED_NAMESPACE", None,
+     "the operator's own namespace: the default source namespace (default: the pod's namespace, "
+     "else regcred-system)"),
+    ("--source-namespaces", "REGCRED_SOURCE_NAMESPACES", None,
+     "comma-separated namespaces source Secrets may live in (default: the operator's namespace)"),
+    ("--resync-seconds", "REGCRED_RESYNC_SECONDS", "300", "periodic full resync of every CR"),
+    ("--workers", "REGCRED_WORKERS", "16", "parallel API writes during a fan-out"),
+    ("--metrics-port", "REGCRED_METRICS_PORT", "9090", "Prometheus /metrics port (0 = off)"),
+    ("--health-port", "REGCRED_HEALTH_PORT", "8080", "liveness endpoint port, /healthz (0 = off)"),
+    ("--log-format", "REGCRED_LOG_FORMAT", "json", "json or console"),
+    ("--log-level", "REGCRED_LOG_LEVEL", "info", "debug, info, warning or error"),
+    ("--kubeconfig", "REGCRED_KUBECONFIG", None,
+     "kubeconfig file (default: $KUBECONFIG, else in-cluster config)"),
+    ("--peering", "REGCRED_PEERING", None,
+     "kopf peering name for running several replicas with one active (default: standalone)"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="regcred",
+        description="Keep registry pull secrets in every matching namespace and ServiceAccount.",
+    )
+    parser.add_argument("--version", action="version", version=f"regcred {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "run", help="start the operator",
+        description="Start the operator. Every flag can also be set by the environment "
+                    "variable named in its help; the flag wins.",
+    )
+    for flag, env, default, text in _OPTIONS:
+        run.add_argument(flag, default=os.environ.get(env, default), help=f"{text} [{env}]")
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Validate the options into `Settings`; exits with a clear message on bad values."""
+    namespace = args.namespace or operator_namespace()
+    sources = args.source_namespaces or namespace
+    try:
+        resync, workers = float(args.resync_seconds), int(args.workers)
+        metrics_port, health_port = int(args.metrics_port), int(args.health_port)
+    except ValueError as error:
+        raise SystemExit(f"regcred: invalid number: {error}") from None
+    if resync <= 0 or workers <= 0:
+        raise SystemExit("regcred: --resync-seconds and --workers must be positive")
+    if args.log_format not in ("json", "console"):
+        raise SystemExit("regcred: --log-format must be json or console")
+    return Settings(
+        operator_namespace=namespace,
+        source_namespaces=frozenset(s.strip() for s in sources.split(",") if s.strip()),
+        resync_seconds=resync,
+        workers=workers,
+        metrics_port=metrics_port,
+        health_port=health_port,
+        log_format=args.log_format,
+        log_level=args.log_level,
+        kubeconfig=args.kubeconfig or os.environ.get("KUBECONFIG") or None,
+        peering=args.peering or None,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = settings_from(args)
+    run(settings)
+    return 0
+
+
+def run(settings: Settings) -> None:
+    # The resync interval is read when the handlers are registered, on import.
+    os.environ["REGCRED_RESYNC_SECONDS"] = str(settings.resync_seconds)
+    import kopf
+
+    from regcred import handlers  # noqa: F401  (registers the handlers)
+    from regcred.logs import configure
+    from regcred.metrics import Metrics
+
+    configure(settings.log_format, settings.log_level)
+    metrics = Metrics()
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port)
+    liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
+    kopf.run(
+        clusterwide=True,
+        standalone=settings.peering is None,
+        peering_name=settings.peering,
+        liveness_endpoint=liveness,
+        memo=kopf.Memo(settings=settings, metrics=metrics),
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""The status block of a RegistryCredential, computed from reconcile results.
+
+The status is a pure function of its inputs and keeps every timestamp it had unless
+something really changed, so an idle resync produces an identical status: no write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from regcred.core.errors import InvalidInput
+
+MAX_FAILED_NAMESPACES = 20
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why one namespace is not synced; `reason` is a CamelCase word, `message` says what to do."""
+
+    namespace: str
+    reason: str
+    message: str
+
+
+def build_status(
+    *,
+    generation: int,
+    previous: Mapping[str, Any],
+    now: str,
+    problem: InvalidInput | None = None,
+    suspended: bool = False,
+    matched: int = 0,
+    failures: tuple[Failure, ...] = (),
+    source_resource_version: str | None = None,
+    wrote: bool = False,
+    rotated: bool = False,
+) -> dict[str, Any]:
+    """The whole status; `previous` is the current status so timestamps survive idle passes."""
+    synced = matched - len(failures)
+    if problem is not None:
+        ready, reason, message = "False", problem.reason, problem.message
+    elif suspended:
+        ready, reason = "False", "Suspended"
+        message = "spec.suspend is true: existing copies are kept, nothing is written"
+    elif failures:
+        reasons = {failure.reason for failure in failures}
+        reason = reasons.pop() if len(reasons) == 1 else "SyncFailed"
+        ready = "False"
+        message = (
+            f"{synced}/{matched} namespaces synced; {len(failures)} failed "
+            "(see status.failedNamespaces)"
+        )
+    else:
+        ready, reason, message = "True", "Synced", f"{synced}/{matched} namespaces"
+
+    condition = {
+        "type": "Ready",
+        "status": ready,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": now,
+    }
+    old = next((c for c in previous.get("conditions") or [] if c.get("type") == "Ready"), None)
+    if old and old.get("status") == ready and old.get("lastTransitionTime"):
+        condition["lastTransitionTime"] = old["lastTransitionTime"]
+
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "conditions": [condition],
+        "matchedNamespaces": matched,
+        "syncedNamespaces": synced,
+        "failedNamespaces": [
+            {"namespace": f.namespace, "reason": f.reason, "message": f.message}
+            for f in sorted(failures, key=lambda f: f.namespace)[:MAX_FAILED_NAMESPACES]
+        ],
+        "sourceResourceVersion": source_resource_version
+        or previous.get("sourceResourceVersion")
+        or "",
+        "lastSyncTime": now if wrote or not previous.get("lastSyncTime") else previous["lastSyncTime"],
+    }
+    last_rotation = now if rotated else previous.get("lastRotationTime")
+    if last_rotation:
+        status["lastRotationTime"] = last_rotation
+    return status
+
+
+def status_differs(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
+    """Whether writing `new` would change anything visible (kopf's bookkeeping aside)."""
+    return any(new.get(key) != old.get(key) for key in new) or any(
+        key not in new for key in old if key != "kopf"
+    )

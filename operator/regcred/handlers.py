@@ -1,0 +1,173 @@
+"""kopf handlers: translate watch events into reconciler calls, and nothing more.
+
+Namespaces, ServiceAccounts and Secrets are only watched with `@kopf.on.event` and
+indexed, so kopf never writes annotations or finalizers on them; the finalizer, the
+progress annotations and the resync timer live on RegistryCredentials only.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+
+from regcred.core.matching import NamespaceInfo
+from regcred.core.plan import (
+    ObservedCopy,
+    ObservedServiceAccount,
+    observe_copy,
+    observe_service_account,
+)
+from regcred.core.spec import GROUP, MANAGED_BY_LABEL, MANAGED_BY_VALUE, PLURAL, VERSION
+from regcred.kube import Kube
+from regcred.metrics import Metrics
+from regcred.reconciler import CleanupIncomplete, Reconciler, snapshot
+from regcred.settings import Settings
+
+CRD = (GROUP, VERSION, PLURAL)
+MANAGED = {MANAGED_BY_LABEL: MANAGED_BY_VALUE}
+RESYNC_SECONDS = float(os.environ.get("REGCRED_RESYNC_SECONDS", "300"))
+
+
+# --- caches (kopf indexes) -----------------------------------------------------------------
+
+@kopf.index("namespaces")
+def namespace_index(name: str, labels: Mapping[str, str], meta: Mapping[str, Any],
+                    **_: Any) -> dict[str, NamespaceInfo]:
+    return {name: NamespaceInfo(name, dict(labels), bool(meta.get("deletionTimestamp")))}
+
+
+@kopf.index("secrets", labels=MANAGED)
+def copy_index(body: Mapping[str, Any], namespace: str, **_: Any) -> dict[str, ObservedCopy]:
+    return {namespace: observe_copy(body)}
+
+
+@kopf.index("serviceaccounts")
+def service_account_index(body: Mapping[str, Any], namespace: str,
+                          **_: Any) -> dict[str, ObservedServiceAccount]:
+    return {namespace: observe_service_account(body)}
+
+
+@kopf.index(*CRD)
+def credential_index(body: Mapping[str, Any], name: str, **_: Any) -> dict[str, dict[str, Any]]:
+    return {name: {key: body.get(key) for key in ("metadata", "spec", "status")}}
+
+
+class IndexedWorld:
+    """The `World` the reconciler reads, backed by the kopf indexes above."""
+
+    def __init__(self, namespaces: kopf.Index, copies: kopf.Index, accounts: kopf.Index,
+                 credentials: kopf.Index) -> None:
+        self._namespaces, self._copies = namespaces, copies
+        self._accounts, self._credentials = accounts, credentials
+
+    def namespace_names(self) -> list[str]:
+        return snapshot(self._namespaces)
+
+    def namespace(self, name: str) -> NamespaceInfo | None:
+        return next(iter(snapshot(self._namespaces.get(name, ()))), None)
+
+    def copies(self, namespace: str) -> list[ObservedCopy]:
+        return snapshot(self._copies.get(namespace, ()))
+
+    def service_accounts(self, namespace: str) -> list[ObservedServiceAccount]:
+        return snapshot(self._accounts.get(namespace, ()))
+
+    def credential_bodies(self) -> list[Mapping[str, Any]]:
+        return [body for name in snapshot(self._credentials)
+                for body in snapshot(self._credentials.get(name, ()))]
+
+    def credential_body(self, name: str) -> Mapping[str, Any] | None:
+        return next(iter(snapshot(self._credentials.get(name, ()))), None)
+
+
+# --- start-up ----------------------------------------------------------------------------
+
+@kopf.on.startup()
+def start(settings: kopf.OperatorSettings, memo: kopf.Memo, namespace_index: kopf.Index,
+          copy_index: kopf.Index, service_account_index: kopf.Index,
+          credential_index: kopf.Index, **_: Any) -> None:
+    options: Settings = memo.settings
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration")
+    settings.posting.enabled = False  # we post our own events, only on news
+    settings.watching.label_selectors["v1", "secrets"] = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
+    settings.execution.max_workers = max(8, options.workers)
+    if options.peering:
+        settings.peering.name = options.peering
+        settings.peering.clusterwide = True
+
+    if options.kubeconfig:
+        api_client = config.new_client_from_config(config_file=options.kubeconfig)
+    else:
+        config.load_incluster_config()
+        api_client = client.ApiClient()
+    metrics: Metrics = memo.metrics
+    kube = Kube(api_client, on_error=metrics.api_error)
+    world = IndexedWorld(namespace_index, copy_index, service_account_index, credential_index)
+    memo.reconciler = Reconciler(kube, world, options, metrics)
+    memo.stop = threading.Event()
+    for namespace in sorted(options.source_namespaces):
+        threading.Thread(
+            target=kube.watch_secrets,
+            args=(namespace, lambda ns, name: _source_changed(memo.reconciler, ns, name), memo.stop),
+            name=f"source-watch-{namespace}", daemon=True,
+        ).start()
+
+
+@kopf.on.cleanup()
+def stop(memo: kopf.Memo, **_: Any) -> None:
+    memo.stop.set()
+    memo.reconciler.shutdown()
+
+
+def _source_changed(reconciler: Reconciler, namespace: str, name: str) -> None:
+    for credential in reconciler.credentials_using_source(namespace, name):
+        reconciler.sync_credential(credential)
+
+
+# --- the custom resource -------------------------------------------------------------------
+
+@kopf.on.resume(*CRD)
+@kopf.on.create(*CRD)
+@kopf.on.update(*CRD, field="spec")
+def credential_changed(name: str, memo: kopf.Memo, **_: Any) -> None:
+    memo.reconciler.sync_credential(name)
+
+
+@kopf.timer(*CRD, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+def resync(name: str, memo: kopf.Memo, **_: Any) -> None:
+    memo.reconciler.sync_credential(name, resync=True)
+
+
+@kopf.on.delete(*CRD)
+def credential_deleted(name: str, memo: kopf.Memo, **_: Any) -> None:
+    try:
+        memo.reconciler.forget_credential(name)
+    except CleanupIncomplete as error:
+        raise kopf.TemporaryError(str(error), delay=2) from None
+
+
+# --- what the copies depend on ------------------------------------------------------------
+
+@kopf.on.event("namespaces")
+def namespace_event(name: str, memo: kopf.Memo, **_: Any) -> None:
+    memo.reconciler.namespace_changed(name)
+
+
+@kopf.on.event("serviceaccounts")
+def service_account_event(namespace: str, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    if type is not None:  # the initial listing is covered by the namespace's own first event
+        memo.reconciler.namespace_changed(namespace)
+
+
+@kopf.on.event("secrets", labels=MANAGED)
+def copy_event(namespace: str, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    if type is not None:
+        memo.reconciler.namespace_changed(namespace)

@@ -1,0 +1,288 @@
+"""The Kubernetes layer: the only code in regcred that talks to the API server.
+
+It speaks raw JSON (no model classes): bodies go out as dicts, responses come back
+as dicts, errors become `KubeError` carrying the status code and the API's reason word,
+never a response body (a Secret's body is secret material).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
+
+from regcred.core.patches import pull_secret_patch
+from regcred.core.plan import (
+    AddPullSecret,
+    CreateCopy,
+    DeleteCopy,
+    RemovePullSecret,
+    ReplaceCopy,
+    observe_service_account,
+)
+from regcred.core.source import SourceSecret
+from regcred.core.spec import CREDENTIAL_LABEL, GROUP, KIND, PLURAL, VERSION
+
+log = structlog.get_logger("regcred.kube")
+
+SERVICE_ACCOUNT_ATTEMPTS = 5
+EVENT_NAMESPACE = "default"  # events about cluster-scoped objects live in "default", as for Nodes
+
+
+class KubeError(Exception):
+    """A failed API call: `status` is the HTTP code, `reason` the API's reason word."""
+
+    def __init__(self, verb: str, what: str, status: int, reason: str) -> None:
+        super().__init__(f"{verb} {what}: {status} {reason}")
+        self.status = status
+        self.reason = reason
+
+
+class NotOurs(Exception):
+    """A Secret with the target name exists and regcred does not own it."""
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What applying one action did: whether it wrote, and whether it rotated content."""
+
+    wrote: bool
+    rotated: bool = False
+
+
+def owned_by(body: Mapping[str, Any], credential: str, uid: str) -> bool:
+    """A Secret is ours if it names the credential in our label or points to it as owner."""
+    meta = body.get("metadata") or {}
+    if (meta.get("labels") or {}).get(CREDENTIAL_LABEL) == credential:
+        return True
+    return any(ref.get("uid") == uid for ref in meta.get("ownerReferences") or [])
+
+
+class Kube:
+    """Reads and writes the objects regcred manages, with the retries each one needs."""
+
+    def __init__(self, api_client: client.ApiClient, *, on_error: Callable[[int], None] | None = None):
+        self._core = client.CoreV1Api(api_client)
+        self._custom = client.CustomObjectsApi(api_client)
+        self._on_error = on_error or (lambda status: None)
+
+    # --- reads -------------------------------------------------------------------------
+
+    def read_source(self, namespace: str, name: str) -> SourceSecret | None:
+        body = self._call("get", f"secret {namespace}/{name}", self._core.read_namespaced_secret,
+                          name, namespace, missing_ok=True)
+        if body is None:
+            return None
+        meta = body.get("metadata") or {}
+        return SourceSecret(
+            namespace=namespace,
+            name=name,
+            type=body.get("type") or "Opaque",
+            resource_version=meta.get("resourceVersion", ""),
+            data=body.get("data") or {},
+        )
+
+    def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._call("get", f"secret {namespace}/{name}", self._core.read_namespaced_secret,
+                          name, namespace, missing_ok=True)
+
+    # --- actions -----------------------------------------------------------------------
+
+    def apply(self, action: Any) -> Applied:
+        """Carry out one planned action; raises `NotOurs` or `KubeError` when it cannot."""
+        match action:
+            case CreateCopy():
+                return self._create_copy(action)
+            case ReplaceCopy():
+                return self._replace_copy(action.manifest, action.resource_version, action.rotation)
+            case DeleteCopy():
+                return self._delete_copy(action)
+            case AddPullSecret():
+                return self._edit_pull_secrets(action.namespace, action.service_account,
+                                               action.secret_name, present=True)
+            case RemovePullSecret():
+                return self._edit_pull_secrets(action.namespace, action.service_account,
+                                               action.secret_name, present=False)
+        raise TypeError(f"unknown action {type(action).__name__}")
+
+    def _create_copy(self, action: CreateCopy) -> Applied:
+        meta = action.manifest["metadata"]
+        what = f"secret {meta['namespace']}/{meta['name']}"
+        try:
+            self._call("create", what, self._core.create_namespaced_secret,
+                       meta["namespace"], action.manifest)
+            return Applied(wrote=True)
+        except KubeError as error:
+            if error.status != 409:
+                raise
+        # It exists although our watch did not show it: adopt it only if it is ours.
+        existing = self.read_secret(meta["namespace"], meta["name"])
+        if existing is None:
+            return self._create_copy(action)
+        owner = meta["ownerReferences"][0]
+        if not owned_by(existing, action.credential, owner["uid"]):
+            raise NotOurs(f"secret {meta['name']} exists and is not managed by regcred")
+        return self._replace_copy(action.manifest, existing["metadata"]["resourceVersion"], False)
+
+    def _replace_copy(self, manifest: Mapping[str, Any], resource_version: str,
+                      rotation: bool) -> Applied:
+        meta = manifest["metadata"]
+        what = f"secret {meta['namespace']}/{meta['name']}"
+        body = {**manifest, "metadata": {**meta, "resourceVersion": resource_version}}
+        try:
+            self._call("replace", what, self._core.replace_namespaced_secret,
+                       meta["name"], meta["namespace"], body)
+            return Applied(wrote=True, rotated=rotation)
+        except KubeError as error:
+            if error.status not in (404, 409):
+                raise
+        # Someone wrote (or deleted) it since we looked: re-read and go again from there.
+        existing = self.read_secret(meta["namespace"], meta["name"])
+        owner = meta["ownerReferences"][0]
+        if existing is None:
+            return self._create_copy(CreateCopy(meta["namespace"], owner["name"], manifest))
+        if not owned_by(existing, owner["name"], owner["uid"]):
+            raise NotOurs(f"secret {meta['name']} exists and is not managed by regcred")
+        body["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
+        self._call("replace", what, self._core.replace_namespaced_secret,
+                   meta["name"], meta["namespace"], body)
+        return Applied(wrote=True, rotated=rotation)
+
+    def _delete_copy(self, action: DeleteCopy) -> Applied:
+        # Preconditions make the API refuse if the object was replaced or changed meanwhile.
+        options = {"preconditions": {"uid": action.uid, "resourceVersion": action.resource_version}}
+        try:
+            self._call("delete", f"secret {action.namespace}/{action.secret_name}",
+                       self._core.delete_namespaced_secret, action.secret_name, action.namespace,
+                       body=options, missing_ok=True)
+        except KubeError as error:
+            if error.status != 409:
+                raise
+            return Applied(wrote=False)  # changed meanwhile; its watch event re-plans it
+        return Applied(wrote=True)
+
+    def _edit_pull_secrets(self, namespace: str, name: str, secret_name: str, *,
+                           present: bool) -> Applied:
+        """Add or remove our one entry by guarded JSON Patch; re-read and retry on conflicts."""
+        what = f"serviceaccount {namespace}/{name}"
+        for attempt in range(SERVICE_ACCOUNT_ATTEMPTS):
+            body = self._call("get", what, self._core.read_namespaced_service_account,
+                              name, namespace, missing_ok=True)
+            if body is None:
+                return Applied(wrote=False)
+            ops = pull_secret_patch(observe_service_account(body), secret_name, present=present)
+            if ops is None:
+                return Applied(wrote=False)
+            try:
+                self._call("patch", what, self._core.patch_namespaced_service_account,
+                           name, namespace, ops, missing_ok=True)
+                return Applied(wrote=True)
+            except KubeError as error:
+                if error.status not in (409, 422) or attempt == SERVICE_ACCOUNT_ATTEMPTS - 1:
+                    raise
+                log.debug("serviceaccount changed meanwhile, retrying", namespace=namespace,
+                          service_account=name, attempt=attempt + 1)
+        return Applied(wrote=False)
+
+    # --- the custom resource -----------------------------------------------------------
+
+    def patch_status(self, name: str, status: Mapping[str, Any]) -> None:
+        self._call("patch", f"registrycredential {name} status",
+                   self._custom.patch_cluster_custom_object_status,
+                   GROUP, VERSION, PLURAL, name, {"status": status}, missing_ok=True)
+
+    def post_event(self, credential: str, uid: str, kind: str, reason: str, message: str) -> None:
+        """A core/v1 Event on the CR, shown by `kubectl describe registrycredential`."""
+        now = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+        body = {
+            "metadata": {"generateName": f"{credential}.", "namespace": EVENT_NAMESPACE},
+            "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
+                               "name": credential, "uid": uid},
+            "type": kind, "reason": reason, "message": message[:1024],
+            "source": {"component": "regcred"}, "reportingComponent": "regcred",
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        try:
+            self._call("create", "event", self._core.create_namespaced_event, EVENT_NAMESPACE, body)
+        except KubeError as error:  # events are best effort, never a reason to fail a sync
+            log.warning("could not post event", credential=credential, error=str(error))
+
+    # --- watching source secrets -------------------------------------------------------
+
+    def watch_secrets(self, namespace: str, on_change: Callable[[str, str], None],
+                      stop: threading.Event) -> None:
+        """Call `on_change(namespace, name)` for every Secret change in one namespace, forever.
+
+        Source Secrets carry no label of ours, so kopf's label-filtered Secret watch
+        cannot see them; this watch is scoped to one allow-listed namespace instead of
+        streaming every Secret in the cluster.
+        """
+        resource_version = ""
+        while not stop.is_set():
+            try:
+                if not resource_version:
+                    listing = self._call("list", f"secrets in {namespace}",
+                                         self._core.list_namespaced_secret, namespace)
+                    resource_version = listing["metadata"]["resourceVersion"]
+                    for item in listing.get("items") or []:
+                        on_change(namespace, item["metadata"]["name"])
+                stream = watch.Watch().stream(
+                    self._core.list_namespaced_secret, namespace,
+                    resource_version=resource_version, timeout_seconds=300,
+                    allow_watch_bookmarks=True,
+                )
+                for event in stream:
+                    if stop.is_set():
+                        return
+                    obj = event["object"]
+                    if event["type"] == "ERROR":
+                        resource_version = ""
+                        break
+                    resource_version = obj.metadata.resource_version
+                    if event["type"] != "BOOKMARK":
+                        on_change(namespace, obj.metadata.name)
+            except ApiException as error:
+                if error.status == 410:  # expired resourceVersion: list again
+                    resource_version = ""
+                    continue
+                log.warning("source secret watch failed, retrying", namespace=namespace,
+                            status=error.status)
+                stop.wait(2)
+            except Exception as error:  # connection drops, API server restarts
+                log.warning("source secret watch failed, retrying", namespace=namespace,
+                            error=type(error).__name__)
+                stop.wait(2)
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    def _call(self, verb: str, what: str, method: Callable[..., Any], *args: Any,
+              missing_ok: bool = False, **kwargs: Any) -> Any:
+        started = time.monotonic()
+        try:
+            response = method(*args, _preload_content=False, **kwargs)
+        except ApiException as error:
+            if missing_ok and error.status == 404:
+                return None
+            self._on_error(error.status or 0)
+            raise KubeError(verb, what, error.status or 0, _reason(error)) from None
+        finally:
+            log.debug("api call", verb=verb, what=what,
+                      ms=round((time.monotonic() - started) * 1000, 1))
+        data = response.data
+        return json.loads(data) if data else None
+
+
+def _reason(error: ApiException) -> str:
+    """The Status reason word (AlreadyExists, Conflict, Invalid...), never the message text."""
+    try:
+        return str(json.loads(error.body).get("reason") or error.reason)
+    except (TypeError, ValueError, AttributeError):
+        return str(error.reason or "Error")

@@ -1,0 +1,55 @@
+"""Logging: structlog JSON (or console) for our lines and kopf's, one format for both."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+_SHARED = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+]
+
+
+def _kopf_object(logger: object, method: str, event: dict) -> dict:
+    """kopf attaches the object it logs about as `k8s_ref`; lift it into our fields."""
+    record = event.get("_record")
+    ref = getattr(record, "k8s_ref", None) if record else None
+    if isinstance(ref, dict):
+        if ref.get("kind") == "RegistryCredential" or ref.get("plural") == "registrycredentials":
+            event.setdefault("credential", ref.get("name"))
+        elif ref.get("kind") == "Namespace":
+            event.setdefault("namespace", ref.get("name"))
+        else:
+            event.setdefault("namespace", ref.get("namespace"))
+            event.setdefault("object", f"{ref.get('kind', '')}/{ref.get('name', '')}")
+    return event
+
+
+def configure(log_format: str = "json", level: str = "info") -> None:
+    renderer = (
+        structlog.dev.ConsoleRenderer() if log_format == "console"
+        else structlog.processors.JSONRenderer()
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*_SHARED, _kopf_object],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("urllib3", "kubernetes", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    structlog.configure(
+        processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )

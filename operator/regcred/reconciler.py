@@ -1,0 +1,338 @@
+"""Reconciles: read observed state from the caches, plan with the core, apply with `Kube`.
+
+Two entry points, both level-triggered and idempotent:
+- `sync_namespace(ns)`: one namespace against all credentials (namespace, ServiceAccount
+  and copy events land here, which is what makes onboarding and drift repair immediate);
+- `sync_credential(name)`: re-read the CR and its source Secret, then sync every namespace
+  (CR changes, rotations and the periodic resync land here).
+
+Per-namespace results go into a ledger from which each CR's status is computed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import structlog
+
+from regcred.core.errors import InvalidInput
+from regcred.core.matching import NamespaceInfo
+from regcred.core.plan import (
+    AddPullSecret,
+    Credential,
+    ObservedCopy,
+    ObservedServiceAccount,
+    RemovePullSecret,
+    plan_namespace,
+)
+from regcred.core.source import RenderedConfig, render
+from regcred.core.spec import CredentialSpec, parse_credential
+from regcred.core.status import Failure, build_status, status_differs
+from regcred.kube import Kube, KubeError, NotOurs
+from regcred.metrics import Metrics
+from regcred.settings import Settings
+
+log = structlog.get_logger("regcred.reconciler")
+
+
+class CleanupIncomplete(Exception):
+    """Some copies of a deleted CR could not be removed yet; the finalizer stays for a retry."""
+
+
+class World(Protocol):
+    """Observed cluster state as the watch caches hold it."""
+
+    def namespace_names(self) -> list[str]: ...
+    def namespace(self, name: str) -> NamespaceInfo | None: ...
+    def copies(self, namespace: str) -> list[ObservedCopy]: ...
+    def service_accounts(self, namespace: str) -> list[ObservedServiceAccount]: ...
+    def credential_bodies(self) -> list[Mapping[str, Any]]: ...
+    def credential_body(self, name: str) -> Mapping[str, Any] | None: ...
+
+
+@dataclass
+class NamespaceOutcome:
+    wrote: int = 0
+    rotated: dict[str, int] = field(default_factory=dict)
+    changed: set[str] = field(default_factory=set)
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, world: World, settings: Settings, metrics: Metrics,
+                 clock: Callable[[], str] = utc_now) -> None:
+        self._kube = kube
+        self._world = world
+        self._settings = settings
+        self._metrics = metrics
+        self._clock = clock
+        self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="regcred-sync")
+        self._configs: dict[str, tuple[int, RenderedConfig]] = {}
+        self._problems: dict[str, InvalidInput] = {}
+        self._ledger: dict[str, dict[str, Failure | None]] = defaultdict(dict)
+        self._foreign: dict[str, set[str]] = defaultdict(set)
+        self._statuses: dict[str, dict[str, Any]] = {}
+        self._namespace_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._credential_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._state_lock = threading.Lock()
+
+    # --- what the planner sees ------------------------------------------------------------
+
+    def parse(self, body: Mapping[str, Any]) -> CredentialSpec:
+        return parse_credential(
+            body,
+            default_source_namespace=self._settings.operator_namespace,
+            allowed_source_namespaces=self._settings.source_namespaces,
+        )
+
+    def credentials(self) -> list[Credential]:
+        """Every live CR; one being deleted counts as gone so that its copies get cleaned up."""
+        result = []
+        for body in self._world.credential_bodies():
+            meta = body.get("metadata") or {}
+            if meta.get("deletionTimestamp"):
+                continue
+            name, uid = meta.get("name", ""), meta.get("uid", "")
+            try:
+                spec = self.parse(body)
+            except InvalidInput:
+                result.append(Credential(name, uid))
+                continue
+            generation, config = self._configs.get(name, (None, None))
+            usable = config if generation == spec.generation else None
+            result.append(Credential(name, uid, spec, usable))
+        return result
+
+    def credentials_using_source(self, namespace: str, name: str) -> list[str]:
+        return [
+            c.name for c in self.credentials()
+            if c.spec and (c.spec.source.namespace, c.spec.source.name) == (namespace, name)
+        ]
+
+    # --- one namespace --------------------------------------------------------------------
+
+    def sync_namespace(self, namespace: str) -> NamespaceOutcome:
+        """Converge one namespace; returns what it wrote and whose status changed."""
+        started = time.monotonic()
+        outcome = NamespaceOutcome()
+        with self._namespace_locks[namespace]:
+            info = self._world.namespace(namespace)
+            plan = plan_namespace(
+                info,
+                self.credentials(),
+                self._world.copies(namespace),
+                self._world.service_accounts(namespace),
+                frozenset(self._foreign.get(namespace, ())),
+            )
+            failures = {
+                name: Failure(namespace, "Conflict", message)
+                for name, message in plan.conflicts.items()
+            }
+            failed_secrets: set[str] = set()
+            for action in plan.secret_actions:
+                secret_name = action.secret_name
+                try:
+                    applied = self._kube.apply(action)
+                except NotOurs as error:
+                    self._foreign[namespace].add(secret_name)
+                    failures[action.credential] = Failure(namespace, "Conflict", str(error))
+                    failed_secrets.add(secret_name)
+                    continue
+                except KubeError as error:
+                    failures[action.credential] = Failure(namespace, "ApiError", str(error))
+                    failed_secrets.add(secret_name)
+                    continue
+                self._count(outcome, action, applied.wrote)
+                if applied.rotated:
+                    outcome.rotated[action.credential] = outcome.rotated.get(action.credential, 0) + 1
+            for action in plan.service_account_actions:
+                if isinstance(action, AddPullSecret) and action.secret_name in failed_secrets:
+                    continue
+                try:
+                    applied = self._kube.apply(action)
+                except KubeError as error:
+                    if isinstance(action, AddPullSecret):
+                        failures[action.credential] = Failure(namespace, "ApiError", str(error))
+                    log.warning("serviceaccount edit failed", namespace=namespace,
+                                service_account=action.service_account, error=str(error))
+                    continue
+                self._count(outcome, action, applied.wrote)
+            outcome.changed = self._record(namespace, plan.matched, failures)
+        self._metrics.observe_reconcile("namespace", bool(failures), time.monotonic() - started)
+        return outcome
+
+    def _count(self, outcome: NamespaceOutcome, action: Any, wrote: bool) -> None:
+        if not wrote:
+            return
+        outcome.wrote += 1
+        credential = getattr(action, "credential", "")
+        if isinstance(action, RemovePullSecret):
+            log.info("removed pull secret entry", namespace=action.namespace,
+                     service_account=action.service_account, secret=action.secret_name)
+        else:
+            log.info("applied", action=type(action).__name__, credential=credential,
+                     namespace=action.namespace)
+
+    def _record(self, namespace: str, matched: frozenset[str],
+                failures: Mapping[str, Failure]) -> set[str]:
+        """Update the ledger for one namespace; return the credentials whose entry changed."""
+        changed = set()
+        with self._state_lock:
+            for credential in set(self._ledger) | matched:
+                entries = self._ledger[credential]
+                if credential in matched:
+                    new = failures.get(credential)
+                    if namespace not in entries or entries[namespace] != new:
+                        entries[namespace] = new
+                        changed.add(credential)
+                elif namespace in entries:
+                    del entries[namespace]
+                    changed.add(credential)
+        return changed
+
+    def namespace_changed(self, namespace: str) -> None:
+        """Entry point for namespace, ServiceAccount and copy events."""
+        outcome = self.sync_namespace(namespace)
+        for credential in outcome.changed:
+            self.publish(credential, wrote=outcome.wrote > 0)
+
+    # --- one credential -------------------------------------------------------------------
+
+    def sync_credential(self, name: str, *, resync: bool = False) -> None:
+        """Re-render `name` from its source and converge every namespace."""
+        started = time.monotonic()
+        with self._credential_locks[name]:
+            body = self._world.credential_body(name)
+            if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+                return
+            problem = self._refresh_config(name, body)
+            if resync:
+                self._foreign.clear()  # conflicts may have been resolved by hand: look again
+            outcomes = list(self._pool.map(self.sync_namespace, self._world.namespace_names()))
+            rotated = sum(o.rotated.get(name, 0) for o in outcomes)
+            wrote = sum(o.wrote for o in outcomes)
+            for other in set().union(*(o.changed for o in outcomes)) - {name}:
+                self.publish(other, wrote=False)
+            self.publish(name, wrote=wrote > 0, rotated=rotated, problem=problem)
+            self._metrics.credential_synced(name, problem is None)
+        self._metrics.observe_reconcile("credential", problem is not None,
+                                        time.monotonic() - started)
+
+    def _refresh_config(self, name: str, body: Mapping[str, Any]) -> InvalidInput | None:
+        """Render the CR's content; on any problem keep copies as they are (frozen)."""
+        try:
+            spec = self.parse(body)
+            if spec.suspend:
+                problem = None
+            else:
+                source = self._kube.read_source(spec.source.namespace, spec.source.name)
+                if source is None:
+                    raise InvalidInput(
+                        "SourceNotFound",
+                        f"source secret {spec.source.namespace}/{spec.source.name} not found; "
+                        "create it or fix spec.sourceSecretRef",
+                    )
+                self._configs[name] = (spec.generation, render(spec, source))
+                problem = None
+        except InvalidInput as error:
+            self._configs.pop(name, None)
+            problem = error
+        except KubeError as error:
+            problem = InvalidInput("SourceUnreadable", f"cannot read the source secret: {error}")
+        with self._state_lock:
+            if problem is None:
+                self._problems.pop(name, None)
+            else:
+                self._problems[name] = problem
+        return problem
+
+    def forget_credential(self, name: str) -> None:
+        """The CR is being deleted: remove its copies and entries everywhere, then its state."""
+        outcomes = list(self._pool.map(self.sync_namespace, self._world.namespace_names()))
+        leftovers = [c for ns in self._world.namespace_names() for c in self._world.copies(ns)
+                     if c.credential == name]
+        if leftovers:
+            raise CleanupIncomplete(f"{len(leftovers)} copies of {name} remain; retrying")
+        with self._state_lock:
+            for state in (self._configs, self._problems, self._ledger, self._statuses):
+                state.pop(name, None)
+        self._metrics.forget(name)
+        log.info("cleaned up", credential=name, writes=sum(o.wrote for o in outcomes))
+
+    # --- status ---------------------------------------------------------------------------
+
+    def publish(self, name: str, *, wrote: bool, rotated: int = 0,
+                problem: InvalidInput | None = None) -> None:
+        """Write the CR's status if it differs from what it shows; post events on news."""
+        body = self._world.credential_body(name)
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            return
+        meta = body.get("metadata") or {}
+        with self._state_lock:
+            problem = problem or self._problems.get(name)
+            entries = dict(self._ledger.get(name, {}))
+            previous = self._statuses.get(name) or dict(body.get("status") or {})
+            config = self._configs.get(name)
+        failures = tuple(f for f in entries.values() if f)
+        status = build_status(
+            generation=int(meta.get("generation") or 0),
+            previous=previous,
+            now=self._clock(),
+            problem=problem,
+            suspended=bool((body.get("spec") or {}).get("suspend")),
+            matched=len(entries),
+            failures=failures,
+            source_resource_version=config[1].source_resource_version if config else None,
+            wrote=wrote,
+            rotated=rotated > 0,
+        )
+        self._metrics.set_copies(name, len(entries) - len(failures))
+        if not status_differs(status, previous):
+            return
+        try:
+            self._kube.patch_status(name, status)
+        except KubeError as error:
+            log.warning("status update failed", credential=name, error=str(error))
+            return
+        with self._state_lock:
+            self._statuses[name] = status
+        self._post_news(name, meta.get("uid", ""), status, previous, rotated)
+
+    def _post_news(self, name: str, uid: str, status: Mapping[str, Any],
+                   previous: Mapping[str, Any], rotated: int) -> None:
+        ready = status["conditions"][0]
+        old = next(iter(previous.get("conditions") or []), {})
+        if ready["status"] == "False" and (ready["reason"], ready["message"]) != (
+            old.get("reason"), old.get("message")
+        ):
+            self._kube.post_event(name, uid, "Warning", ready["reason"], ready["message"])
+            log.warning("not ready", credential=name, reason=ready["reason"],
+                        message=ready["message"])
+        if rotated:
+            message = f"rotated {rotated} copies to source resourceVersion " \
+                      f"{status['sourceResourceVersion']}"
+            self._kube.post_event(name, uid, "Normal", "Rotated", message)
+            log.info("rotated", credential=name, copies=rotated)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def snapshot(values: Iterable[Any]) -> list[Any]:
+    """Copy a kopf index store that the event loop may be changing in another thread."""
+    for _ in range(10):
+        try:
+            return list(values)
+        except RuntimeError:  # "changed size during iteration": try again
+            continue
+    return list(values)

@@ -1,0 +1,31 @@
+"""Operator configuration: `regcred run` flags, each with a `REGCRED_*` environment variable."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+def operator_namespace() -> str:
+    """The namespace we run in: the downward API env var, the in-cluster file, or a default."""
+    if os.environ.get("POD_NAMESPACE"):
+        return os.environ["POD_NAMESPACE"]
+    try:
+        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as handle:
+            return handle.read().strip()
+    except OSError:
+        return "regcred-system"
+
+
+@dataclass(frozen=True)
+class Settings:
+    operator_namespace: str
+    source_namespaces: frozenset[str]
+    resync_seconds: float = 300.0
+    workers: int = 16
+    metrics_port: int = 9090
+    health_port: int = 8080
+    log_format: str = "json"
+    log_level: str = "info"
+    kubeconfig: str | None = None
+    peering: str | None = None  # kopf peering object name; None = standalone (single replica)
