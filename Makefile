@@ -1,0 +1,30 @@
+# The two commands: `make demo` runs regcred end to end on a local control plane,
+# `make test` runs the whole test suite (what .ci/run runs).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: test demo lint unit controlplane clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check operator tests scripts
+
+unit: $(VENV)/.installed
+	$(PY) -m pytest tests/unit -q
+
+test: lint
+	$(PY) -m pytest tests -q
+
+controlplane: $(VENV)/.installed
+	$(PY) scripts/controlplane.py build
+
+demo: $(VENV)/.installed
+	$(PY) scripts/demo.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info operator/*.egg-info
