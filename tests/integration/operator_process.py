@@ -1,0 +1,86 @@
+"""Run the real `regcred run` process against a control plane, as a test fixture would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class OperatorProcess:
+    """One `regcred run` process; its JSON log is kept in `log_path` for assertions."""
+
+    def __init__(self, kubeconfig: str, log_path: Path, *, namespace: str = "regcred-system",
+                 source_namespaces: str | None = None, resync_seconds: float = 600,
+                 extra_env: dict[str, str] | None = None) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_path = log_path
+        self.namespace = namespace
+        self.source_namespaces = source_namespaces or namespace
+        self.resync_seconds = resync_seconds
+        self.extra_env = extra_env or {}
+        self.metrics_port = free_port()
+        self.health_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> OperatorProcess:
+        env = {**os.environ, **self.extra_env, "KUBECONFIG": self.kubeconfig}
+        command = [
+            sys.executable, "-m", "regcred.cli", "run",
+            "--kubeconfig", self.kubeconfig,
+            "--namespace", self.namespace,
+            "--source-namespaces", self.source_namespaces,
+            "--resync-seconds", str(self.resync_seconds),
+            "--metrics-port", str(self.metrics_port),
+            "--health-port", str(self.health_port),
+            "--log-format", "json",
+        ]
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"regcred exited with {self.process.returncode}; see {self.log_path}")
+            if self.healthy():
+                return self
+            time.sleep(0.2)
+        raise TimeoutError(f"regcred not healthy after {timeout}s; see {self.log_path}")
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
