@@ -13,6 +13,7 @@ from typing import Any
 from regcred.core.errors import InvalidInput
 
 MAX_FAILED_NAMESPACES = 20
+MAX_MESSAGE = 512  # the CRD caps status messages; one long API error must not fail the write
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def build_status(
         "type": "Ready",
         "status": ready,
         "reason": reason,
-        "message": message,
+        "message": message[:MAX_MESSAGE],
         "observedGeneration": generation,
         "lastTransitionTime": now,
     }
@@ -73,7 +74,7 @@ def build_status(
         "matchedNamespaces": matched,
         "syncedNamespaces": synced,
         "failedNamespaces": [
-            {"namespace": f.namespace, "reason": f.reason, "message": f.message}
+            {"namespace": f.namespace, "reason": f.reason, "message": f.message[:MAX_MESSAGE]}
             for f in sorted(failures, key=lambda f: f.namespace)[:MAX_FAILED_NAMESPACES]
         ],
         "sourceResourceVersion": source_resource_version
