@@ -97,7 +97,7 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, namespace_index: kop
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
     settings.posting.enabled = False  # we post our own events, only on news
-    settings.watching.label_selectors["v1", "secrets"] = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
+    settings.watching.label_selectors["secrets"] = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
     settings.execution.max_workers = max(8, options.workers)
     if options.peering:
         settings.peering.name = options.peering

@@ -26,6 +26,8 @@ from regcred.core.plan import (
     DeleteCopy,
     RemovePullSecret,
     ReplaceCopy,
+    copy_differs,
+    observe_copy,
     observe_service_account,
 )
 from regcred.core.source import SourceSecret
@@ -130,6 +132,8 @@ class Kube:
         owner = meta["ownerReferences"][0]
         if not owned_by(existing, action.credential, owner["uid"]):
             raise NotOurs(f"secret {meta['name']} exists and is not managed by regcred")
+        if not copy_differs(observe_copy(existing), action.manifest):
+            return Applied(wrote=False)  # our cache was behind: it is already right
         return self._replace_copy(action.manifest, existing["metadata"]["resourceVersion"], False)
 
     def _replace_copy(self, manifest: Mapping[str, Any], resource_version: str,

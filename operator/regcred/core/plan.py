@@ -173,7 +173,7 @@ def plan_namespace(
         current = observed.get(secret_name)
         if current is None:
             secret_actions.append(CreateCopy(namespace.name, winner.name, manifest))
-        elif _differs(current, manifest, winner):
+        elif copy_differs(current, manifest):
             rotation = current.data_digest != winner.config.digest
             secret_actions.append(
                 ReplaceCopy(namespace.name, winner.name, current.resource_version, rotation, manifest)
@@ -243,9 +243,11 @@ def _holder(copy: ObservedCopy, credentials: Mapping[str, Credential]) -> Creden
     return next((c for c in credentials.values() if c.uid and c.uid in copy.owner_uids), None)
 
 
-def _differs(current: ObservedCopy, manifest: Mapping[str, Any], winner: Credential) -> bool:
+def copy_differs(current: ObservedCopy, manifest: Mapping[str, Any]) -> bool:
+    """Whether an existing copy needs a replace to look like `manifest`."""
+    content = base64.b64decode(manifest["data"][DOCKERCONFIGJSON_KEY])
     return (
-        current.data_digest != winner.config.digest
+        current.data_digest != hashlib.sha256(content).hexdigest()
         or current.meta_fingerprint != meta_fingerprint(manifest)
     )
 
