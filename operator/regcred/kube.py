@@ -201,7 +201,8 @@ class Kube:
     def patch_status(self, name: str, status: Mapping[str, Any]) -> None:
         self._call("patch", f"registrycredential {name} status",
                    self._custom.patch_cluster_custom_object_status,
-                   GROUP, VERSION, PLURAL, name, {"status": status}, missing_ok=True)
+                   GROUP, VERSION, PLURAL, name, {"status": status}, missing_ok=True,
+                   _content_type="application/merge-patch+json")
 
     def post_event(self, credential: str, uid: str, kind: str, reason: str, message: str) -> None:
         """A core/v1 Event on the CR, shown by `kubectl describe registrycredential`."""

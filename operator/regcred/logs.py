@@ -45,8 +45,10 @@ def configure(log_format: str = "json", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("urllib3", "kubernetes", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet = logging.WARNING if root.level > logging.DEBUG else logging.DEBUG
+    # kopf logs every successful event handler at INFO: thousands of lines at start-up.
+    for noisy in ("urllib3", "kubernetes", "aiohttp.access", "kopf.objects"):
+        logging.getLogger(noisy).setLevel(quiet)
     structlog.configure(
         processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
