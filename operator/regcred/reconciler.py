@@ -82,6 +82,9 @@ class Reconciler:
         self._ledger: dict[str, dict[str, Failure | None]] = defaultdict(dict)
         self._foreign: dict[str, set[str]] = defaultdict(set)
         self._statuses: dict[str, dict[str, Any]] = {}
+        # CRs whose ledger is complete (one full fan-out done): only they get status from
+        # namespace events, so a restart does not publish counts from a half-filled ledger.
+        self._complete: set[str] = set()
         self._namespace_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
         self._credential_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
         self._state_lock = threading.Lock()
@@ -203,7 +206,7 @@ class Reconciler:
     def namespace_changed(self, namespace: str) -> None:
         """Entry point for namespace, ServiceAccount and copy events."""
         outcome = self.sync_namespace(namespace)
-        for credential in outcome.changed:
+        for credential in outcome.changed & self._complete:
             self.publish(credential, wrote=outcome.wrote > 0)
 
     # --- one credential -------------------------------------------------------------------
@@ -221,8 +224,9 @@ class Reconciler:
             outcomes = list(self._pool.map(self.sync_namespace, self._world.namespace_names()))
             rotated = sum(o.rotated.get(name, 0) for o in outcomes)
             wrote = sum(o.wrote for o in outcomes)
-            for other in set().union(*(o.changed for o in outcomes)) - {name}:
+            for other in set().union(*(o.changed for o in outcomes)) & self._complete - {name}:
                 self.publish(other, wrote=False)
+            self._complete.add(name)
             self.publish(name, wrote=wrote > 0, rotated=rotated, problem=problem)
             self._metrics.credential_synced(name, problem is None)
         self._metrics.observe_reconcile("credential", problem is not None,
@@ -266,6 +270,7 @@ class Reconciler:
         with self._state_lock:
             for state in (self._configs, self._problems, self._ledger, self._statuses):
                 state.pop(name, None)
+            self._complete.discard(name)
         self._metrics.forget(name)
         log.info("cleaned up", credential=name, writes=sum(o.wrote for o in outcomes))
 
