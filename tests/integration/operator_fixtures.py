@@ -1,0 +1,43 @@
+"""Fixtures that run the real operator; conftest imports them next to the control plane's."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from operator_process import OperatorProcess
+from scenario import OPERATOR_NAMESPACE, Cluster
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def cluster(kube) -> Cluster:
+    return Cluster(kube)
+
+
+@pytest.fixture(scope="session")
+def crd_installed(kubeconfig: str, cluster: Cluster) -> None:
+    """The CRD from crds/, applied server-side, and the operator's namespace."""
+    subprocess.run(
+        ["kubectl", "--kubeconfig", kubeconfig, "apply", "--server-side", "-f", str(REPO / "crds")],
+        check=True, capture_output=True,
+    )
+    subprocess.run(
+        ["kubectl", "--kubeconfig", kubeconfig, "wait", "--for=condition=Established",
+         "crd/registrycredentials.regcred.dev", "--timeout=60s"],
+        check=True, capture_output=True,
+    )
+    if OPERATOR_NAMESPACE not in {ns.metadata.name for ns in cluster.core.list_namespace().items}:
+        cluster.create_namespace(OPERATOR_NAMESPACE)
+
+
+@pytest.fixture(scope="module")
+def operator(kubeconfig: str, crd_installed: None, tmp_path_factory) -> Iterator[OperatorProcess]:
+    """The real `regcred run`, one per test module; its log is kept for hygiene checks."""
+    log_path = tmp_path_factory.mktemp("operator") / "regcred.log"
+    process = OperatorProcess(kubeconfig, log_path).start()
+    yield process
+    process.stop()
