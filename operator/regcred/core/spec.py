@@ -113,6 +113,11 @@ def parse_credential(
             "InvalidSpec", f"spec.target.labels must not set {', '.join(reserved)}: regcred owns them"
         )
     email = spec.get("email")
+    # null means "not set": the API server prunes it and applies the schema default too
+    service_accounts = (
+        ("default",) if spec.get("serviceAccounts") is None
+        else _patterns(spec["serviceAccounts"], "spec.serviceAccounts")
+    )
     return CredentialSpec(
         name=name,
         uid=str(meta.get("uid", "")),
@@ -127,7 +132,7 @@ def parse_credential(
         namespace_selector=parse_selector(spec.get("namespaceSelector")),
         namespaces=_patterns(spec.get("namespaces"), "spec.namespaces"),
         exclude_namespaces=_patterns(spec.get("excludeNamespaces"), "spec.excludeNamespaces"),
-        service_accounts=_patterns(spec.get("serviceAccounts", ["default"]), "spec.serviceAccounts"),
+        service_accounts=service_accounts,
         suspend=bool(spec.get("suspend", False)),
     )
 
@@ -163,10 +168,17 @@ def _parse_source_ref(raw: Any, default_namespace: str) -> SourceRef:
     ref = _mapping(raw, "spec.sourceSecretRef")
     name = ref.get("name")
     if not name or not _DNS_SUBDOMAIN.match(str(name)):
-        raise InvalidInput("InvalidSpec", "spec.sourceSecretRef.name must name a Secret")
+        raise InvalidInput(
+            "InvalidSpec",
+            "spec.sourceSecretRef.name must name a Secret (lowercase letters, digits, '-' and '.')",
+        )
     namespace = str(ref.get("namespace") or default_namespace)
     if not _DNS_LABEL.match(namespace):
-        raise InvalidInput("InvalidSpec", f"spec.sourceSecretRef.namespace {namespace!r} is invalid")
+        raise InvalidInput(
+            "InvalidSpec",
+            f"spec.sourceSecretRef.namespace {namespace!r} is not a namespace name; "
+            "use lowercase letters, digits and '-'",
+        )
     return SourceRef(namespace=namespace, name=str(name))
 
 
