@@ -24,6 +24,7 @@ from regcred.core.plan import (
     AddPullSecret,
     CreateCopy,
     DeleteCopy,
+    ObservedServiceAccount,
     RemovePullSecret,
     ReplaceCopy,
     copy_differs,
@@ -109,10 +110,10 @@ class Kube:
                 return self._delete_copy(action)
             case AddPullSecret():
                 return self._edit_pull_secrets(action.namespace, action.service_account,
-                                               action.secret_name, present=True)
+                                               action.secret_name, action.observed, present=True)
             case RemovePullSecret():
                 return self._edit_pull_secrets(action.namespace, action.service_account,
-                                               action.secret_name, present=False)
+                                               action.secret_name, action.observed, present=False)
         raise TypeError(f"unknown action {type(action).__name__}")
 
     def _create_copy(self, action: CreateCopy) -> Applied:
@@ -173,16 +174,22 @@ class Kube:
             return Applied(wrote=False)  # changed meanwhile; its watch event re-plans it
         return Applied(wrote=True)
 
-    def _edit_pull_secrets(self, namespace: str, name: str, secret_name: str, *,
-                           present: bool) -> Applied:
-        """Add or remove our one entry by guarded JSON Patch; re-read and retry on conflicts."""
+    def _edit_pull_secrets(self, namespace: str, name: str, secret_name: str,
+                           observed: ObservedServiceAccount | None, *, present: bool) -> Applied:
+        """Add or remove our one entry by guarded JSON Patch; re-read and retry on conflicts.
+
+        The first attempt trusts the cache; if it was stale the `test` op fails and the
+        retries work from a fresh read.
+        """
         what = f"serviceaccount {namespace}/{name}"
         for attempt in range(SERVICE_ACCOUNT_ATTEMPTS):
-            body = self._call("get", what, self._core.read_namespaced_service_account,
-                              name, namespace, missing_ok=True)
-            if body is None:
-                return Applied(wrote=False)
-            ops = pull_secret_patch(observe_service_account(body), secret_name, present=present)
+            if observed is None or attempt > 0:
+                body = self._call("get", what, self._core.read_namespaced_service_account,
+                                  name, namespace, missing_ok=True)
+                if body is None:
+                    return Applied(wrote=False)
+                observed = observe_service_account(body)
+            ops = pull_secret_patch(observed, secret_name, present=present)
             if ops is None:
                 return Applied(wrote=False)
             try:

@@ -119,6 +119,8 @@ class AddPullSecret:
     service_account: str
     secret_name: str
     credential: str
+    # What the cache showed: the first patch attempt is built on it, saving a read.
+    observed: ObservedServiceAccount | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,7 @@ class RemovePullSecret:
     namespace: str
     service_account: str
     secret_name: str
+    observed: ObservedServiceAccount | None = field(default=None, compare=False, repr=False)
 
 
 SecretAction = CreateCopy | ReplaceCopy | DeleteCopy
@@ -194,9 +197,9 @@ def plan_namespace(
             if service_account_matches(winner.spec, account.name)
         }
         for name in sorted(wanted - set(account.pull_secrets)):
-            sa_actions.append(AddPullSecret(namespace.name, account.name, name, desired[name].name))
+            sa_actions.append(AddPullSecret(namespace.name, account.name, name, desired[name].name, account))
         for name in sorted(account.ours - wanted - kept):
-            sa_actions.append(RemovePullSecret(namespace.name, account.name, name))
+            sa_actions.append(RemovePullSecret(namespace.name, account.name, name, account))
 
     return NamespacePlan(
         namespace=namespace.name,
