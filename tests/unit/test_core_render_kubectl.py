@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from core_builders import PASSWORD, basic_source, make_spec
@@ -61,6 +62,27 @@ CASES = {
 }
 
 
+MULTI = {
+    "two servers": (("harbor.example.com", "ghcr.io"), "robot", PASSWORD, None),
+    "three servers with email": (
+        ("zot.local:5000/a", "harbor.example.com", "ghcr.io"), "robot", 'p<>&"\\é', "ops@example.com"),
+    "docker hub and others": (("quay.io", "docker.io", "ghcr.io/org"), "robot", "pässwörd", None),
+}
+
+
+def _hub(server: str) -> str:
+    return DOCKER_HUB_KEY if server == "docker.io" else server
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _kubectl_in_parallel():
+    """Run every kubectl call of this module at once: each is a process start, mostly waiting."""
+    calls = set(CASES.values()) | {(DOCKER_HUB_KEY, "robot", PASSWORD, None)}
+    calls |= {(_hub(s), u, p, e) for servers, u, p, e in MULTI.values() for s in servers}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda call: kubectl_dockerconfigjson(*call), calls))
+
+
 @pytest.mark.parametrize(("server", "username", "password", "email"), CASES.values(), ids=CASES.keys())
 def test_single_server_equals_kubectl(server, username, password, email):
     assert ours((server,), username, password, email) == kubectl_dockerconfigjson(
@@ -83,17 +105,9 @@ def _kubectl_entry(server: str, username: str, password: str, email: str | None)
     return text[len(prefix):-len(suffix)]
 
 
-MULTI = {
-    "two servers": (("harbor.example.com", "ghcr.io"), "robot", PASSWORD, None),
-    "three servers with email": (
-        ("zot.local:5000/a", "harbor.example.com", "ghcr.io"), "robot", 'p<>&"\\é', "ops@example.com"),
-    "docker hub and others": (("quay.io", "docker.io", "ghcr.io/org"), "robot", "pässwörd", None),
-}
-
-
 @pytest.mark.parametrize(("servers", "username", "password", "email"), MULTI.values(), ids=MULTI.keys())
 def test_several_servers_are_kubectls_entries_sorted(servers, username, password, email):
-    keys = sorted(DOCKER_HUB_KEY if s == "docker.io" else s for s in servers)
+    keys = sorted(_hub(s) for s in servers)
     members = [_kubectl_entry(key, username, password, email) for key in keys]
     expected = ('{"auths":{' + ",".join(members) + "}}").encode()
     got = base64.b64decode(ours(servers, username, password, email))
