@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from controlplane import ControlPlane, wait_until  # noqa: E402
+from controlplane import ControlPlane, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE_PASSWORD, ROTATED_PASSWORD = "demo-password-1", "demo-password-2"
