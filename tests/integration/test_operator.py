@@ -47,6 +47,17 @@ def basic_spec(source: str, tenant_label: str, **overrides) -> dict:
     return spec
 
 
+def synced_credential(cluster: Cluster, tenant, wait_for, namespaces: list[str]) -> str:
+    """A CR selecting the test's tenant label, waited on until every namespace has our entry."""
+    name = unique("cr")
+    cluster.put_source(name)
+    cluster.create_credential(name, basic_spec(name, tenant.label))
+    for namespace in namespaces:
+        wait_for(lambda ns=namespace: cluster.pull_secrets(ns) == [name], message=f"entry in {namespace}")
+    wait_for(lambda: cluster.ready(name).get("status") == "True", message="Ready")
+    return name
+
+
 def test_copies_land_in_exactly_the_matching_namespaces(cluster, operator, tenant, wait_for):
     inside = tenant(2)
     outside = tenant(1, **{"regcred.dev/ignore": "true"})
@@ -88,10 +99,7 @@ def test_late_namespace_is_onboarded_with_its_default_service_account(
 
 def test_relabelled_namespace_is_cleaned_up_and_nothing_else(cluster, operator, tenant, wait_for):
     [namespace] = tenant(1)
-    name = unique("cr")
-    cluster.put_source(name)
-    cluster.create_credential(name, basic_spec(name, tenant.label))
-    wait_for(lambda: cluster.pull_secrets(namespace) == [name], message="entry added")
+    name = synced_credential(cluster, tenant, wait_for, [namespace])
     cluster.set_pull_secrets(namespace, ["before", name, "after"])
     cluster.label_namespace(namespace, {"tenant": None})
     wait_for(lambda: cluster.secret(namespace, name) is None, message="copy removed")
@@ -101,12 +109,7 @@ def test_relabelled_namespace_is_cleaned_up_and_nothing_else(cluster, operator, 
 def test_rotation_updates_every_copy_and_leaves_service_accounts_alone(
         cluster, operator, tenant, wait_for):
     namespaces = tenant(3)
-    name = unique("cr")
-    cluster.put_source(name)
-    cluster.create_credential(name, basic_spec(name, tenant.label))
-    for namespace in namespaces:
-        wait_for(lambda ns=namespace: cluster.pull_secrets(ns) == [name], message="entry")
-    wait_for(lambda: cluster.ready(name).get("status") == "True", message="Ready")
+    name = synced_credential(cluster, tenant, wait_for, namespaces)
     accounts = {ns: cluster.resource_version("serviceaccount", ns, "default") for ns in namespaces}
 
     rotated = password("rotated")
@@ -193,10 +196,7 @@ def test_changed_credential_moves_copies_and_entries(cluster, operator, tenant, 
 
 def test_deleted_credential_removes_copies_and_entries(cluster, operator, tenant, wait_for):
     [namespace] = tenant(1)
-    name = unique("cr")
-    cluster.put_source(name)
-    cluster.create_credential(name, basic_spec(name, tenant.label))
-    wait_for(lambda: cluster.pull_secrets(namespace) == [name], message="entry")
+    name = synced_credential(cluster, tenant, wait_for, [namespace])
     cluster.set_pull_secrets(namespace, ["theirs", name])
     cluster.delete_credential(name)
     wait_for(lambda: cluster.credential(name) is None, message="CR gone (finalizer released)")
@@ -206,10 +206,7 @@ def test_deleted_credential_removes_copies_and_entries(cluster, operator, tenant
 
 def test_credential_deleted_while_operator_is_down(cluster, operator, tenant, wait_for):
     [namespace] = tenant(1)
-    name = unique("cr")
-    cluster.put_source(name)
-    cluster.create_credential(name, basic_spec(name, tenant.label))
-    wait_for(lambda: cluster.pull_secrets(namespace) == [name], message="entry")
+    name = synced_credential(cluster, tenant, wait_for, [namespace])
     operator.stop()
     cluster.delete_credential(name)
     # Our finalizer holds the CR while we are away: remove it as the README tells users to.
@@ -280,12 +277,7 @@ def test_suspend_stops_writes_and_resume_converges(cluster, operator, tenant, wa
 
 def test_restart_with_nothing_changed_writes_nothing(cluster, operator, tenant, wait_for):
     namespaces = tenant(2)
-    name = unique("cr")
-    cluster.put_source(name)
-    cluster.create_credential(name, basic_spec(name, tenant.label))
-    for namespace in namespaces:
-        wait_for(lambda ns=namespace: cluster.pull_secrets(ns) == [name], message="entry")
-    wait_for(lambda: cluster.ready(name).get("status") == "True", message="Ready")
+    name = synced_credential(cluster, tenant, wait_for, namespaces)
 
     def versions() -> dict:
         seen = {"cr": cluster.credential(name)["metadata"]["resourceVersion"]}
