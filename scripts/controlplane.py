@@ -1,0 +1,623 @@
+#!/usr/bin/env python3
+"""A real, local Kubernetes control plane for regcred's tests and demo (envtest-style).
+
+Nothing can be downloaded here except from package registries, so the binaries are
+compiled from Go modules (`k8s.io/kubernetes`, `go.etcd.io/etcd/server/v3`) into a
+versioned cache, then etcd, kube-apiserver and kube-controller-manager run on loopback
+with throwaway certificates. The controller-manager matters: without it namespaces never
+finish deleting, ownerReferences never cascade and no `default` ServiceAccount appears.
+
+    python scripts/controlplane.py build   # build or reuse the binaries, print their paths
+    python scripts/controlplane.py up      # start, print `export KUBECONFIG=...`, run until Ctrl-C
+    python scripts/controlplane.py env     # print `export KUBEBUILDER_ASSETS=...`
+
+In code: `with ControlPlane() as cp: ... cp.kubeconfig ...`. Stdlib only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import ctypes
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+KUBERNETES_VERSION = "v1.33.13"
+# What kubernetes v1.33 is tested with: build/dependencies.yaml and kubeadm's DefaultEtcdVersion.
+ETCD_VERSION = "v3.5.24"
+
+APISERVER, CONTROLLER_MANAGER, ETCD = "kube-apiserver", "kube-controller-manager", "etcd"
+BINARIES = (ETCD, APISERVER, CONTROLLER_MANAGER)
+CONTROLLERS = "garbagecollector,namespace,serviceaccount,serviceaccount-token,root-ca-cert-publisher"
+STOP_GRACE = 10.0
+
+
+class ControlPlaneError(RuntimeError):
+    """The control plane could not be built or started; the message says where the logs are."""
+
+
+def log(message: str) -> None:
+    print(f"[controlplane] {message}", file=sys.stderr, flush=True)
+
+
+# --- build ------------------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    """Where built binaries live: one directory per Kubernetes version, so a bump rebuilds."""
+    base = os.environ.get("REGCRED_CONTROLPLANE_CACHE")
+    root = Path(base) if base else Path.home() / ".cache" / "regcred" / "controlplane"
+    return root / KUBERNETES_VERSION
+
+
+def _go(args: list[str], cwd: Path, log_file: Path, env: dict[str, str] | None = None) -> None:
+    full_env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local",
+                **(env or {})}
+    with log_file.open("a") as out:
+        out.write(f"$ go {' '.join(args)}\n")
+        out.flush()
+        result = subprocess.run(["go", *args], cwd=cwd, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        tail = log_file.read_text(errors="replace")[-3000:]
+        raise ControlPlaneError(f"`go {' '.join(args)}` failed in {cwd}; log {log_file}:\n{tail}")
+
+
+def _kubernetes_go_mod() -> str:
+    """kubernetes' own go.mod: its staging modules and godebug line must be mirrored by ours."""
+    out = subprocess.run(["go", "mod", "download", "-json", f"k8s.io/kubernetes@{KUBERNETES_VERSION}"],
+                         check=True, capture_output=True, text=True,
+                         env={**os.environ, "GOTOOLCHAIN": "local"})
+    return Path(json.loads(out.stdout)["GoMod"]).read_text()
+
+
+def _kubernetes_module(go_mod: str) -> tuple[str, str]:
+    """go.mod and tools.go for a module that builds kubernetes' commands outside its repo.
+
+    kubernetes requires its staging modules at v0.0.0 and replaces them with local paths that
+    only exist in its repo; we replace each with the published v0.<minor>.<patch> tag.
+    """
+    staging = sorted(set(re.findall(r"^\s*(k8s\.io/[\w.-]+)\s*=>\s*\./staging/", go_mod, re.M)))
+    godebug = "\n".join(re.findall(r"^godebug .*$", go_mod, re.M))
+    go_line = re.search(r"^go (\S+)$", go_mod, re.M)
+    staging_version = "v0." + KUBERNETES_VERSION.split(".", 1)[1]
+    replaces = "\n".join(f"\t{module} => {module} {staging_version}" for module in staging)
+    mod = (f"module regcred.dev/controlplane/kubernetes\n\ngo {go_line.group(1) if go_line else '1.24.0'}\n\n"
+           f"{godebug}\n\nrequire k8s.io/kubernetes {KUBERNETES_VERSION}\n\nreplace (\n{replaces}\n)\n")
+    tools = ("//go:build tools\n\npackage tools\n\nimport (\n"
+             '\t_ "k8s.io/kubernetes/cmd/kube-apiserver"\n'
+             '\t_ "k8s.io/kubernetes/cmd/kube-controller-manager"\n)\n')
+    return mod, tools
+
+
+def _etcd_module() -> tuple[str, str]:
+    """etcd's server main is a wrapper around etcdmain; its own module keeps its deps apart."""
+    mod = (f"module regcred.dev/controlplane/etcd\n\ngo 1.24.0\n\n"
+           f"require go.etcd.io/etcd/server/v3 {ETCD_VERSION}\n")
+    main = ('package main\n\nimport (\n\t"os"\n\n\t"go.etcd.io/etcd/server/v3/etcdmain"\n)\n\n'
+            "func main() { etcdmain.Main(os.Args) }\n")
+    return mod, main
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
+def _build(names: list[str], target: Path) -> None:
+    """Compile the missing binaries into `target`, each via a temp name and an atomic rename."""
+    src = target / "src"
+    build_log = target / "build.log"
+    version = KUBERNETES_VERSION.lstrip("v").split(".")
+    ldflags = ("-s -w -X k8s.io/component-base/version.gitVersion=" + KUBERNETES_VERSION
+               + f" -X k8s.io/component-base/version.gitMajor={version[0]}"
+               + f" -X k8s.io/component-base/version.gitMinor={version[1]}"
+               + " -X k8s.io/component-base/version.gitTreeState=clean")
+    kube_names = [name for name in names if name != ETCD]
+    if kube_names:
+        module = src / "kubernetes"
+        module.mkdir(parents=True, exist_ok=True)
+        go_mod, tools = _kubernetes_module(_kubernetes_go_mod())
+        _write_if_changed(module / "go.mod", go_mod)
+        _write_if_changed(module / "tools.go", tools)
+        if not (module / "go.sum").exists():
+            _go(["mod", "tidy"], module, build_log)
+        for name in kube_names:
+            _go_build(module, f"k8s.io/kubernetes/cmd/{name}", target / name, ldflags, build_log)
+    if ETCD in names:
+        module = src / "etcd"
+        module.mkdir(parents=True, exist_ok=True)
+        go_mod, main = _etcd_module()
+        _write_if_changed(module / "main.go", main)
+        if not (module / "go.mod").exists() or go_mod.splitlines()[-1] not in (module / "go.mod").read_text():
+            (module / "go.mod").write_text(go_mod)
+            (module / "go.sum").unlink(missing_ok=True)
+            _go(["mod", "tidy"], module, build_log)
+        _go_build(module, ".", target / ETCD, "-s -w", build_log)
+
+
+def _go_build(module: Path, package: str, output: Path, ldflags: str, build_log: Path) -> None:
+    started = time.monotonic()
+    log(f"building {output.name} (first time takes a while; log: {build_log})")
+    partial = output.with_name(f".{output.name}.partial-{os.getpid()}")
+    try:
+        _go(["build", "-trimpath", "-ldflags", ldflags, "-o", str(partial), package], module, build_log)
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)
+    log(f"built {output.name} in {time.monotonic() - started:.0f}s")
+
+
+def _executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def ensure_binaries(build: bool = True) -> dict[str, Path]:
+    """Paths of etcd, kube-apiserver and kube-controller-manager, building whatever is missing.
+
+    `KUBEBUILDER_ASSETS` wins where it has a binary (envtest's convention); the rest comes from
+    the versioned cache. A file lock keeps two concurrent suites from building at once.
+    """
+    assets = os.environ.get("KUBEBUILDER_ASSETS")
+    found: dict[str, Path] = {}
+    for name in BINARIES:
+        if assets and _executable(Path(assets) / name):
+            found[name] = Path(assets) / name
+    target = cache_dir()
+    missing = [name for name in BINARIES if name not in found and not _executable(target / name)]
+    if missing:
+        if not build:
+            raise ControlPlaneError(f"missing {', '.join(missing)} in {target}; run `controlplane.py build`")
+        if shutil.which("go") is None:
+            raise ControlPlaneError(f"missing {', '.join(missing)} and no `go` toolchain to build them")
+        target.mkdir(parents=True, exist_ok=True)
+        with (target / ".build.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another process may finish the build meanwhile
+            missing = [name for name in missing if not _executable(target / name)]
+            if missing:
+                _build(missing, target)
+    for name in BINARIES:
+        found.setdefault(name, target / name)
+    return found
+
+
+# --- certificates -----------------------------------------------------------------------------
+
+_OPENSSL_CONFIG = """\
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = unused
+[ca]
+basicConstraints = critical,CA:TRUE
+keyUsage = critical,keyCertSign,cRLSign,digitalSignature
+subjectKeyIdentifier = hash
+[server]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+extendedKeyUsage = serverAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+subjectAltName = IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,\
+DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+[client]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+extendedKeyUsage = clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+"""
+
+
+class Certificates:
+    """A throwaway CA, the serving cert, client certs and the service-account key pair."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config = directory / "openssl.cnf"
+        self.config.write_text(_OPENSSL_CONFIG)
+        self.ca, self.ca_key = directory / "ca.crt", directory / "ca.key"
+        self._openssl("req", "-x509", "-new", *self._ec_key(self.ca_key), "-subj", "/CN=regcred-test-ca",
+                      "-days", "7", "-extensions", "ca", "-out", self.ca)
+        self.server, self.server_key = self.issue("kube-apiserver", (), "server")
+        self.sa_key, self.sa_pub = directory / "sa.key", directory / "sa.pub"
+        self._openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", self.sa_key)
+        self._openssl("pkey", "-in", self.sa_key, "-pubout", "-out", self.sa_pub)
+
+    def _ec_key(self, key: Path) -> list[str | Path]:
+        return ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key,
+                "-config", self.config]
+
+    def _openssl(self, *args: str | Path) -> None:
+        result = subprocess.run(["openssl", *map(str, args)], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise ControlPlaneError(f"openssl {args[0]} failed: {result.stderr.strip()}")
+
+    def issue(self, common_name: str, organisations: tuple[str, ...] = (), kind: str = "client",
+              ) -> tuple[Path, Path]:
+        """A certificate signed by the CA; for clients CN is the user name and O the groups."""
+        stem = re.sub(r"[^\w.-]", "_", common_name)
+        cert, key, csr = (self.dir / f"{stem}.crt", self.dir / f"{stem}.key", self.dir / f"{stem}.csr")
+        subject = "".join(f"/O={org}" for org in organisations) + f"/CN={common_name}"
+        self._openssl("req", "-new", *self._ec_key(key), "-subj", subject, "-out", csr)
+        self._openssl("x509", "-req", "-in", csr, "-CA", self.ca, "-CAkey", self.ca_key,
+                      "-set_serial", str(int.from_bytes(os.urandom(8), "big")), "-days", "7",
+                      "-extfile", self.config, "-extensions", kind, "-out", cert)
+        csr.unlink()
+        return cert, key
+
+
+def write_kubeconfig(path: Path, server: str, ca: Path, cert: Path, key: Path, user: str) -> Path:
+    """A kubeconfig with file references (JSON is valid YAML, so no YAML library is needed)."""
+    config = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "regcred-test",
+        "clusters": [{"name": "regcred-test",
+                      "cluster": {"server": server, "certificate-authority": str(ca)}}],
+        "users": [{"name": user, "user": {"client-certificate": str(cert), "client-key": str(key)}}],
+        "contexts": [{"name": "regcred-test", "context": {"cluster": "regcred-test", "user": user}}],
+    }
+    path.write_text(json.dumps(config, indent=2) + "\n")
+    return path
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (the kernel picks it; two suites can run at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGKILL it if the process that started it dies.
+
+    Covers the case no atexit hook can: the test runner itself being SIGKILLed.
+    Linux-only; harmless elsewhere.
+    """
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Poll `check` until it returns something truthy; ControlPlaneError on the deadline."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = check()
+            if last:
+                return last
+        except ControlPlaneError:
+            raise
+        except Exception as error:  # not up yet: connection refused, TLS, 5xx ...
+            last = error
+        if time.monotonic() >= deadline:
+            raise ControlPlaneError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+        time.sleep(interval)
+
+
+class Component:
+    """One control-plane process, restartable in place with the same arguments and ports."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
+        self.name, self.argv, self.log_path = name, argv, log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as out:
+            out.write(f"\n=== start {time.strftime('%H:%M:%S')}: {' '.join(self.argv)}\n".encode())
+            out.flush()
+            preexec = _die_with_parent if threading.current_thread() is threading.main_thread() else None
+            self.process = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True,
+                                            preexec_fn=preexec)
+
+    def check_running(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            code = None if self.process is None else self.process.returncode
+            raise ControlPlaneError(f"{self.name} exited (code {code}); log: {self.log_path}")
+
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        """SIGTERM, then SIGKILL after `grace` seconds."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class ControlPlane:
+    """etcd + kube-apiserver + kube-controller-manager on loopback, in a temp dir.
+
+    Use as a context manager. On an exception (or `stop(failed=True)`) the process logs are
+    copied to `$REGCRED_CONTROLPLANE_LOGS` or `~/.cache/regcred/logs/<time>-<pid>/` first.
+    """
+
+    def __init__(self, binaries: dict[str, Path] | None = None, *, start_timeout: float = 120.0) -> None:
+        self.binaries = binaries
+        self.start_timeout = start_timeout
+        self.dir: Path | None = None
+        self.components: dict[str, Component] = {}
+        self.kept_logs: Path | None = None
+
+    # Paths and addresses, valid once started.
+    @property
+    def kubeconfig(self) -> Path:
+        return self._path("admin.kubeconfig")
+
+    @property
+    def ca(self) -> Path:
+        return self._path("pki/ca.crt")
+
+    @property
+    def admin_cert(self) -> Path:
+        return self._path("pki/admin.crt")
+
+    @property
+    def admin_key(self) -> Path:
+        return self._path("pki/admin.key")
+
+    @property
+    def audit_log(self) -> Path:
+        """Metadata-level audit events (JSON lines): who did which verb on what."""
+        return self._path("logs/audit.jsonl")
+
+    @property
+    def log_dir(self) -> Path:
+        return self._path("logs")
+
+    def _path(self, relative: str) -> Path:
+        if self.dir is None:
+            raise ControlPlaneError("control plane not started")
+        return self.dir / relative
+
+    def __enter__(self) -> ControlPlane:
+        return self.start()
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.stop(failed=exc is not None and not isinstance(exc, KeyboardInterrupt))
+
+    def start(self) -> ControlPlane:
+        started = time.monotonic()
+        binaries = self.binaries or ensure_binaries()
+        self.dir = Path(tempfile.mkdtemp(prefix="regcred-cp-"))
+        atexit.register(self.stop)
+        try:
+            self._configure(binaries)
+            for name in BINARIES:
+                self.start_component(name)
+            wait_until(self._default_service_account, self.start_timeout,
+                       "the `default` ServiceAccount (kube-controller-manager working)")
+        except BaseException:
+            self.stop(failed=True)
+            raise
+        log(f"control plane ready in {time.monotonic() - started:.1f}s at {self.server}")
+        return self
+
+    def _configure(self, binaries: dict[str, Path]) -> None:
+        assert self.dir is not None
+        (self.dir / "logs").mkdir()
+        pki = Certificates(self.dir / "pki")
+        admin_cert, admin_key = pki.issue("admin", ("system:masters",))
+        kcm_cert, kcm_key = pki.issue("kube-controller-manager", ("system:masters",))
+        self.pki = pki
+        self.etcd_port, self.etcd_peer_port, self.port = free_port(), free_port(), free_port()
+        self.server = f"https://127.0.0.1:{self.port}"
+        etcd_url = f"http://127.0.0.1:{self.etcd_port}"
+        write_kubeconfig(self.kubeconfig, self.server, pki.ca, admin_cert, admin_key, "admin")
+        kcm_config = write_kubeconfig(self.dir / "controller-manager.kubeconfig", self.server, pki.ca,
+                                      kcm_cert, kcm_key, "kube-controller-manager")
+        audit_policy = self.dir / "audit-policy.json"
+        audit_policy.write_text(json.dumps({
+            "apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+            "omitStages": ["RequestReceived", "ResponseStarted"],
+            "rules": [{"level": "None", "users": ["system:apiserver"]}, {"level": "Metadata"}],
+        }))
+        peer_url = f"http://127.0.0.1:{self.etcd_peer_port}"
+        argv = {
+            ETCD: [str(binaries[ETCD]), "--name", "regcred-test", "--data-dir", str(self.dir / "etcd"),
+                   "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
+                   "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+                   "--initial-cluster", f"regcred-test={peer_url}",
+                   "--unsafe-no-fsync", "--quota-backend-bytes", str(4 << 30), "--log-level", "warn"],
+            APISERVER: [str(binaries[APISERVER]), "--etcd-servers", etcd_url,
+                        "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
+                        "--secure-port", str(self.port), "--cert-dir", str(self.dir / "pki"),
+                        "--tls-cert-file", str(pki.server), "--tls-private-key-file", str(pki.server_key),
+                        "--client-ca-file", str(pki.ca),
+                        "--service-account-key-file", str(pki.sa_pub),
+                        "--service-account-signing-key-file", str(pki.sa_key),
+                        "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
+                        "--service-cluster-ip-range", "10.0.0.0/24",
+                        "--authorization-mode", "Node,RBAC",
+                        "--enable-priority-and-fairness=false", "--profiling=false",
+                        "--audit-policy-file", str(audit_policy), "--audit-log-path", str(self.audit_log),
+                        "--audit-log-maxsize", "0", "--audit-log-mode", "blocking"],
+            CONTROLLER_MANAGER: [str(binaries[CONTROLLER_MANAGER]), "--kubeconfig", str(kcm_config),
+                                 "--controllers", CONTROLLERS,
+                                 "--service-account-private-key-file", str(pki.sa_key),
+                                 "--root-ca-file", str(pki.ca), "--use-service-account-credentials=false",
+                                 "--leader-elect=false", "--secure-port", "0",
+                                 "--concurrent-gc-syncs", "5", "--concurrent-namespace-syncs", "5"],
+        }
+        self.components = {name: Component(name, argv[name], self.log_dir / f"{name}.log")
+                           for name in BINARIES}
+
+    # --- talking to the API server without a client library ---
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        context.load_cert_chain(str(self.admin_cert), str(self.admin_key))
+        return context
+
+    def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+        """GET `path` as the admin; returns (status, body) for any HTTP status."""
+        request = urllib.request.Request(self.server + path)
+        try:
+            with urllib.request.urlopen(request, context=self.ssl_context(), timeout=timeout) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    def metrics(self) -> str:
+        """The API server's Prometheus text (e.g. `apiserver_request_total`), read as the admin."""
+        status, body = self.get("/metrics", timeout=15)
+        if status != 200:
+            raise ControlPlaneError(f"/metrics returned {status}")
+        return body.decode()
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """Audit events so far (verb, user.username, objectRef, responseStatus ...)."""
+        if not self.audit_log.exists():
+            return []
+        return [json.loads(line) for line in self.audit_log.read_text().splitlines() if line.strip()]
+
+    def _etcd_healthy(self) -> bool:
+        self.components[ETCD].check_running()
+        url = f"http://127.0.0.1:{self.etcd_port}/health"
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return json.loads(response.read()).get("health") == "true"
+
+    def _apiserver_ready(self) -> bool:
+        self.components[APISERVER].check_running()
+        return self.get("/readyz", timeout=5)[0] == 200
+
+    def _default_service_account(self) -> bool:
+        self.components[CONTROLLER_MANAGER].check_running()
+        return self.get("/api/v1/namespaces/default/serviceaccounts/default")[0] == 200
+
+    # --- lifecycle of single components (robustness suites restart them in place) ---
+
+    def start_component(self, name: str) -> None:
+        """Start one component and wait until it is healthy (etcd) or ready (API server)."""
+        self.components[name].start()
+        if name == ETCD:
+            wait_until(self._etcd_healthy, self.start_timeout, "etcd /health")
+        elif name == APISERVER:
+            wait_until(self._apiserver_ready, self.start_timeout, "kube-apiserver /readyz")
+
+    def stop_component(self, name: str) -> None:
+        self.components[name].stop()
+
+    def restart_etcd(self, downtime: float = 0.0) -> None:
+        """Stop etcd, stay down `downtime` seconds, start it on the same port and data dir;
+        returns once the API server is ready again."""
+        self._restart(ETCD, downtime)
+        wait_until(self._apiserver_ready, self.start_timeout, "kube-apiserver /readyz after etcd restart")
+
+    def restart_apiserver(self, downtime: float = 0.0) -> None:
+        """Stop kube-apiserver and start it again on the same port; returns once it is ready."""
+        self._restart(APISERVER, downtime)
+
+    def _restart(self, name: str, downtime: float) -> None:
+        self.stop_component(name)
+        if downtime:
+            time.sleep(downtime)  # the point is to stay down; nothing to wait for
+        self.start_component(name)
+
+    def user_kubeconfig(self, user: str, groups: tuple[str, ...] = ()) -> Path:
+        """A kubeconfig for another identity (client cert CN=user, O=groups), e.g. to test RBAC."""
+        cert, key = self.pki.issue(user, groups)
+        return write_kubeconfig(self._path(f"{cert.stem}.kubeconfig"), self.server, self.ca, cert, key, user)
+
+    def stop(self, failed: bool = False) -> None:
+        """Stop every process, keep the logs if `failed`, remove the temp dir. Idempotent."""
+        atexit.unregister(self.stop)
+        for name in reversed(BINARIES):
+            if name in self.components:
+                self.components[name].stop()
+        if self.dir is None:
+            return
+        if failed and (self.dir / "logs").exists():
+            self.kept_logs = keep_logs(self.dir / "logs")
+            log(f"control plane failed; logs kept in {self.kept_logs}")
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir = None
+
+
+def keep_logs(source: Path) -> Path:
+    """Copy a log dir somewhere that outlives the temp dir."""
+    base = os.environ.get("REGCRED_CONTROLPLANE_LOGS")
+    root = Path(base) if base else Path.home() / ".cache" / "regcred" / "logs"
+    target = root / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    return target
+
+
+# --- CLI --------------------------------------------------------------------------------------
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """SIGTERM and SIGHUP behave like Ctrl-C, so `finally` blocks clean up."""
+    previous = {sig: signal.signal(sig, _raise_keyboard_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("build", help="build or reuse the binaries and print their paths")
+    commands.add_parser("up", help="start a control plane and keep it up until Ctrl-C or SIGTERM")
+    commands.add_parser("env", help="print `export KUBEBUILDER_ASSETS=...` for the cached binaries")
+    args = parser.parse_args(argv)
+    try:
+        with _interruptible():
+            if args.command == "build":
+                started = time.monotonic()
+                for name, path in ensure_binaries().items():
+                    print(f"{name}: {path}")
+                log(f"binaries ready in {time.monotonic() - started:.1f}s")
+            elif args.command == "env":
+                print(f"export KUBEBUILDER_ASSETS={ensure_binaries(build=False)[APISERVER].parent}")
+            else:
+                with ControlPlane() as plane:
+                    print(f"export KUBECONFIG={plane.kubeconfig}", flush=True)
+                    log("running; Ctrl-C or SIGTERM stops it and removes everything")
+                    while True:
+                        for component in plane.components.values():
+                            component.check_running()
+                        time.sleep(1)
+    except KeyboardInterrupt:
+        log("stopped")
+        return 130
+    except ControlPlaneError as error:
+        log(f"error: {error}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
