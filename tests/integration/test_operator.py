@@ -61,6 +61,7 @@ def synced_credential(cluster: Cluster, tenant, wait_for, namespaces: list[str])
 def test_copies_land_in_exactly_the_matching_namespaces(cluster, operator, tenant, wait_for):
     inside = tenant(2)
     outside = tenant(1, **{"regcred.dev/ignore": "true"})
+    wait_for(lambda: cluster.pull_secrets(inside[0]) is not None, message="default SA exists")
     cluster.set_pull_secrets(inside[0], ["theirs-a", "theirs-b"])
     name = unique("cr")
     secret = cluster.put_source(name)
