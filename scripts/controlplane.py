@@ -47,6 +47,7 @@ APISERVER, CONTROLLER_MANAGER, ETCD = "kube-apiserver", "kube-controller-manager
 BINARIES = (ETCD, APISERVER, CONTROLLER_MANAGER)
 CONTROLLERS = "garbagecollector,namespace,serviceaccount,serviceaccount-token,root-ca-cert-publisher"
 STOP_GRACE = 10.0
+TEMP_PREFIX = "regcred-cp-"
 
 
 class ControlPlaneError(RuntimeError):
@@ -67,9 +68,9 @@ def cache_dir() -> Path:
     return root / KUBERNETES_VERSION
 
 
-def _go(args: list[str], cwd: Path, log_file: Path, env: dict[str, str] | None = None) -> None:
-    full_env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local",
-                **(env or {})}
+def _go(args: list[str], cwd: Path, log_file: Path) -> None:
+    flags = f"{os.environ.get('GOFLAGS', '')} -mod=mod".strip()
+    full_env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": flags, "GOTOOLCHAIN": "local"}
     with log_file.open("a") as out:
         out.write(f"$ go {' '.join(args)}\n")
         out.flush()
@@ -190,11 +191,11 @@ def ensure_binaries(build: bool = True) -> dict[str, Path]:
         with (target / ".build.lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # another process may finish the build meanwhile
             missing = [name for name in missing if not _executable(target / name)]
+            for stale in target.glob(".*.partial-*"):  # left by a killed build
+                stale.unlink()
             if missing:
                 _build(missing, target)
-    for name in BINARIES:
-        found.setdefault(name, target / name)
-    return found
+    return {name: found.get(name, target / name) for name in BINARIES}
 
 
 # --- certificates -----------------------------------------------------------------------------
@@ -408,7 +409,9 @@ class ControlPlane:
     def start(self) -> ControlPlane:
         started = time.monotonic()
         binaries = self.binaries or ensure_binaries()
-        self.dir = Path(tempfile.mkdtemp(prefix="regcred-cp-"))
+        _remove_orphaned_dirs()
+        self.dir = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
+        (self.dir / "owner.pid").write_text(str(os.getpid()))
         atexit.register(self.stop)
         try:
             self._configure(binaries)
@@ -416,8 +419,8 @@ class ControlPlane:
                 self.start_component(name)
             wait_until(self._default_service_account, self.start_timeout,
                        "the `default` ServiceAccount (kube-controller-manager working)")
-        except BaseException:
-            self.stop(failed=True)
+        except BaseException as error:
+            self.stop(failed=not isinstance(error, KeyboardInterrupt))
             raise
         log(f"control plane ready in {time.monotonic() - started:.1f}s at {self.server}")
         return self
@@ -570,6 +573,18 @@ class ControlPlane:
         self.dir = None
 
 
+def _remove_orphaned_dirs() -> None:
+    """Remove temp dirs of control planes whose owner was SIGKILLed (its processes died with
+    it, see `_die_with_parent`, but nothing could remove its files)."""
+    for directory in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*"):
+        try:
+            os.kill(int((directory / "owner.pid").read_text()), 0)
+        except ProcessLookupError:
+            shutil.rmtree(directory, ignore_errors=True)
+        except (OSError, ValueError):
+            pass  # no pid file yet, or not ours to judge
+
+
 def keep_logs(source: Path) -> Path:
     """Copy a log dir somewhere that outlives the temp dir."""
     base = os.environ.get("REGCRED_CONTROLPLANE_LOGS")
@@ -588,8 +603,10 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
 
 @contextlib.contextmanager
 def _interruptible() -> Iterator[None]:
-    """SIGTERM and SIGHUP behave like Ctrl-C, so `finally` blocks clean up."""
-    previous = {sig: signal.signal(sig, _raise_keyboard_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    """SIGINT, SIGTERM and SIGHUP all raise KeyboardInterrupt, so `finally` blocks clean up
+    (SIGINT explicitly too: a shell starts background jobs with it ignored)."""
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, _raise_keyboard_interrupt) for sig in signals}
     try:
         yield
     finally:
