@@ -84,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(settings: Settings) -> None:
     # The resync interval is read when the handlers are registered, on import.
     os.environ["REGCRED_RESYNC_SECONDS"] = str(settings.resync_seconds)
+    if settings.kubeconfig:  # kopf's own login reads $KUBECONFIG, like our client does
+        os.environ["KUBECONFIG"] = settings.kubeconfig
     import kopf
 
     from regcred import handlers  # noqa: F401  (registers the handlers)
