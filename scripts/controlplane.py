@@ -336,7 +336,7 @@ class Component:
     def check_running(self) -> None:
         if self.process is None or self.process.poll() is not None:
             code = None if self.process is None else self.process.returncode
-            raise ControlPlaneError(f"{self.name} exited (code {code}); log: {self.log_path}")
+            raise ControlPlaneError(f"{self.name} exited (code {code}); see {self.log_path.name}")
 
     def stop(self, grace: float = STOP_GRACE) -> None:
         """SIGTERM, then SIGKILL after `grace` seconds (grace 0: SIGKILL at once, like a crash)."""
@@ -421,6 +421,8 @@ class ControlPlane:
                        "the `default` ServiceAccount (kube-controller-manager working)")
         except BaseException as error:
             self.stop(failed=not isinstance(error, KeyboardInterrupt))
+            if isinstance(error, ControlPlaneError) and self.kept_logs:
+                raise ControlPlaneError(f"{error}; logs kept in {self.kept_logs}") from error
             raise
         log(f"control plane ready in {time.monotonic() - started:.1f}s at {self.server}")
         return self
