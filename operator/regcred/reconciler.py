@@ -87,6 +87,9 @@ class Reconciler:
         self._complete: set[str] = set()
         self._namespace_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
         self._credential_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+        # One status computation and write at a time per CR: two publishes racing could
+        # otherwise let the one computed from an older ledger land last, and stay.
+        self._publish_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
         self._state_lock = threading.Lock()
 
     # --- what the planner sees ------------------------------------------------------------
@@ -279,6 +282,11 @@ class Reconciler:
     def publish(self, name: str, *, wrote: bool, rotated: int = 0,
                 problem: InvalidInput | None = None) -> None:
         """Write the CR's status if it differs from what it shows; post events on news."""
+        with self._publish_locks[name]:
+            self._publish(name, wrote=wrote, rotated=rotated, problem=problem)
+
+    def _publish(self, name: str, *, wrote: bool, rotated: int,
+                 problem: InvalidInput | None) -> None:
         body = self._world.credential_body(name)
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
             return
