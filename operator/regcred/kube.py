@@ -258,9 +258,11 @@ class Kube:
                     if event["type"] == "ERROR":
                         resource_version = ""
                         break
+                    if event["type"] == "BOOKMARK":  # the client leaves its object a plain dict
+                        resource_version = obj["metadata"]["resourceVersion"]
+                        continue
                     resource_version = obj.metadata.resource_version
-                    if event["type"] != "BOOKMARK":
-                        on_change(namespace, obj.metadata.name)
+                    on_change(namespace, obj.metadata.name)
             except ApiException as error:
                 if error.status == 410:  # expired resourceVersion: list again
                     resource_version = ""
