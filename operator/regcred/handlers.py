@@ -161,13 +161,14 @@ def namespace_event(name: str, memo: kopf.Memo, **_: Any) -> None:
     memo.reconciler.namespace_changed(name)
 
 
+# Listing events (type None) count too: after a lost watch (an API server or etcd restart)
+# kopf lists again, and a ServiceAccount or copy changed in the gap shows up only there.
+
 @kopf.on.event("serviceaccounts")
-def service_account_event(namespace: str, type: str | None, memo: kopf.Memo, **_: Any) -> None:
-    if type is not None:  # the initial listing is covered by the namespace's own first event
-        memo.reconciler.namespace_changed(namespace)
+def service_account_event(namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    memo.reconciler.namespace_changed(namespace)
 
 
 @kopf.on.event("secrets", labels=MANAGED)
-def copy_event(namespace: str, type: str | None, memo: kopf.Memo, **_: Any) -> None:
-    if type is not None:
-        memo.reconciler.namespace_changed(namespace)
+def copy_event(namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    memo.reconciler.namespace_changed(namespace)
