@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+import urllib3
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
@@ -41,12 +42,18 @@ EVENT_NAMESPACE = "default"  # events about cluster-scoped objects live in "defa
 
 
 class KubeError(Exception):
-    """A failed API call: `status` is the HTTP code, `reason` the API's reason word."""
+    """A failed API call: `status` is the HTTP code (0: no answer, e.g. the API server is
+    unreachable), `reason` the API's reason word (or the connection error's type)."""
 
     def __init__(self, verb: str, what: str, status: int, reason: str) -> None:
         super().__init__(f"{verb} {what}: {status} {reason}")
         self.status = status
         self.reason = reason
+
+    @property
+    def transient(self) -> bool:
+        """Worth trying again soon: no answer, a conflict, throttling or a server error."""
+        return self.status in (0, 408, 409, 429) or self.status >= 500
 
 
 class NotOurs(Exception):
@@ -197,8 +204,10 @@ class Kube:
                            name, namespace, ops, missing_ok=True)
                 return Applied(wrote=True)
             except KubeError as error:
-                if error.status not in (409, 422) or attempt == SERVICE_ACCOUNT_ATTEMPTS - 1:
+                if error.status not in (409, 422):
                     raise
+                if attempt == SERVICE_ACCOUNT_ATTEMPTS - 1:  # a busy list, not a bad patch
+                    raise KubeError("patch", what, 409, "Conflict") from None
                 log.debug("serviceaccount changed meanwhile, retrying", namespace=namespace,
                           service_account=name, attempt=attempt + 1)
         return Applied(wrote=False)
@@ -287,6 +296,9 @@ class Kube:
                 return None
             self._on_error(error.status or 0)
             raise KubeError(verb, what, error.status or 0, _reason(error)) from None
+        except (urllib3.exceptions.HTTPError, OSError) as error:  # no answer at all
+            self._on_error(0)
+            raise KubeError(verb, what, 0, type(error).__name__) from None
         finally:
             log.debug("api call", verb=verb, what=what,
                       ms=round((time.monotonic() - started) * 1000, 1))

@@ -41,6 +41,10 @@ from regcred.settings import Settings
 
 log = structlog.get_logger("regcred.reconciler")
 
+# After a transient API failure (no answer, a conflict, throttling, a 5xx) the work is done
+# again after these delays (the last one repeats) instead of waiting for the periodic resync.
+RETRY_DELAYS = (2.0, 4.0, 8.0, 15.0, 30.0)
+
 
 class CleanupIncomplete(Exception):
     """Some copies of a deleted CR could not be removed yet; the finalizer stays for a retry."""
@@ -62,6 +66,7 @@ class NamespaceOutcome:
     wrote: int = 0
     rotated: dict[str, int] = field(default_factory=dict)
     changed: set[str] = field(default_factory=set)
+    transient: bool = False  # an API call failed in a way worth retrying soon
 
 
 def utc_now() -> str:
@@ -91,6 +96,9 @@ class Reconciler:
         # otherwise let the one computed from an older ledger land last, and stay.
         self._publish_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
         self._state_lock = threading.Lock()
+        self._retries: dict[tuple[str, str], threading.Timer] = {}  # (kind, name) -> pending retry
+        self._attempts: dict[tuple[str, str], int] = defaultdict(int)
+        self._stopped = False
 
     # --- what the planner sees ------------------------------------------------------------
 
@@ -157,6 +165,7 @@ class Reconciler:
                 except KubeError as error:
                     failures[action.credential] = Failure(namespace, "ApiError", str(error))
                     failed_secrets.add(secret_name)
+                    outcome.transient |= error.transient
                     continue
                 self._count(outcome, action, applied.wrote)
                 if applied.rotated:
@@ -167,6 +176,7 @@ class Reconciler:
                 try:
                     applied = self._kube.apply(action)
                 except KubeError as error:
+                    outcome.transient |= error.transient
                     if isinstance(action, AddPullSecret):
                         failures[action.credential] = Failure(namespace, "ApiError", str(error))
                     log.warning("serviceaccount edit failed", namespace=namespace,
@@ -211,6 +221,40 @@ class Reconciler:
         outcome = self.sync_namespace(namespace)
         for credential in outcome.changed & self._complete:
             self.publish(credential, wrote=outcome.wrote > 0)
+        self._retry_if(outcome.transient, "namespace", namespace)
+
+    # --- retries after transient API failures ---------------------------------------------
+
+    def _retry_if(self, failed: bool, kind: str, name: str) -> None:
+        """Schedule the namespace or credential again if it `failed` transiently (with a
+        growing delay), or forget its earlier attempts if it did not."""
+        key = (kind, name)
+        with self._state_lock:
+            if not failed:
+                self._attempts.pop(key, None)
+                return
+            if key in self._retries or self._stopped:
+                return
+            delay = RETRY_DELAYS[min(self._attempts[key], len(RETRY_DELAYS) - 1)]
+            self._attempts[key] += 1
+            timer = threading.Timer(delay, self._retry, args=(key,))
+            timer.daemon = True
+            self._retries[key] = timer
+        log.info("retrying after a transient API failure", **{kind: name}, seconds=delay)
+        timer.start()
+
+    def _retry(self, key: tuple[str, str]) -> None:
+        with self._state_lock:
+            self._retries.pop(key, None)
+        kind, name = key
+        try:
+            if kind == "namespace":
+                self.namespace_changed(name)
+            else:
+                self.sync_credential(name)
+        except Exception:  # never lose the retry chain to an unexpected error
+            log.exception("retry failed", **{kind: name})
+            self._retry_if(True, kind, name)
 
     # --- one credential -------------------------------------------------------------------
 
@@ -232,6 +276,8 @@ class Reconciler:
             self._complete.add(name)
             self.publish(name, wrote=wrote > 0, rotated=rotated, problem=problem)
             self._metrics.credential_synced(name, problem is None)
+            unreadable = problem is not None and problem.reason == "SourceUnreadable"
+            self._retry_if(unreadable or any(o.transient for o in outcomes), "credential", name)
         self._metrics.observe_reconcile("credential", problem is not None,
                                         time.monotonic() - started)
 
@@ -338,6 +384,11 @@ class Reconciler:
             log.info("rotated", credential=name, copies=rotated)
 
     def shutdown(self) -> None:
+        with self._state_lock:
+            self._stopped = True
+            for timer in self._retries.values():
+                timer.cancel()
+            self._retries.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
