@@ -163,6 +163,8 @@ class Kube:
             return self._create_copy(CreateCopy(meta["namespace"], owner["name"], manifest))
         if not owned_by(existing, owner["name"], owner["uid"]):
             raise NotOurs(f"secret {meta['name']} exists and is not managed by regcred")
+        if not copy_differs(observe_copy(existing), manifest):
+            return Applied(wrote=False)  # our cache was behind: it is already right
         body["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
         self._call("replace", what, self._core.replace_namespaced_secret,
                    meta["name"], meta["namespace"], body)
@@ -172,14 +174,14 @@ class Kube:
         # Preconditions make the API refuse if the object was replaced or changed meanwhile.
         options = {"preconditions": {"uid": action.uid, "resourceVersion": action.resource_version}}
         try:
-            self._call("delete", f"secret {action.namespace}/{action.secret_name}",
-                       self._core.delete_namespaced_secret, action.secret_name, action.namespace,
-                       body=options, missing_ok=True)
+            deleted = self._call("delete", f"secret {action.namespace}/{action.secret_name}",
+                                 self._core.delete_namespaced_secret, action.secret_name,
+                                 action.namespace, body=options, missing_ok=True)
         except KubeError as error:
             if error.status != 409:
                 raise
             return Applied(wrote=False)  # changed meanwhile; its watch event re-plans it
-        return Applied(wrote=True)
+        return Applied(wrote=deleted is not None)  # None: it was gone already
 
     def _edit_pull_secrets(self, namespace: str, name: str, secret_name: str,
                            observed: ObservedServiceAccount | None, *, present: bool) -> Applied:
