@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import kopf
@@ -36,9 +36,9 @@ RESYNC_SECONDS = float(os.environ.get("REGCRED_RESYNC_SECONDS", "300"))
 # --- caches (kopf indexes) -----------------------------------------------------------------
 
 @kopf.index("namespaces")
-def namespace_index(name: str, labels: Mapping[str, str], meta: Mapping[str, Any],
-                    **_: Any) -> dict[str, NamespaceInfo]:
-    return {name: NamespaceInfo(name, dict(labels), bool(meta.get("deletionTimestamp")))}
+def namespace_index(name: str, uid: str, labels: Mapping[str, str], meta: Mapping[str, Any],
+                    **_: Any) -> dict[str, tuple[str, NamespaceInfo]]:
+    return {name: (uid, NamespaceInfo(name, dict(labels), bool(meta.get("deletionTimestamp"))))}
 
 
 @kopf.index("secrets", labels=MANAGED)
@@ -58,21 +58,40 @@ def credential_index(body: Mapping[str, Any], name: str, **_: Any) -> dict[str, 
 
 
 class IndexedWorld:
-    """The `World` the reconciler reads, backed by the kopf indexes above."""
+    """The `World` the reconciler reads, backed by the kopf indexes above.
+
+    kopf drops an object from an index only on its DELETED event. After a lost watch it lists
+    again but keeps what the new listing lacks, so an object deleted while the watch was down
+    stays in the index; `forget` hides such entries (by uid) once the API confirms they are gone.
+    """
 
     def __init__(self, namespaces: kopf.Index, copies: kopf.Index, accounts: kopf.Index,
                  credentials: kopf.Index) -> None:
         self._namespaces, self._copies = namespaces, copies
         self._accounts, self._credentials = accounts, credentials
+        self._gone: set[str] = set()
+
+    def _namespace_entries(self, name: str) -> list[tuple[str, NamespaceInfo]]:
+        return [entry for entry in snapshot(self._namespaces.get(name, ())) if entry[0] not in self._gone]
 
     def namespace_names(self) -> list[str]:
-        return snapshot(self._namespaces)
+        return [name for name in snapshot(self._namespaces) if self._namespace_entries(name)]
 
     def namespace(self, name: str) -> NamespaceInfo | None:
-        return next(iter(snapshot(self._namespaces.get(name, ()))), None)
+        return next((info for _, info in self._namespace_entries(name)), None)
 
     def copies(self, namespace: str) -> list[ObservedCopy]:
-        return snapshot(self._copies.get(namespace, ()))
+        return [c for c in snapshot(self._copies.get(namespace, ())) if c.uid not in self._gone]
+
+    def cached_uids(self) -> dict[str, str]:
+        """uid -> namespace of every namespace and copy in the caches."""
+        found = {uid: name for name in snapshot(self._namespaces)
+                 for uid, _ in self._namespace_entries(name)}
+        found.update((c.uid, ns) for ns in snapshot(self._copies) for c in self.copies(ns))
+        return found
+
+    def forget(self, uids: Iterable[str]) -> None:
+        self._gone.update(uids)
 
     def service_accounts(self, namespace: str) -> list[ObservedServiceAccount]:
         return snapshot(self._accounts.get(namespace, ()))
@@ -112,6 +131,7 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, namespace_index: kop
     kube = Kube(api_client, on_error=metrics.api_error)
     world = IndexedWorld(namespace_index, copy_index, service_account_index, credential_index)
     memo.reconciler = Reconciler(kube, world, options, metrics)
+    memo.listed = set()  # uids seen in a listing: seeing one listed again means a re-list
     memo.stop = threading.Event()
     for namespace in sorted(options.source_namespaces):
         threading.Thread(
@@ -143,6 +163,7 @@ def credential_changed(name: str, memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.timer(*CRD, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
 def resync(name: str, memo: kopf.Memo, **_: Any) -> None:
+    memo.reconciler.verify_caches(max_age=RESYNC_SECONDS / 2)
     memo.reconciler.sync_credential(name, resync=True)
 
 
@@ -156,8 +177,20 @@ def credential_deleted(name: str, memo: kopf.Memo, **_: Any) -> None:
 
 # --- what the copies depend on ------------------------------------------------------------
 
+def _relisted(memo: kopf.Memo, type: str | None, uid: str | None) -> None:
+    """kopf re-lists after a lost watch without saying so; an object listed a second time
+    tells. Objects deleted meanwhile linger in its indexes: have the caches checked."""
+    if type == "DELETED":
+        memo.listed.discard(uid)
+    elif type is None and uid:
+        if uid in memo.listed:
+            memo.reconciler.verify_caches_soon()
+        memo.listed.add(uid)
+
+
 @kopf.on.event("namespaces")
-def namespace_event(name: str, memo: kopf.Memo, **_: Any) -> None:
+def namespace_event(name: str, type: str | None, uid: str | None, memo: kopf.Memo, **_: Any) -> None:
+    _relisted(memo, type, uid)
     memo.reconciler.namespace_changed(name)
 
 
@@ -165,10 +198,13 @@ def namespace_event(name: str, memo: kopf.Memo, **_: Any) -> None:
 # kopf lists again, and a ServiceAccount or copy changed in the gap shows up only there.
 
 @kopf.on.event("serviceaccounts")
-def service_account_event(namespace: str, memo: kopf.Memo, **_: Any) -> None:
+def service_account_event(namespace: str, type: str | None, uid: str | None, memo: kopf.Memo,
+                          **_: Any) -> None:
+    _relisted(memo, type, uid)
     memo.reconciler.namespace_changed(namespace)
 
 
 @kopf.on.event("secrets", labels=MANAGED)
-def copy_event(namespace: str, memo: kopf.Memo, **_: Any) -> None:
+def copy_event(namespace: str, type: str | None, uid: str | None, memo: kopf.Memo, **_: Any) -> None:
+    _relisted(memo, type, uid)
     memo.reconciler.namespace_changed(namespace)

@@ -33,7 +33,15 @@ from regcred.core.plan import (
     observe_service_account,
 )
 from regcred.core.source import SourceSecret
-from regcred.core.spec import CREDENTIAL_LABEL, GROUP, KIND, PLURAL, VERSION
+from regcred.core.spec import (
+    CREDENTIAL_LABEL,
+    GROUP,
+    KIND,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    PLURAL,
+    VERSION,
+)
 
 log = structlog.get_logger("regcred.kube")
 
@@ -213,6 +221,14 @@ class Kube:
                 log.debug("serviceaccount changed meanwhile, retrying", namespace=namespace,
                           service_account=name, attempt=attempt + 1)
         return Applied(wrote=False)
+
+    def live_uids(self) -> set[str]:
+        """uids of every namespace and every regcred-managed Secret, read from the API now."""
+        namespaces = self._call("list", "namespaces", self._core.list_namespace)
+        copies = self._call("list", "managed secrets", self._core.list_secret_for_all_namespaces,
+                            label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")
+        return {item["metadata"]["uid"] for listing in (namespaces, copies)
+                for item in listing.get("items") or []}
 
     # --- the custom resource -----------------------------------------------------------
 

@@ -59,6 +59,9 @@ class World(Protocol):
     def service_accounts(self, namespace: str) -> list[ObservedServiceAccount]: ...
     def credential_bodies(self) -> list[Mapping[str, Any]]: ...
     def credential_body(self, name: str) -> Mapping[str, Any] | None: ...
+    # uid -> namespace of the cached namespaces and copies; hide entries that are gone
+    def cached_uids(self) -> dict[str, str]: ...
+    def forget(self, uids: Iterable[str]) -> None: ...
 
 
 @dataclass
@@ -99,6 +102,7 @@ class Reconciler:
         self._retries: dict[tuple[str, str], threading.Timer] = {}  # (kind, name) -> pending retry
         self._attempts: dict[tuple[str, str], int] = defaultdict(int)
         self._stopped = False
+        self._verified = 0.0  # monotonic time of the last cache check against the API
 
     # --- what the planner sees ------------------------------------------------------------
 
@@ -250,11 +254,48 @@ class Reconciler:
         try:
             if kind == "namespace":
                 self.namespace_changed(name)
+            elif kind == "caches":
+                self.verify_caches()
             else:
                 self.sync_credential(name)
         except Exception:  # never lose the retry chain to an unexpected error
             log.exception("retry failed", **{kind: name})
             self._retry_if(True, kind, name)
+
+    # --- objects deleted while a watch was down --------------------------------------------
+
+    def verify_caches_soon(self) -> None:
+        """A watch was re-listed: check the caches once the listing has had a moment."""
+        with self._state_lock:
+            if ("caches", "") in self._retries or self._stopped:
+                return
+            timer = threading.Timer(1.0, self._retry, args=(("caches", ""),))
+            timer.daemon = True
+            self._retries[("caches", "")] = timer
+        timer.start()
+
+    def verify_caches(self, max_age: float = 0.0) -> None:
+        """Hide cached namespaces and copies that the API no longer has (their DELETED event
+        was lost with a watch), then sync their namespaces: a copy deleted while regcred's
+        watch was down is created again, a namespace deleted meanwhile leaves the status."""
+        if max_age and time.monotonic() - self._verified < max_age:
+            return
+        cached = self._world.cached_uids()  # before the listing: newer entries are not judged
+        try:
+            live = self._kube.live_uids()
+        except KubeError as error:
+            log.warning("cannot check the caches", error=str(error))
+            self._retry_if(error.transient, "caches", "")
+            return
+        self._verified = time.monotonic()
+        self._retry_if(False, "caches", "")
+        gone = {uid: namespace for uid, namespace in cached.items() if uid not in live}
+        if not gone:
+            return
+        self._world.forget(gone)
+        log.warning("dropped cache entries deleted while a watch was down", objects=len(gone))
+        for namespace in sorted(set(gone.values())):
+            self.namespace_changed(namespace)
 
     # --- one credential -------------------------------------------------------------------
 
