@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test demo lint unit controlplane clean
+.PHONY: test demo lint unit controlplane clean manifests
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)

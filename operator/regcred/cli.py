@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import sys
 from collections.abc import Sequence
 
@@ -101,6 +102,9 @@ def run(settings: Settings) -> None:
         clusterwide=True,
         standalone=settings.peering is None,
         peering_name=settings.peering,
+        # kopf pauses every replica that sees a peer of the same or higher priority, so each
+        # replica draws its own: the highest acts, the others wait for its entry to expire.
+        priority=random.randint(1, 2**31 - 1) if settings.peering else None,
         liveness_endpoint=liveness,
         memo=kopf.Memo(settings=settings, metrics=metrics),
     )

@@ -31,6 +31,7 @@ from regcred.settings import Settings
 CRD = (GROUP, VERSION, PLURAL)
 MANAGED = {MANAGED_BY_LABEL: MANAGED_BY_VALUE}
 RESYNC_SECONDS = float(os.environ.get("REGCRED_RESYNC_SECONDS", "300"))
+PEERING_LIFETIME_SECONDS = 15
 
 
 # --- caches (kopf indexes) -----------------------------------------------------------------
@@ -118,9 +119,8 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, namespace_index: kop
     settings.posting.enabled = False  # we post our own events, only on news
     settings.watching.label_selectors["secrets"] = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
     settings.execution.max_workers = max(8, options.workers)
-    if options.peering:
-        settings.peering.name = options.peering
-        settings.peering.clusterwide = True
+    # A killed leader's peering entry expires after `lifetime`: that is the failover time.
+    settings.peering.lifetime = PEERING_LIFETIME_SECONDS
 
     if options.kubeconfig:
         api_client = config.new_client_from_config(config_file=options.kubeconfig)
