@@ -1,0 +1,17 @@
+# regcred operator image. The install steps are the README's (`pip install .`), split
+# into a wheel build and a wheels-only install so no build tooling reaches the final stage.
+FROM python:3.11.14-slim-bookworm AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY operator ./operator
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.11.14-slim-bookworm
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels regcred==0.1.0 \
+    && rm -rf /wheels
+USER 65532:65532
+EXPOSE 8080 9090
+ENTRYPOINT ["regcred", "run"]

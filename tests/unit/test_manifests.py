@@ -1,0 +1,89 @@
+"""The install bundle: what a security review and `kubectl apply -k manifests/` rely on."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+MANIFESTS = REPO / "manifests"
+
+
+def documents(name: str) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all((MANIFESTS / name).read_text()) if doc]
+
+
+def by_kind(kind: str) -> list[dict]:
+    return [doc for path in sorted(MANIFESTS.glob("*.yaml")) for doc in documents(path.name)
+            if doc.get("kind") == kind]
+
+
+def test_the_bundled_crd_is_the_one_in_crds():
+    assert (MANIFESTS / "crd-registrycredentials.yaml").read_bytes() == (
+        REPO / "crds" / "registrycredentials.yaml").read_bytes(), "run `make manifests`"
+
+
+def test_kustomization_lists_every_manifest():
+    listed = set(yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())["resources"])
+    present = {p.name for p in MANIFESTS.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == present
+
+
+def test_no_wildcards_in_rbac():
+    for kind in ("ClusterRole", "Role"):
+        for role in by_kind(kind):
+            for rule in role["rules"]:
+                for field in ("apiGroups", "resources", "verbs"):
+                    assert "*" not in rule.get(field, []), (role["metadata"]["name"], rule)
+
+
+def test_every_cluster_role_rule_says_why():
+    text = (MANIFESTS / "rbac.yaml").read_text()
+    rules = text.split("kind: ClusterRole\n", 1)[1].split("---", 1)[0]
+    lines = rules.splitlines()
+    for index, line in enumerate(lines):
+        if re.match(r"\s+- apiGroups:", line):
+            assert lines[index - 1].strip().startswith("#"), f"rule without a comment: {line}"
+
+
+def test_the_operator_may_not_touch_what_it_does_not_need():
+    [role] = by_kind("ClusterRole")
+    granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+               for resource in rule["resources"] for verb in rule["verbs"]}
+    assert ("", "secrets", "patch") not in granted  # copies are replaced with a precondition
+    assert ("", "serviceaccounts", "update") not in granted  # only guarded JSON patches
+    assert ("", "namespaces", "patch") not in granted
+    assert not any(resource in ("pods", "deployments", "nodes") for _, resource, _ in granted)
+
+
+def test_the_deployment_is_locked_down():
+    [deployment] = by_kind("Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    [container] = pod["containers"]
+    context = container["securityContext"]
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"]["drop"] == ["ALL"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+    assert "memory" in container["resources"]["limits"]
+
+
+def test_replicas_and_peering_go_together():
+    [deployment] = by_kind("Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    if deployment["spec"]["replicas"] > 1:
+        assert "--peering=regcred" in args
+        assert [p["metadata"]["name"] for p in by_kind("ClusterKopfPeering")] == ["regcred"]
+
+
+def test_examples_are_valid_yaml_with_fake_values():
+    for path in (MANIFESTS / "examples").glob("*.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            assert doc["apiVersion"] and doc["kind"]
+    secret = yaml.safe_load((MANIFESTS / "examples" / "source-secret.yaml").read_text())
+    assert secret["stringData"]["password"] == "replace-me"
