@@ -353,8 +353,10 @@ class Reconciler:
     def forget_credential(self, name: str) -> None:
         """The CR is being deleted: remove its copies and entries everywhere, then its state."""
         outcomes = list(self._pool.map(self.sync_namespace, self._world.namespace_names()))
+        # A copy whose deletion is under way counts as gone, even if somebody else's
+        # finalizer holds it: waiting for that would hold the CR on ours.
         leftovers = [c for ns in self._world.namespace_names() for c in self._world.copies(ns)
-                     if c.credential == name]
+                     if c.credential == name and not c.deleting]
         if leftovers:
             raise CleanupIncomplete(f"{len(leftovers)} copies of {name} remain; retrying")
         with self._state_lock:

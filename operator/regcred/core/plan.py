@@ -68,6 +68,7 @@ class ObservedCopy:
     meta_fingerprint: str
     uid: str = ""
     resource_version: str = ""
+    deleting: bool = False  # deletion requested; somebody else's finalizer may hold it a while
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,7 @@ def plan_namespace(
             )
     for copy in copies:
         holder = holders[copy.name]
-        if copy.name not in desired and not (holder and not holder.active):
+        if copy.name not in desired and not (holder and not holder.active) and not copy.deleting:
             secret_actions.append(
                 DeleteCopy(copy.namespace, copy.name, copy.credential, copy.uid, copy.resource_version)
             )
@@ -300,6 +301,7 @@ def observe_copy(body: Mapping[str, Any]) -> ObservedCopy:
         meta_fingerprint=meta_fingerprint(body),
         uid=meta.get("uid", ""),
         resource_version=meta.get("resourceVersion", ""),
+        deleting=bool(meta.get("deletionTimestamp")),
     )
 
 
