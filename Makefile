@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test demo lint unit controlplane clean manifests
+.PHONY: test demo lint unit controlplane clean manifests bench
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check operator tests scripts
+	$(VENV)/bin/ruff check operator tests scripts bench
 
 unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit -q
@@ -25,6 +25,10 @@ controlplane: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(PY) scripts/demo.py
+
+bench: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) bench/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info operator/*.egg-info

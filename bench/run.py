@@ -1,0 +1,371 @@
+#!/usr/bin/env python3
+"""`make bench`: regcred's speed, API cost and memory on a local control plane.
+
+Starts its own control plane and `regcred run` (with an identity of its own, so the API
+server's audit log tells regcred's requests from the benchmark's), then measures:
+initial sync and rotation fan-out against a plain-client ceiling for each N, onboarding
+latency, idle writes over a window that includes a resync, RSS with three CRs, and
+requests per onboarded namespace and per rotated copy. Prints a table and writes
+`bench/results/<commit>.json`, `latest.json` and `latest.png`.
+
+    python bench/run.py            # N = 100, 1000, 5000; about 15 minutes on 2 cores
+    python bench/run.py --smoke    # N = 20, seconds; CI runs this so the bench keeps working
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "scripts"), str(REPO / "tests" / "integration")]
+from controlplane import ControlPlane  # noqa: E402
+from kubernetes import client, config, watch  # noqa: E402
+from operator_process import OperatorProcess  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+USER = "regcred-bench"
+SOURCE_NAMESPACE = "regcred-system"
+WRITE_VERBS = {"create", "update", "patch", "delete"}
+WORKERS = 16
+
+
+class Bench:
+    def __init__(self, plane: ControlPlane) -> None:
+        self.plane = plane
+        api = config.new_client_from_config(config_file=str(plane.kubeconfig))
+        api.configuration.connection_pool_maxsize = WORKERS * 2
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.namespaces: list[str] = []
+
+    # --- setup -----------------------------------------------------------------------
+
+    def install(self) -> None:
+        kubeconfig = str(self.plane.kubeconfig)
+        subprocess.run(["kubectl", "--kubeconfig", kubeconfig, "apply", "--server-side", "-f",
+                        str(REPO / "crds")], check=True, capture_output=True)
+        subprocess.run(["kubectl", "--kubeconfig", kubeconfig, "wait", "--for=condition=Established",
+                        "crd/registrycredentials.regcred.dev", "--timeout=60s"], check=True,
+                       capture_output=True)
+        self.core.create_namespace({"metadata": {"name": SOURCE_NAMESPACE}})
+        self.core.create_namespace({"metadata": {"name": "bench-onboard", "labels": {"onboard": "yes"}}})
+        self.core.create_namespaced_secret(SOURCE_NAMESPACE, {
+            "metadata": {"name": "robot"}, "type": "kubernetes.io/basic-auth",
+            "data": {"username": _b64("robot"), "password": _b64("bench-0")}})
+
+    def grow_to(self, count: int) -> None:
+        """Create labelled namespaces up to `count` and wait for their default ServiceAccounts."""
+        wanted = [f"bench-{i:05d}" for i in range(len(self.namespaces), count)]
+        with ThreadPoolExecutor(WORKERS) as pool:
+            list(pool.map(lambda n: self.core.create_namespace(
+                {"metadata": {"name": n, "labels": {"bench": "yes"}}}), wanted))
+        self.namespaces += wanted
+        self.poll(lambda: self.count_accounts() >= len(self.namespaces), 600, "default SAs")
+
+    def count_accounts(self) -> int:
+        accounts = self.core.list_service_account_for_all_namespaces(
+            field_selector="metadata.name=default").items
+        return sum(1 for sa in accounts if sa.metadata.namespace.startswith("bench-0"))
+
+    # --- measurements ----------------------------------------------------------------
+
+    def credential(self, name: str, selector: dict[str, str]) -> None:
+        self.custom.create_cluster_custom_object("regcred.dev", "v1alpha1", "registrycredentials", {
+            "apiVersion": "regcred.dev/v1alpha1", "kind": "RegistryCredential",
+            "metadata": {"name": name},
+            "spec": {"registries": [{"server": f"{name}.example.com"}],
+                     "sourceSecretRef": {"name": "robot"},
+                     "namespaceSelector": {"matchLabels": selector}}})
+
+    def synced(self, name: str) -> int:
+        body = self.custom.get_cluster_custom_object("regcred.dev", "v1alpha1",
+                                                     "registrycredentials", name)
+        return (body.get("status") or {}).get("syncedNamespaces", 0)
+
+    def initial_sync(self, name: str, count: int) -> float:
+        started = time.monotonic()
+        self.credential(name, {"bench": "yes"})
+        self.poll(lambda: self.synced(name) >= count and self.entries(name) >= count, 900,
+                  f"{name} synced")
+        return time.monotonic() - started
+
+    def entries(self, name: str) -> int:
+        accounts = self.core.list_service_account_for_all_namespaces(
+            field_selector="metadata.name=default").items
+        return sum(1 for sa in accounts
+                   if any(ref.name == name for ref in sa.image_pull_secrets or []))
+
+    def rotate(self, name: str, count: int, secret: str) -> float:
+        started = time.monotonic()
+        self.core.patch_namespaced_secret("robot", SOURCE_NAMESPACE,
+                                          {"data": {"password": _b64(secret)}},
+                                          _content_type="application/merge-patch+json")
+
+        def rotated() -> bool:
+            copies = self.core.list_secret_for_all_namespaces(
+                label_selector=f"regcred.dev/credential={name}", _preload_content=False)
+            items = json.loads(copies.data)["items"]
+            return sum(secret in base64.b64decode(s["data"][".dockerconfigjson"]).decode()
+                       for s in items) >= count
+
+        self.poll(rotated, 900, "rotation", interval=0.05)
+        return time.monotonic() - started
+
+    def ceiling(self, count: int) -> float:
+        """A plain client replacing N Secrets with the same concurrency: the best regcred can do."""
+        namespaces = self.namespaces[:count]
+
+        def put(namespace: str, value: str) -> None:
+            body = {"metadata": {"name": "ceiling", "namespace": namespace},
+                    "type": "kubernetes.io/dockerconfigjson",
+                    "data": {".dockerconfigjson": _b64(json.dumps({"auths": {"x": {"auth": value}}}))}}
+            try:
+                self.core.replace_namespaced_secret("ceiling", namespace, body,
+                                                    _preload_content=False)
+            except client.exceptions.ApiException:
+                self.core.create_namespaced_secret(namespace, body, _preload_content=False)
+
+        with ThreadPoolExecutor(WORKERS) as pool:  # create them first, untimed
+            list(pool.map(lambda n: put(n, "a"), namespaces))
+        started = time.monotonic()
+        with ThreadPoolExecutor(WORKERS) as pool:
+            list(pool.map(lambda n: put(n, "b"), namespaces))
+        return time.monotonic() - started
+
+    def onboarding(self, count: int) -> dict[str, list[float]]:
+        """Create namespaces one by one; watch copies and ServiceAccounts for our results."""
+        seen: dict[str, dict[str, float]] = {}
+        stop = threading.Event()
+        connected = {"account": threading.Event(), "copy": threading.Event()}
+
+        def follow(list_call: Any, key: str, **kwargs: Any) -> None:
+            stream = watch.Watch()
+            for event in stream.stream(list_call, timeout_seconds=600, **kwargs):
+                obj, now = event["object"], time.monotonic()
+                connected[key].set()
+                namespace = obj.metadata.namespace
+                if not namespace.startswith("onboard-"):
+                    continue
+                record = seen.setdefault(namespace, {})
+                if key == "account":
+                    record.setdefault("account", now)
+                    if any(ref.name == "onboard" for ref in obj.image_pull_secrets or []):
+                        record.setdefault("entry", now)
+                else:
+                    record.setdefault("copy", now)
+                if stop.is_set():
+                    stream.stop()
+
+        threads = [
+            threading.Thread(target=follow, args=(self.core.list_service_account_for_all_namespaces,
+                                                  "account"), daemon=True),
+            threading.Thread(target=follow, args=(self.core.list_secret_for_all_namespaces, "copy"),
+                             kwargs={"label_selector": "regcred.dev/credential=onboard"}, daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
+        # bench-onboard matches too: its copy shows the CR is synced and both watches are live.
+        self.credential("onboard", {"onboard": "yes"})
+        self.poll(lambda: all(event.is_set() for event in connected.values()), 60, "watches")
+        created: dict[str, float] = {}
+        for i in range(count):
+            name = f"onboard-{i:04d}"
+            before = time.monotonic()
+            self.core.create_namespace({"metadata": {"name": name, "labels": {"onboard": "yes"}}})
+            created[name] = before
+            self.poll(lambda n=name: "entry" in seen.get(n, {}) and "copy" in seen[n], 60, name,
+                      interval=0.005)
+        stop.set()
+        return {
+            "namespace_to_copy": [seen[n]["copy"] - t for n, t in created.items()],
+            "namespace_to_entry": [seen[n]["entry"] - t for n, t in created.items()],
+            "account_to_entry": [seen[n]["entry"] - seen[n]["account"] for n in created],
+        }
+
+    # --- counting ----------------------------------------------------------------------
+
+    def requests(self, since: float, writes_only: bool = False) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for event in self.plane.audit_events():
+            if event.get("user", {}).get("username") != USER:
+                continue
+            stamp = event.get("stageTimestamp") or event.get("requestReceivedTimestamp", "")
+            if _epoch(stamp) < since:
+                continue
+            verb = event["verb"]
+            if writes_only and verb not in WRITE_VERBS:
+                continue
+            resource = (event.get("objectRef") or {}).get("resource", "")
+            key = f"{verb} {resource}"
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    @staticmethod
+    def poll(check: Any, timeout: float, what: str, interval: float = 0.1) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            time.sleep(interval)
+        raise TimeoutError(f"timed out waiting for {what}")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _epoch(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() if stamp else 0.0
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {"p50": statistics.median(ordered), "p95": ordered[int(0.95 * (len(ordered) - 1))],
+            "max": ordered[-1]}
+
+
+def run(sizes: list[int], onboard: int, idle_seconds: float, resync: float, memory_sizes: list[int],
+        log_dir: Path) -> dict[str, Any]:
+    results: dict[str, Any] = {"sizes": {}, "memory_mb": {}}
+    with ControlPlane() as plane:
+        bench = Bench(plane)
+        bench.install()
+        identity = plane.user_kubeconfig(USER, ("system:masters",))
+        operator = OperatorProcess(str(identity), log_dir / "regcred.log",
+                                   resync_seconds=resync).start()
+        try:
+            for size in sizes:
+                bench.grow_to(size)
+                since = time.time()
+                entry: dict[str, Any] = {"initial_sync_s": bench.initial_sync("bench", size)}
+                since = time.time()
+                entry["rotation_s"] = bench.rotate("bench", size, f"rotated-{size}")
+                rotation_requests = bench.requests(since)
+                entry["rotation_requests_per_copy"] = sum(rotation_requests.values()) / size
+                entry["ceiling_s"] = bench.ceiling(size)
+                entry["ratio_to_ceiling"] = entry["rotation_s"] / entry["ceiling_s"]
+                if size in memory_sizes:
+                    for extra in ("bench-b", "bench-c"):
+                        bench.initial_sync(extra, size)
+                    results["memory_mb"][str(size)] = round(rss_mb(operator.process.pid), 1)
+                results["sizes"][str(size)] = entry
+                print(f"N={size}: {json.dumps(entry)}", flush=True)
+
+            since = time.time()
+            started = time.monotonic()
+            time.sleep(idle_seconds)  # the measurement window itself, not a synchronisation
+            results["idle"] = {"seconds": round(time.monotonic() - started, 1),
+                               "resync_seconds": resync,
+                               "namespaces": len(bench.namespaces),
+                               "writes": bench.requests(since, writes_only=True)}
+
+            since = time.time()
+            onboarding = bench.onboarding(onboard)
+            results["onboarding"] = {key: percentiles(values) for key, values in onboarding.items()}
+            results["onboarding"]["samples"] = onboard
+            results["onboarding_requests_per_namespace"] = sum(bench.requests(since).values()) / onboard
+            results["onboarding_raw"] = onboarding
+        finally:
+            operator.stop()
+    return results
+
+
+def machine() -> dict[str, Any]:
+    memory = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
+    return {"commit": commit, "nproc": os.cpu_count(), "memory_gb": round(int(memory) / 2**20, 1),
+            "loadavg_at_start": os.getloadavg()[0]}
+
+
+def report(results: dict[str, Any], smoke: bool) -> None:
+    print("\n| N | initial sync (s) | rotation (s) | ceiling (s) | ratio | requests/copy rotated |")
+    print("|---|---|---|---|---|---|")
+    for size, entry in results["sizes"].items():
+        print(f"| {size} | {entry['initial_sync_s']:.2f} | {entry['rotation_s']:.2f} | "
+              f"{entry['ceiling_s']:.2f} | {entry['ratio_to_ceiling']:.2f} | "
+              f"{entry['rotation_requests_per_copy']:.2f} |")
+    onboarding = results["onboarding"]
+    for key in ("namespace_to_copy", "namespace_to_entry", "account_to_entry"):
+        values = onboarding[key]
+        print(f"onboarding {key}: p50 {values['p50'] * 1000:.0f} ms, p95 {values['p95'] * 1000:.0f} ms,"
+              f" max {values['max'] * 1000:.0f} ms")
+    print(f"onboarding requests per namespace: {results['onboarding_requests_per_namespace']:.1f}")
+    print(f"idle writes in {results['idle']['seconds']} s: {results['idle']['writes'] or 0}")
+    print(f"memory (3 CRs): {results['memory_mb']}")
+    if smoke:
+        return
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(results, indent=2)
+    (RESULTS / f"{results['machine']['commit']}.json").write_text(text)
+    (RESULTS / "latest.json").write_text(text)
+    plot(results, RESULTS / "latest.png")
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [int(n) for n in results["sizes"]]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, label in (("rotation_s", "regcred rotation"), ("ceiling_s", "plain-client ceiling"),
+                       ("initial_sync_s", "regcred initial sync")):
+        left.plot(sizes, [results["sizes"][str(n)][key] for n in sizes], marker="o", label=label)
+    left.set(xscale="log", xlabel="namespaces", ylabel="seconds", title="Fan-out")
+    left.legend()
+    raw = results["onboarding_raw"]
+    right.hist([1000 * v for v in raw["namespace_to_entry"]], bins=30, alpha=0.7,
+               label="namespace created -> SA entry")
+    right.hist([1000 * v for v in raw["account_to_entry"]], bins=30, alpha=0.7,
+               label="SA created -> SA entry")
+    right.set(xlabel="milliseconds", ylabel="namespaces", title="Onboarding latency")
+    right.legend()
+    figure.suptitle(f"regcred {results['machine']['commit']} on {results['machine']['nproc']} cores")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="N = 20, a few seconds (CI)")
+    parser.add_argument("--sizes", default="100,1000,5000")
+    parser.add_argument("--onboard", type=int, default=200)
+    parser.add_argument("--idle-seconds", type=float, default=300)
+    args = parser.parse_args()
+    log_dir = Path(os.environ.get("REGCRED_BENCH_LOGS", "/tmp"))
+    if args.smoke:
+        results = run([20], 5, 3, 600, [20], log_dir)
+    else:
+        sizes = [int(n) for n in args.sizes.split(",")]
+        results = run(sizes, args.onboard, args.idle_seconds, 120,
+                      [n for n in sizes if n >= 1000], log_dir)
+    results["machine"] = machine()
+    report(results, args.smoke)
+    print(json.dumps({"smoke": args.smoke, "sections": sorted(results)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

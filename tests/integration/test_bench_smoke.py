@@ -1,0 +1,24 @@
+"""The benchmark keeps working: its smoke mode runs end to end (numbers are not asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_bench_smoke_produces_every_section(tmp_path: Path):
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--smoke"],
+                            capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "REGCRED_BENCH_LOGS": str(tmp_path)})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["sections"] == ["idle", "machine", "memory_mb", "onboarding", "onboarding_raw",
+                                   "onboarding_requests_per_namespace", "sizes"]
