@@ -100,6 +100,15 @@ class Bench:
                   f"{name} synced")
         return time.monotonic() - started
 
+    def remove(self, names: list[str]) -> None:
+        """Delete CRs and wait until their copies are gone, so the next size starts clean."""
+        for name in names:
+            self.custom.delete_cluster_custom_object("regcred.dev", "v1alpha1",
+                                                     "registrycredentials", name)
+        for name in names:
+            self.poll(lambda n=name: not self.core.list_secret_for_all_namespaces(
+                label_selector=f"regcred.dev/credential={n}", limit=1).items, 900, f"{name} removed")
+
     def entries(self, name: str) -> int:
         accounts = self.core.list_service_account_for_all_namespaces(
             field_selector="metadata.name=default").items
@@ -256,20 +265,24 @@ def run(sizes: list[int], onboard: int, idle_seconds: float, resync: float, memo
         try:
             for size in sizes:
                 bench.grow_to(size)
+                name = f"bench-{size}"
+                entry: dict[str, Any] = {"initial_sync_s": bench.initial_sync(name, size)}
                 since = time.time()
-                entry: dict[str, Any] = {"initial_sync_s": bench.initial_sync("bench", size)}
-                since = time.time()
-                entry["rotation_s"] = bench.rotate("bench", size, f"rotated-{size}")
+                entry["rotation_s"] = bench.rotate(name, size, f"rotated-{size}")
                 rotation_requests = bench.requests(since)
                 entry["rotation_requests_per_copy"] = sum(rotation_requests.values()) / size
                 entry["ceiling_s"] = bench.ceiling(size)
                 entry["ratio_to_ceiling"] = entry["rotation_s"] / entry["ceiling_s"]
+                names = [name]
                 if size in memory_sizes:
-                    for extra in ("bench-b", "bench-c"):
+                    names += [f"{name}-b", f"{name}-c"]
+                    for extra in names[1:]:
                         bench.initial_sync(extra, size)
                     results["memory_mb"][str(size)] = round(rss_mb(operator.process.pid), 1)
                 results["sizes"][str(size)] = entry
                 print(f"N={size}: {json.dumps(entry)}", flush=True)
+                if size != sizes[-1]:  # the last size stays synced for the idle window
+                    bench.remove(names)
 
             since = time.time()
             started = time.monotonic()
