@@ -41,3 +41,23 @@ def operator(kubeconfig: str, crd_installed: None, tmp_path_factory) -> Iterator
     process = OperatorProcess(kubeconfig, log_path).start()
     yield process
     process.stop()
+
+
+def audited_operator(control_plane, user: str, tmp_path_factory) -> Iterator[OperatorProcess]:
+    """`regcred run` under an identity of its own (`user`), so the API server's audit log
+    tells its requests from the test's. For module fixtures: `yield from audited_operator(...)`."""
+    kubeconfig = str(control_plane.user_kubeconfig(user, ("system:masters",)))
+    process = OperatorProcess(kubeconfig, tmp_path_factory.mktemp(user) / "regcred.log").start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def remove_new_credentials(cluster: Cluster) -> Iterator[None]:
+    """Delete the CRs a test made, so later tests (and restarts) see only their own.
+    Modules that want it use it autouse: `pytestmark = pytest.mark.usefixtures(...)`."""
+    before = {c["metadata"]["name"] for c in cluster.credentials()}
+    yield
+    for body in cluster.credentials():
+        if body["metadata"]["name"] not in before:
+            cluster.delete_credential(body["metadata"]["name"])

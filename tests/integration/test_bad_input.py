@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
+from operator_fixtures import audited_operator
 from operator_process import OperatorProcess
 from scenario import GROUP, OPERATOR_NAMESPACE, PASSWORD_MARK, PLURAL, VERSION, Cluster, password, unique
 from test_robustness import alive, assert_no_secret_material, leaks, programming_errors, regcred_writes
@@ -117,11 +118,7 @@ def test_the_api_server_rejects_it_with_a_clear_message(case, cluster, crd_insta
 
 @pytest.fixture(scope="module")
 def operator(control_plane, crd_installed, tmp_path_factory) -> Iterator[OperatorProcess]:
-    kubeconfig = str(control_plane.user_kubeconfig(OPERATOR_USER, ("system:masters",)))
-    log_path = tmp_path_factory.mktemp("badinput") / "regcred.log"
-    process = OperatorProcess(kubeconfig, log_path).start()
-    yield process
-    process.stop()
+    yield from audited_operator(control_plane, OPERATOR_USER, tmp_path_factory)
 
 
 class BadWorld:

@@ -10,19 +10,9 @@ from __future__ import annotations
 import pytest
 from scenario import OPERATOR_NAMESPACE, PASSWORD_MARK, Cluster, password, unique
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("remove_new_credentials")]
 
 SERVER = "registry.example.com"
-
-
-@pytest.fixture(autouse=True)
-def remove_new_credentials(cluster: Cluster):
-    """Delete the CRs a test made, so later tests (and restarts) see only their own."""
-    before = {c["metadata"]["name"] for c in cluster.credentials()}
-    yield
-    for body in cluster.credentials():
-        if body["metadata"]["name"] not in before:
-            cluster.delete_credential(body["metadata"]["name"])
 
 
 @pytest.fixture

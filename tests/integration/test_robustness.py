@@ -25,13 +25,14 @@ from typing import Any
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from operator_fixtures import audited_operator
 from operator_process import OperatorProcess
 from scenario import MERGE, PASSWORD_MARK, Cluster, password, unique
 from stress import FanOut, wait_until
 
 converge = wait_until  # (problems function, timeout, what): polls until no problem is left
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("remove_new_credentials")]
 
 SERVER = "registry.example.com"
 OPERATOR_USER = "regcred-robustness"
@@ -92,20 +93,7 @@ def programming_errors(log: str) -> list[str]:
 @pytest.fixture(scope="module")
 def operator(control_plane, crd_installed, tmp_path_factory) -> Iterator[OperatorProcess]:
     """`regcred run` under its own identity, so the audit log tells its writes from ours."""
-    kubeconfig = str(control_plane.user_kubeconfig(OPERATOR_USER, ("system:masters",)))
-    log_path = tmp_path_factory.mktemp("robustness") / "regcred.log"
-    process = OperatorProcess(kubeconfig, log_path).start()
-    yield process
-    process.stop()
-
-
-@pytest.fixture(autouse=True)
-def remove_new_credentials(cluster: Cluster):
-    before = {c["metadata"]["name"] for c in cluster.credentials()}
-    yield
-    for body in cluster.credentials():
-        if body["metadata"]["name"] not in before:
-            cluster.delete_credential(body["metadata"]["name"])
+    yield from audited_operator(control_plane, OPERATOR_USER, tmp_path_factory)
 
 
 @pytest.fixture

@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Profiles behind the benchmark's targets: where regcred's memory and sync time go.
+
+    python bench/profile.py memory --namespaces 5000   # RSS and a tracemalloc report, N x 3 CRs
+    python bench/profile.py sync --namespaces 1000     # py-spy stacks and CPU split of one initial sync
+
+Each run starts its own control plane and `regcred run` and writes its report to
+`bench/results/profiles/<commit>-<kind>.txt` (the sync profile also keeps py-spy's
+collapsed stacks next to it, for a flame graph).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from run import REPO, USER, Bench, ControlPlane, OperatorProcess, machine, rss_mb
+
+PROFILES = REPO / "bench" / "results" / "profiles"
+TRACING = Path(__file__).resolve().parent / "tracing"
+LOGS = Path(os.environ.get("REGCRED_BENCH_LOGS", "/tmp"))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start(plane: ControlPlane, log: Path, extra_env: dict[str, str] | None = None) -> OperatorProcess:
+    identity = plane.user_kubeconfig(USER, ("system:masters",))
+    return OperatorProcess(str(identity), log, resync_seconds=3600, extra_env=extra_env).start()
+
+
+def memory(namespaces: int, credentials: int, trace: bool, out: Path) -> list[str]:
+    """RSS after `credentials` CRs have synced `namespaces` namespaces, and what holds it."""
+    report = Path(tempfile.mkdtemp()) / "tracemalloc.txt"
+    env = {"PYTHONPATH": f"{TRACING}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "REGCRED_MEMORY_REPORT": str(report)}
+    if trace:
+        env["PYTHONTRACEMALLOC"] = "1"
+    lines = []
+    with ControlPlane() as plane:
+        bench = Bench(plane)
+        bench.install()
+        operator = start(plane, LOGS / "profile-memory.log", env)
+        try:
+            lines.append(f"RSS idle with no objects: {rss_mb(operator.process.pid):.1f} MB")
+            bench.grow_to(namespaces)
+            lines.append(f"RSS with {namespaces} namespaces, no CR: {rss_mb(operator.process.pid):.1f} MB")
+            for index in range(credentials):
+                took = bench.initial_sync(f"mem-{index}", namespaces)
+                lines.append(f"RSS after CR {index + 1} synced ({took:.1f} s): "
+                             f"{rss_mb(operator.process.pid):.1f} MB")
+            if trace:
+                os.kill(operator.process.pid, signal.SIGUSR2)
+                Bench.poll(report.exists, 300, "tracemalloc report")
+                Bench.poll(lambda: report.read_text().endswith("\n"), 60, "tracemalloc report")
+                lines += ["", report.read_text()]
+        finally:
+            operator.stop()
+    return lines
+
+
+def sync(namespaces: int, out: Path) -> list[str]:
+    """Who uses the CPU during one initial sync, and where regcred spends its share."""
+    stacks = out.with_suffix(".stacks")
+    with ControlPlane() as plane:
+        bench = Bench(plane)
+        bench.install()
+        operator = start(plane, LOGS / "profile-sync.log")
+        try:
+            bench.grow_to(namespaces)
+            pids = {"regcred": operator.process.pid}
+            pids.update((name, c.process.pid) for name, c in plane.components.items() if c.process)
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
+                                    str(operator.process.pid), "--rate", "200", "--format", "raw",
+                                    "--output", str(stacks), "--nonblocking"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1)  # let py-spy attach; attaching late only loses the first samples
+            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            since = time.time()
+            took = bench.initial_sync("profiled", namespaces)
+            used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+            requests = bench.requests(since)
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
+        finally:
+            operator.stop()
+    lines = [f"initial sync of {namespaces} namespaces: {took:.2f} s",
+             f"CPU seconds used meanwhile (2 cores = {2 * took:.1f} available):"]
+    lines += [f"  {seconds:7.2f}  {name}" for name, seconds in sorted(used.items(), key=lambda i: -i[1])]
+    lines += ["", "regcred's requests meanwhile, per namespace:"]
+    lines += [f"  {count / namespaces:6.3f}  {what}" for what, count in sorted(requests.items())]
+    lines += ["", *summarize(stacks)]
+    return lines
+
+
+def summarize(stacks: Path, top: int = 40) -> list[str]:
+    """Top functions by own and by inclusive samples, from py-spy's collapsed stacks."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in stacks.read_text().splitlines():
+        frames, _, count = line.rpartition(" ")
+        samples = int(count)
+        names = [f.split(" (")[0] + " " + f.rsplit("/", 1)[-1].rstrip(")") for f in frames.split(";")[1:]]
+        total += samples
+        if names:
+            own[names[-1]] += samples
+        for name in set(names):
+            inclusive[name] += samples
+    lines = [f"py-spy samples: {total} (non-idle)", "", "own time:"]
+    lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in own.most_common(top)]
+    lines += ["", "inclusive time:"]
+    lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in inclusive.most_common(top)]
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("kind", choices=("memory", "sync"))
+    parser.add_argument("--namespaces", type=int, default=1000)
+    parser.add_argument("--credentials", type=int, default=3, help="memory: CRs to sync")
+    parser.add_argument("--no-trace", action="store_true", help="memory: RSS only, no tracemalloc")
+    parser.add_argument("--label", default="", help="appended to the report's name")
+    args = parser.parse_args()
+    stamp = machine()
+    PROFILES.mkdir(parents=True, exist_ok=True)
+    out = PROFILES / f"{stamp['commit']}-{args.kind}-{args.namespaces}{args.label}.txt"
+    if args.kind == "memory":
+        lines = memory(args.namespaces, args.credentials, not args.no_trace, out)
+    else:
+        lines = sync(args.namespaces, out)
+    text = "\n".join([f"{args.kind} profile, machine {stamp}", *lines]) + "\n"
+    out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
