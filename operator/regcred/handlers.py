@@ -13,7 +13,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import kopf
-from kubernetes import client, config
 
 from regcred.core.matching import NamespaceInfo
 from regcred.core.plan import (
@@ -23,9 +22,9 @@ from regcred.core.plan import (
     observe_service_account,
 )
 from regcred.core.spec import GROUP, MANAGED_BY_LABEL, MANAGED_BY_VALUE, PLURAL, VERSION
-from regcred.kube import Kube
+from regcred.kube import Kube, connect
 from regcred.metrics import Metrics
-from regcred.reconciler import CleanupIncomplete, Reconciler, snapshot
+from regcred.reconciler import CleanupIncomplete, Reconciler, Seen, snapshot
 from regcred.settings import Settings
 
 CRD = (GROUP, VERSION, PLURAL)
@@ -122,13 +121,11 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, namespace_index: kop
     # A killed leader's peering entry expires after `lifetime`: that is the failover time.
     settings.peering.lifetime = PEERING_LIFETIME_SECONDS
 
-    if options.kubeconfig:
-        api_client = config.new_client_from_config(config_file=options.kubeconfig)
-    else:
-        config.load_incluster_config()
-        api_client = client.ApiClient()
+    # Threads that may call the API at once: our fan-out pool, kopf's handler threads and
+    # one long watch per source namespace.
+    threads = options.workers + settings.execution.max_workers + len(options.source_namespaces)
     metrics: Metrics = memo.metrics
-    kube = Kube(api_client, on_error=metrics.api_error)
+    kube = Kube(connect(options.kubeconfig, threads), on_error=metrics.api_error)
     world = IndexedWorld(namespace_index, copy_index, service_account_index, credential_index)
     memo.reconciler = Reconciler(kube, world, options, metrics)
     memo.listed = set()  # uids seen in a listing: seeing one listed again means a re-list
@@ -198,13 +195,18 @@ def namespace_event(name: str, type: str | None, uid: str | None, memo: kopf.Mem
 # kopf lists again, and a ServiceAccount or copy changed in the gap shows up only there.
 
 @kopf.on.event("serviceaccounts")
-def service_account_event(namespace: str, type: str | None, uid: str | None, memo: kopf.Memo,
-                          **_: Any) -> None:
+def service_account_event(namespace: str, name: str, type: str | None, uid: str | None,
+                          meta: Mapping[str, Any], memo: kopf.Memo, **_: Any) -> None:
     _relisted(memo, type, uid)
-    memo.reconciler.namespace_changed(namespace)
+    memo.reconciler.namespace_changed(namespace, _seen("ServiceAccount", name, meta))
 
 
 @kopf.on.event("secrets", labels=MANAGED)
-def copy_event(namespace: str, type: str | None, uid: str | None, memo: kopf.Memo, **_: Any) -> None:
+def copy_event(namespace: str, name: str, type: str | None, uid: str | None,
+               meta: Mapping[str, Any], memo: kopf.Memo, **_: Any) -> None:
     _relisted(memo, type, uid)
-    memo.reconciler.namespace_changed(namespace)
+    memo.reconciler.namespace_changed(namespace, _seen("Secret", name, meta))
+
+
+def _seen(kind: str, name: str, meta: Mapping[str, Any]) -> Seen:
+    return Seen(kind, name, str(meta.get("resourceVersion") or ""))

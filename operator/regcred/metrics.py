@@ -31,6 +31,11 @@ class Metrics:
             "Unix time of the last full sync of a credential without errors.",
             ["credential"], registry=self.registry,
         )
+        self.echoes = Counter(
+            "regcred_own_write_echoes_total",
+            "Watch events that only showed regcred's own write, so no reconcile was needed.",
+            registry=self.registry,
+        )
         self.api_errors = Counter(
             "regcred_api_errors_total", "Failed Kubernetes API calls by HTTP status code.",
             ["code"], registry=self.registry,
@@ -42,6 +47,9 @@ class Metrics:
     def observe_reconcile(self, kind: str, failed: bool, seconds: float) -> None:
         self.reconciles.labels(kind, "failure" if failed else "success").inc()
         self.duration.labels(kind).observe(seconds)
+
+    def own_write_echo(self) -> None:
+        self.echoes.inc()
 
     def credential_synced(self, credential: str, ok: bool) -> None:
         if ok:

@@ -35,7 +35,7 @@ from regcred.core.plan import (
 from regcred.core.source import RenderedConfig, render
 from regcred.core.spec import CredentialSpec, parse_credential
 from regcred.core.status import Failure, build_status, status_differs
-from regcred.kube import Kube, KubeError, NotOurs
+from regcred.kube import Applied, Kube, KubeError, NotOurs
 from regcred.metrics import Metrics
 from regcred.settings import Settings
 
@@ -62,6 +62,15 @@ class World(Protocol):
     # uid -> namespace of the cached namespaces and copies; hide entries that are gone
     def cached_uids(self) -> dict[str, str]: ...
     def forget(self, uids: Iterable[str]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Seen:
+    """The object a watch event shows: "Secret" or "ServiceAccount", name, resourceVersion."""
+
+    kind: str
+    name: str
+    resource_version: str
 
 
 @dataclass
@@ -103,6 +112,9 @@ class Reconciler:
         self._attempts: dict[tuple[str, str], int] = defaultdict(int)
         self._stopped = False
         self._verified = 0.0  # monotonic time of the last cache check against the API
+        # (kind, namespace, name) -> resourceVersions our writes produced, oldest first,
+        # until a watch event for that object arrives; only touched under the namespace lock.
+        self._own_writes: dict[tuple[str, str, str], list[str]] = {}
 
     # --- what the planner sees ------------------------------------------------------------
 
@@ -139,11 +151,18 @@ class Reconciler:
 
     # --- one namespace --------------------------------------------------------------------
 
-    def sync_namespace(self, namespace: str) -> NamespaceOutcome:
-        """Converge one namespace; returns what it wrote and whose status changed."""
+    def sync_namespace(self, namespace: str, seen: Seen | None = None) -> NamespaceOutcome:
+        """Converge one namespace; returns what it wrote and whose status changed.
+
+        `seen` is the object whose watch event asked for this; an event that only echoes our
+        own write is skipped (see `_echoes_own_write`).
+        """
         started = time.monotonic()
         outcome = NamespaceOutcome()
         with self._namespace_locks[namespace]:
+            if seen is not None and self._echoes_own_write(namespace, seen):
+                self._metrics.own_write_echo()
+                return outcome
             info = self._world.namespace(namespace)
             plan = plan_namespace(
                 info,
@@ -171,7 +190,7 @@ class Reconciler:
                     failed_secrets.add(secret_name)
                     outcome.transient |= error.transient
                     continue
-                self._count(outcome, action, applied.wrote)
+                self._count(outcome, action, applied)
                 if applied.rotated:
                     outcome.rotated[action.credential] = outcome.rotated.get(action.credential, 0) + 1
             for action in plan.service_account_actions:
@@ -186,15 +205,33 @@ class Reconciler:
                     log.warning("serviceaccount edit failed", namespace=namespace,
                                 service_account=action.service_account, error=str(error))
                     continue
-                self._count(outcome, action, applied.wrote)
+                self._count(outcome, action, applied)
             outcome.changed = self._record(namespace, plan.matched, failures)
         self._metrics.observe_reconcile("namespace", bool(failures), time.monotonic() - started)
         return outcome
 
-    def _count(self, outcome: NamespaceOutcome, action: Any, wrote: bool) -> None:
-        if not wrote:
+    def _echoes_own_write(self, namespace: str, seen: Seen) -> bool:
+        """Whether a watch event shows nothing but the result of one of our writes.
+
+        Such an event brings no news: the write was planned from the state it changed.
+        Re-planning on it would run ahead of the cache, which may not show our other writes
+        in the namespace yet, and send requests bound to fail (a guarded patch refused, a
+        re-read). The writer notes its version before it lets go of the namespace lock, so an
+        echo that overtakes the write's response is still recognised. Any event for the object
+        ends what is noted for it: after a newer version, our writes are history.
+        """
+        return seen.resource_version in self._own_writes.pop((seen.kind, namespace, seen.name), ())
+
+    def _count(self, outcome: NamespaceOutcome, action: Any, applied: Applied) -> None:
+        if not applied.wrote:
             return
         outcome.wrote += 1
+        if isinstance(action, AddPullSecret | RemovePullSecret):
+            written = ("ServiceAccount", action.namespace, action.service_account)
+        else:
+            written = ("Secret", action.namespace, action.secret_name)
+        if applied.resource_version:
+            self._own_writes.setdefault(written, []).append(applied.resource_version)
         credential = getattr(action, "credential", "")
         if isinstance(action, RemovePullSecret):
             log.info("removed pull secret entry", namespace=action.namespace,
@@ -220,9 +257,9 @@ class Reconciler:
                     changed.add(credential)
         return changed
 
-    def namespace_changed(self, namespace: str) -> None:
+    def namespace_changed(self, namespace: str, seen: Seen | None = None) -> None:
         """Entry point for namespace, ServiceAccount and copy events."""
-        outcome = self.sync_namespace(namespace)
+        outcome = self.sync_namespace(namespace, seen)
         for credential in outcome.changed & self._complete:
             self.publish(credential, wrote=outcome.wrote > 0)
         self._retry_if(outcome.transient, "namespace", namespace)

@@ -503,6 +503,31 @@ def test_rude_foreign_writer_cannot_keep_our_entries_out(cluster, operator, tena
              message="only the rude writer's entries left")
 
 
+# --- 4. no needless requests -------------------------------------------------------------------
+
+
+def test_a_sync_sends_one_request_per_change_and_none_bound_to_fail(
+        cluster, operator, control_plane, tenant, wait_for):
+    """A first sync of 40 namespaces: one create per copy and one patch per ServiceAccount,
+    nothing else. The watch events echoing those 80 writes are recognised as such, so none
+    of them re-plans on a cache that lags behind and sends a guarded patch that is refused
+    or a re-read (the audit log counts every request, refused ones included)."""
+    namespaces = tenant(40)
+    echoes_before = operator.metric_sum("regcred_own_write_echoes_total")
+    since = datetime.now(UTC).isoformat()
+    create_synced(cluster, wait_for, {"tenant": tenant.label}, namespaces)
+    wait_for(lambda: operator.metric_sum("regcred_own_write_echoes_total") - echoes_before >= 80,
+             timeout=60, message="the echoes of 80 writes recognised")
+    requests = Counter(
+        (e["verb"], e["objectRef"]["resource"], e["responseStatus"]["code"])
+        for e in control_plane.audit_events()
+        if e.get("user", {}).get("username") == OPERATOR_USER
+        and e.get("requestReceivedTimestamp", "") >= since
+        and (e.get("objectRef") or {}).get("namespace") in namespaces
+    )
+    assert requests == {("create", "secrets", 201): 40, ("patch", "serviceaccounts", 200): 40}
+
+
 # --- 5. deletion paths -------------------------------------------------------------------------
 
 
