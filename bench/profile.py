@@ -39,8 +39,10 @@ def start(plane: ControlPlane, log: Path, extra_env: dict[str, str] | None = Non
     return OperatorProcess(str(identity), log, resync_seconds=3600, extra_env=extra_env).start()
 
 
-def memory(namespaces: int, credentials: int, trace: bool, out: Path) -> list[str]:
-    """RSS after `credentials` CRs have synced `namespaces` namespaces, and what holds it."""
+def memory(namespaces: int, credentials: int, trace: bool, restarts: list[str]) -> list[str]:
+    """RSS after `credentials` CRs have synced `namespaces` namespaces, and what holds it;
+    then RSS of a fresh regcred started on that cluster, once for each environment in
+    `restarts` ("NAME=VALUE,..." or "" for none), once it has resynced every CR."""
     report = Path(tempfile.mkdtemp()) / "tracemalloc.txt"
     env = {"PYTHONPATH": f"{TRACING}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "REGCRED_MEMORY_REPORT": str(report)}
@@ -60,13 +62,36 @@ def memory(namespaces: int, credentials: int, trace: bool, out: Path) -> list[st
                 lines.append(f"RSS after CR {index + 1} synced ({took:.1f} s): "
                              f"{rss_mb(operator.process.pid):.1f} MB")
             if trace:
-                os.kill(operator.process.pid, signal.SIGUSR2)
-                Bench.poll(report.exists, 300, "tracemalloc report")
-                Bench.poll(lambda: report.read_text().endswith("\n"), 60, "tracemalloc report")
-                lines += ["", report.read_text()]
+                lines += ["", traced(operator, report)]
+            operator.stop()
+            for variant in restarts:
+                extra = dict(item.split("=", 1) for item in variant.split(",") if item)
+                operator = start(plane, LOGS / "profile-memory.log", {**env, **extra})
+                # Every listed namespace, ServiceAccount and copy is one namespace reconcile,
+                # and each CR's resync is one credential reconcile plus one per namespace.
+                handled = namespaces * (2 + 2 * credentials)
+                Bench.poll(lambda op=operator: op.metric_sum("regcred_reconciles_total", kind="credential")
+                           >= credentials, 600, "resync after restart")
+                resynced = rss_mb(operator.process.pid)
+                Bench.poll(lambda op=operator, n=handled: op.metric_sum(
+                    "regcred_reconciles_total", kind="namespace") >= n, 600, "every listed object handled")
+                lines.append(f"RSS of a restarted regcred {extra or ''}: {resynced:.1f} MB once the CRs "
+                             f"resynced, {rss_mb(operator.process.pid):.1f} MB once every listed "
+                             "object was handled")
+                if "PYTHONTRACEMALLOC" in extra:
+                    lines += ["", traced(operator, report)]
+                operator.stop()
         finally:
             operator.stop()
     return lines
+
+
+def traced(operator: OperatorProcess, report: Path) -> str:
+    """Have a regcred started with PYTHONTRACEMALLOC write what holds its memory."""
+    report.unlink(missing_ok=True)
+    os.kill(operator.process.pid, signal.SIGUSR2)
+    Bench.poll(lambda: report.exists() and report.read_text().endswith("\n"), 300, "tracemalloc report")
+    return report.read_text()
 
 
 def sync(namespaces: int, out: Path) -> list[str]:
@@ -130,13 +155,16 @@ def main() -> int:
     parser.add_argument("--namespaces", type=int, default=1000)
     parser.add_argument("--credentials", type=int, default=3, help="memory: CRs to sync")
     parser.add_argument("--no-trace", action="store_true", help="memory: RSS only, no tracemalloc")
+    parser.add_argument("--restart", action="append", default=[], metavar="NAME=VALUE,...",
+                        help='memory: restart regcred with this environment ("" for none) and '
+                             "measure again; repeatable")
     parser.add_argument("--label", default="", help="appended to the report's name")
     args = parser.parse_args()
     stamp = machine()
     PROFILES.mkdir(parents=True, exist_ok=True)
     out = PROFILES / f"{stamp['commit']}-{args.kind}-{args.namespaces}{args.label}.txt"
     if args.kind == "memory":
-        lines = memory(args.namespaces, args.credentials, not args.no_trace, out)
+        lines = memory(args.namespaces, args.credentials, not args.no_trace, args.restart)
     else:
         lines = sync(args.namespaces, out)
     text = "\n".join([f"{args.kind} profile, machine {stamp}", *lines]) + "\n"

@@ -89,10 +89,12 @@ def run(settings: Settings) -> None:
         os.environ["KUBECONFIG"] = settings.kubeconfig
     import kopf
 
-    from regcred import handlers  # noqa: F401  (registers the handlers)
+    from regcred.handlers import SharedMemo  # importing registers the handlers
+    from regcred.kopf_gate import wake_on_changes_only
     from regcred.logs import configure
     from regcred.metrics import Metrics
 
+    wake_on_changes_only()
     configure(settings.log_format, settings.log_level)
     metrics = Metrics()
     if settings.metrics_port:
@@ -106,7 +108,7 @@ def run(settings: Settings) -> None:
         # replica draws its own: the highest acts, the others wait for its entry to expire.
         priority=random.randint(1, 2**31 - 1) if settings.peering else None,
         liveness_endpoint=liveness,
-        memo=kopf.Memo(settings=settings, metrics=metrics),
+        memo=SharedMemo(settings=settings, metrics=metrics),
     )
 
 

@@ -33,6 +33,15 @@ RESYNC_SECONDS = float(os.environ.get("REGCRED_RESYNC_SECONDS", "300"))
 PEERING_LIFETIME_SECONDS = 15
 
 
+class SharedMemo(kopf.Memo):
+    """The operator's one memo. kopf gives each watched object a shallow copy of it for state
+    of its own (0.2 KB apiece, 5 MB at 25,000 objects); regcred keeps no per-object state
+    there, so every object shares this one."""
+
+    def __copy__(self) -> SharedMemo:
+        return self
+
+
 # --- caches (kopf indexes) -----------------------------------------------------------------
 
 @kopf.index("namespaces")

@@ -217,10 +217,18 @@ class Reconciler:
         Re-planning on it would run ahead of the cache, which may not show our other writes
         in the namespace yet, and send requests bound to fail (a guarded patch refused, a
         re-read). The writer notes its version before it lets go of the namespace lock, so an
-        echo that overtakes the write's response is still recognised. Any event for the object
-        ends what is noted for it: after a newer version, our writes are history.
+        echo that overtakes the write's response is still recognised. An echo leaves the notes
+        of our later writes to the object (one ServiceAccount patch per CR); any other event
+        ends them all: after a version that is not ours, our writes are history.
         """
-        return seen.resource_version in self._own_writes.pop((seen.kind, namespace, seen.name), ())
+        key = (seen.kind, namespace, seen.name)
+        versions = self._own_writes.pop(key, [])
+        if seen.resource_version not in versions:
+            return False
+        later = versions[versions.index(seen.resource_version) + 1:]
+        if later:
+            self._own_writes[key] = later
+        return True
 
     def _count(self, outcome: NamespaceOutcome, action: Any, applied: Applied) -> None:
         if not applied.wrote:

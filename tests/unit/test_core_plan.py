@@ -90,7 +90,7 @@ def test_observe_copy_keeps_fingerprints_not_the_secret():
     cred = credential("harbor-prod", password=PASSWORD)
     copy = observe_copy(live_copy(cred, NS))
     assert copy.credential == "harbor-prod"
-    assert copy.owner_uids == {"uid-harbor-prod"}
+    assert copy.owner_uids == ("uid-harbor-prod",)
     assert copy.data_digest == cred.config.digest
     for text in (repr(copy), str(copy)):
         assert cred.config.encoded not in text and PASSWORD not in text

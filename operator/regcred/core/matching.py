@@ -11,7 +11,7 @@ from regcred.core.spec import IGNORE_LABEL, CredentialSpec, LabelSelector
 SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NamespaceInfo:
     name: str
     labels: Mapping[str, str] = field(default_factory=dict)

@@ -56,14 +56,17 @@ class Credential:
         return (self.spec.created if self.spec else "", self.name)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ObservedCopy:
-    """A regcred-managed Secret as the watch saw it: fingerprints, never the secret itself."""
+    """A regcred-managed Secret as the watch saw it: fingerprints, never the secret itself.
+
+    One is cached for every copy in the cluster, so it is slotted and holds tuples.
+    """
 
     namespace: str
     name: str
     credential: str
-    owner_uids: frozenset[str]
+    owner_uids: tuple[str, ...]
     data_digest: str
     meta_fingerprint: str
     uid: str = ""
@@ -71,7 +74,7 @@ class ObservedCopy:
     deleting: bool = False  # deletion requested; somebody else's finalizer may hold it a while
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ObservedServiceAccount:
     namespace: str
     name: str
@@ -296,7 +299,7 @@ def observe_copy(body: Mapping[str, Any]) -> ObservedCopy:
         namespace=meta.get("namespace", ""),
         name=meta.get("name", ""),
         credential=(meta.get("labels") or {}).get(CREDENTIAL_LABEL, ""),
-        owner_uids=frozenset(ref.get("uid", "") for ref in meta.get("ownerReferences") or []),
+        owner_uids=tuple(ref.get("uid", "") for ref in meta.get("ownerReferences") or []),
         data_digest=hashlib.sha256(content).hexdigest() if list(data) == [DOCKERCONFIGJSON_KEY] else "",
         meta_fingerprint=meta_fingerprint(body),
         uid=meta.get("uid", ""),
