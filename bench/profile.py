@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from run import REPO, USER, Bench, ControlPlane, OperatorProcess, machine, rss_mb
+from run import REPO, USER, Bench, ControlPlane, OperatorProcess, machine, restart, rss_mb
 
 PROFILES = REPO / "bench" / "results" / "profiles"
 TRACING = Path(__file__).resolve().parent / "tracing"
@@ -63,24 +63,13 @@ def memory(namespaces: int, credentials: int, trace: bool, restarts: list[str]) 
                              f"{rss_mb(operator.process.pid):.1f} MB")
             if trace:
                 lines += ["", traced(operator, report)]
-            operator.stop()
             for variant in restarts:
                 extra = dict(item.split("=", 1) for item in variant.split(",") if item)
-                operator = start(plane, LOGS / "profile-memory.log", {**env, **extra})
-                # Every listed namespace, ServiceAccount and copy is one namespace reconcile,
-                # and each CR's resync is one credential reconcile plus one per namespace.
-                handled = namespaces * (2 + 2 * credentials)
-                Bench.poll(lambda op=operator: op.metric_sum("regcred_reconciles_total", kind="credential")
-                           >= credentials, 600, "resync after restart")
-                resynced = rss_mb(operator.process.pid)
-                Bench.poll(lambda op=operator, n=handled: op.metric_sum(
-                    "regcred_reconciles_total", kind="namespace") >= n, 600, "every listed object handled")
-                lines.append(f"RSS of a restarted regcred {extra or ''}: {resynced:.1f} MB once the CRs "
-                             f"resynced, {rss_mb(operator.process.pid):.1f} MB once every listed "
-                             "object was handled")
+                operator, numbers = restart(operator, credentials, namespaces * (2 + 2 * credentials),
+                                            {**env, **extra})
+                lines.append(f"restarted regcred {extra or ''}: {numbers}")
                 if "PYTHONTRACEMALLOC" in extra:
                     lines += ["", traced(operator, report)]
-                operator.stop()
         finally:
             operator.stop()
     return lines

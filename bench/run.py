@@ -4,8 +4,9 @@
 Starts its own control plane and `regcred run` (with an identity of its own, so the API
 server's audit log tells regcred's requests from the benchmark's), then measures:
 initial sync and rotation fan-out against a plain-client ceiling for each N, onboarding
-latency, idle writes over a window that includes a resync, RSS with three CRs, and
-requests per onboarded namespace and per rotated copy. Prints a table and writes
+latency, idle writes over a window that includes a resync, RSS with three CRs (running,
+and after a restart on the populated cluster, with its peak), and requests per onboarded
+namespace and per rotated copy. Prints a table and writes
 `bench/results/<commit>.json`, `latest.json` and `latest.png`.
 
     python bench/run.py            # N = 100, 1000, 5000; about 15 minutes on 2 cores
@@ -230,11 +231,31 @@ class Bench:
         raise TimeoutError(f"timed out waiting for {what}")
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory now (VmRSS) or at its highest so far (VmHWM)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def restart(operator: OperatorProcess, credentials: int, listed: int,
+            extra_env: dict[str, str] | None = None) -> tuple[OperatorProcess, dict[str, float]]:
+    """Replace regcred by a fresh process on the populated cluster; measure its start-up.
+
+    It is settled once every CR has resynced and `listed` namespace reconciles ran (one for
+    each listed namespace, ServiceAccount and copy, and one per namespace per CR resync)."""
+    operator.stop()
+    started = time.monotonic()
+    fresh = OperatorProcess(operator.kubeconfig, operator.log_path, resync_seconds=operator.resync_seconds,
+                            extra_env=operator.extra_env if extra_env is None else extra_env).start()
+    Bench.poll(lambda: fresh.metric_sum("regcred_reconciles_total", kind="credential") >= credentials,
+               900, "every CR resynced after the restart")
+    Bench.poll(lambda: fresh.metric_sum("regcred_reconciles_total", kind="namespace") >= listed,
+               900, "every listed object handled after the restart")
+    pid = fresh.process.pid
+    return fresh, {"seconds": round(time.monotonic() - started, 1), "rss_mb": round(rss_mb(pid), 1),
+                   "peak_rss_mb": round(rss_mb(pid, "VmHWM"), 1)}
 
 
 def _b64(text: str) -> str:
@@ -255,7 +276,7 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 def run(sizes: list[int], onboard: int, idle_seconds: float, resync: float, memory_sizes: list[int],
         log_dir: Path) -> dict[str, Any]:
-    results: dict[str, Any] = {"sizes": {}, "memory_mb": {}}
+    results: dict[str, Any] = {"sizes": {}, "memory_mb": {}, "restart": {}}
     with ControlPlane() as plane:
         bench = Bench(plane)
         bench.install()
@@ -279,6 +300,8 @@ def run(sizes: list[int], onboard: int, idle_seconds: float, resync: float, memo
                     for extra in names[1:]:
                         bench.initial_sync(extra, size)
                     results["memory_mb"][str(size)] = round(rss_mb(operator.process.pid), 1)
+                    operator, results["restart"][str(size)] = restart(
+                        operator, len(names), size * (2 + 2 * len(names)))
                 results["sizes"][str(size)] = entry
                 print(f"N={size}: {json.dumps(entry)}", flush=True)
                 if size != sizes[-1]:  # the last size stays synced for the idle window
@@ -326,6 +349,7 @@ def report(results: dict[str, Any], smoke: bool) -> None:
     print(f"onboarding requests per namespace: {results['onboarding_requests_per_namespace']:.1f}")
     print(f"idle writes in {results['idle']['seconds']} s: {results['idle']['writes'] or 0}")
     print(f"memory (3 CRs): {results['memory_mb']}")
+    print(f"restart with 3 CRs (RSS settled, peak): {results['restart']}")
     if smoke:
         return
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -21,4 +21,4 @@ def test_bench_smoke_produces_every_section(tmp_path: Path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["sections"] == ["idle", "machine", "memory_mb", "onboarding", "onboarding_raw",
-                                   "onboarding_requests_per_namespace", "sizes"]
+                                   "onboarding_requests_per_namespace", "restart", "sizes"]
