@@ -65,7 +65,7 @@ def memory(namespaces: int, credentials: int, trace: bool, restarts: list[str]) 
                 lines += ["", traced(operator, report)]
             for variant in restarts:
                 extra = dict(item.split("=", 1) for item in variant.split(",") if item)
-                operator, numbers = restart(operator, credentials, namespaces * (2 + 2 * credentials),
+                operator, numbers = restart(operator, credentials, namespaces * (2 + credentials),
                                             {**env, **extra})
                 lines.append(f"restarted regcred {extra or ''}: {numbers}")
                 if "PYTHONTRACEMALLOC" in extra:

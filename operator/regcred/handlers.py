@@ -1,30 +1,25 @@
 """kopf handlers: translate watch events into reconciler calls, and nothing more.
 
-Namespaces, ServiceAccounts and Secrets are only watched with `@kopf.on.event` and
-indexed, so kopf never writes annotations or finalizers on them; the finalizer, the
-progress annotations and the resync timer live on RegistryCredentials only.
+Namespaces, ServiceAccounts and Secrets are only watched with `@kopf.on.event`, so kopf
+never writes annotations or finalizers on them; the finalizer, the progress annotations
+and the resync timer live on RegistryCredentials only. Their events run on kopf's event
+loop: they update the caches and queue a namespace sync, never calling the API there.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
-from regcred.core.matching import NamespaceInfo
-from regcred.core.plan import (
-    ObservedCopy,
-    ObservedServiceAccount,
-    observe_copy,
-    observe_service_account,
-)
+from regcred.caches import Caches
 from regcred.core.spec import GROUP, MANAGED_BY_LABEL, MANAGED_BY_VALUE, PLURAL, VERSION
-from regcred.kube import Kube, connect
+from regcred.kube import Kube, KubeError, connect
 from regcred.metrics import Metrics
-from regcred.reconciler import CleanupIncomplete, Reconciler, Seen, snapshot
+from regcred.reconciler import CleanupIncomplete, Reconciler
 from regcred.settings import Settings
 
 CRD = (GROUP, VERSION, PLURAL)
@@ -42,83 +37,19 @@ class SharedMemo(kopf.Memo):
         return self
 
 
-# --- caches (kopf indexes) -----------------------------------------------------------------
-
-@kopf.index("namespaces")
-def namespace_index(name: str, uid: str, labels: Mapping[str, str], meta: Mapping[str, Any],
-                    **_: Any) -> dict[str, tuple[str, NamespaceInfo]]:
-    return {name: (uid, NamespaceInfo(name, dict(labels), bool(meta.get("deletionTimestamp"))))}
-
-
-@kopf.index("secrets", labels=MANAGED)
-def copy_index(body: Mapping[str, Any], namespace: str, **_: Any) -> dict[str, ObservedCopy]:
-    return {namespace: observe_copy(body)}
-
-
-@kopf.index("serviceaccounts")
-def service_account_index(body: Mapping[str, Any], namespace: str,
-                          **_: Any) -> dict[str, ObservedServiceAccount]:
-    return {namespace: observe_service_account(body)}
-
+# --- RegistryCredentials: the one kopf index (namespaces, ServiceAccounts and copies live in
+# regcred/caches.py, which says why) -------------------------------------------------------
 
 @kopf.index(*CRD)
 def credential_index(body: Mapping[str, Any], name: str, **_: Any) -> dict[str, dict[str, Any]]:
     return {name: {key: body.get(key) for key in ("metadata", "spec", "status")}}
 
 
-class IndexedWorld:
-    """The `World` the reconciler reads, backed by the kopf indexes above.
-
-    kopf drops an object from an index only on its DELETED event. After a lost watch it lists
-    again but keeps what the new listing lacks, so an object deleted while the watch was down
-    stays in the index; `forget` hides such entries (by uid) once the API confirms they are gone.
-    """
-
-    def __init__(self, namespaces: kopf.Index, copies: kopf.Index, accounts: kopf.Index,
-                 credentials: kopf.Index) -> None:
-        self._namespaces, self._copies = namespaces, copies
-        self._accounts, self._credentials = accounts, credentials
-        self._gone: set[str] = set()
-
-    def _namespace_entries(self, name: str) -> list[tuple[str, NamespaceInfo]]:
-        return [entry for entry in snapshot(self._namespaces.get(name, ())) if entry[0] not in self._gone]
-
-    def namespace_names(self) -> list[str]:
-        return [name for name in snapshot(self._namespaces) if self._namespace_entries(name)]
-
-    def namespace(self, name: str) -> NamespaceInfo | None:
-        return next((info for _, info in self._namespace_entries(name)), None)
-
-    def copies(self, namespace: str) -> list[ObservedCopy]:
-        return [c for c in snapshot(self._copies.get(namespace, ())) if c.uid not in self._gone]
-
-    def cached_uids(self) -> dict[str, str]:
-        """uid -> namespace of every namespace and copy in the caches."""
-        found = {uid: name for name in snapshot(self._namespaces)
-                 for uid, _ in self._namespace_entries(name)}
-        found.update((c.uid, ns) for ns in snapshot(self._copies) for c in self.copies(ns))
-        return found
-
-    def forget(self, uids: Iterable[str]) -> None:
-        self._gone.update(uids)
-
-    def service_accounts(self, namespace: str) -> list[ObservedServiceAccount]:
-        return snapshot(self._accounts.get(namespace, ()))
-
-    def credential_bodies(self) -> list[Mapping[str, Any]]:
-        return [body for name in snapshot(self._credentials)
-                for body in snapshot(self._credentials.get(name, ()))]
-
-    def credential_body(self, name: str) -> Mapping[str, Any] | None:
-        return next(iter(snapshot(self._credentials.get(name, ()))), None)
-
-
 # --- start-up ----------------------------------------------------------------------------
 
 @kopf.on.startup()
-def start(settings: kopf.OperatorSettings, memo: kopf.Memo, namespace_index: kopf.Index,
-          copy_index: kopf.Index, service_account_index: kopf.Index,
-          credential_index: kopf.Index, **_: Any) -> None:
+def start(settings: kopf.OperatorSettings, memo: kopf.Memo, credential_index: kopf.Index,
+          **_: Any) -> None:
     options: Settings = memo.settings
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -130,18 +61,27 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, namespace_index: kop
     # A killed leader's peering entry expires after `lifetime`: that is the failover time.
     settings.peering.lifetime = PEERING_LIFETIME_SECONDS
 
-    # Threads that may call the API at once: our fan-out pool, kopf's handler threads and
-    # one long watch per source namespace.
-    threads = options.workers + settings.execution.max_workers + len(options.source_namespaces)
+    # Threads that may call the API at once: our fan-out and event pools, kopf's handler
+    # threads, and one long watch per source namespace.
+    threads = 2 * options.workers + settings.execution.max_workers + len(options.source_namespaces)
     metrics: Metrics = memo.metrics
-    kube = Kube(connect(options.kubeconfig, threads), on_error=metrics.api_error)
-    world = IndexedWorld(namespace_index, copy_index, service_account_index, credential_index)
-    memo.reconciler = Reconciler(kube, world, options, metrics)
+    memo.kube = Kube(connect(options.kubeconfig, threads), on_error=metrics.api_error)
+    memo.caches = Caches(credential_index)
+    memo.reconciler = Reconciler(memo.kube, memo.caches, options, metrics)
     memo.listed = set()  # uids seen in a listing: seeing one listed again means a re-list
     memo.stop = threading.Event()
-    for namespace in sorted(options.source_namespaces):
+
+
+@kopf.on.startup()
+def fill_caches(memo: kopf.Memo, **_: Any) -> None:
+    """Before any watch event: the caches take in the cluster, then source watches begin."""
+    try:
+        memo.caches.fill(memo.kube)
+    except KubeError as error:
+        raise kopf.TemporaryError(f"cannot list the cluster yet: {error}", delay=5) from None
+    for namespace in sorted(memo.settings.source_namespaces):
         threading.Thread(
-            target=kube.watch_secrets,
+            target=memo.kube.watch_secrets,
             args=(namespace, lambda ns, name: _source_changed(memo.reconciler, ns, name), memo.stop),
             name=f"source-watch-{namespace}", daemon=True,
         ).start()
@@ -195,27 +135,33 @@ def _relisted(memo: kopf.Memo, type: str | None, uid: str | None) -> None:
 
 
 @kopf.on.event("namespaces")
-def namespace_event(name: str, type: str | None, uid: str | None, memo: kopf.Memo, **_: Any) -> None:
+async def namespace_event(name: str, type: str | None, uid: str | None, body: kopf.Body,
+                          memo: kopf.Memo, **_: Any) -> None:
+    memo.metrics.watch_event("Namespace")
     _relisted(memo, type, uid)
-    memo.reconciler.namespace_changed(name)
+    if memo.caches.namespace_seen(body, deleted=type == "DELETED"):
+        memo.reconciler.enqueue(name)
 
 
 # Listing events (type None) count too: after a lost watch (an API server or etcd restart)
 # kopf lists again, and a ServiceAccount or copy changed in the gap shows up only there.
+# Events that change nothing in the caches (the same resourceVersion: a listing of what is
+# cached, or the echo of our own write, already taken in) need no sync.
 
 @kopf.on.event("serviceaccounts")
-def service_account_event(namespace: str, name: str, type: str | None, uid: str | None,
-                          meta: Mapping[str, Any], memo: kopf.Memo, **_: Any) -> None:
+async def service_account_event(namespace: str, type: str | None, uid: str | None, body: kopf.Body,
+                                memo: kopf.Memo, **_: Any) -> None:
+    memo.metrics.watch_event("ServiceAccount")
     _relisted(memo, type, uid)
-    memo.reconciler.namespace_changed(namespace, _seen("ServiceAccount", name, meta))
+    if memo.caches.service_account_seen(body, deleted=type == "DELETED"):
+        memo.reconciler.enqueue(namespace)
 
 
 @kopf.on.event("secrets", labels=MANAGED)
-def copy_event(namespace: str, name: str, type: str | None, uid: str | None,
-               meta: Mapping[str, Any], memo: kopf.Memo, **_: Any) -> None:
+async def copy_event(namespace: str, type: str | None, uid: str | None, body: kopf.Body,
+                     memo: kopf.Memo, **_: Any) -> None:
+    memo.metrics.watch_event("Secret")
     _relisted(memo, type, uid)
-    memo.reconciler.namespace_changed(namespace, _seen("Secret", name, meta))
+    if memo.caches.copy_seen(body, deleted=type == "DELETED"):
+        memo.reconciler.enqueue(namespace)
 
-
-def _seen(kind: str, name: str, meta: Mapping[str, Any]) -> Seen:
-    return Seen(kind, name, str(meta.get("resourceVersion") or ""))

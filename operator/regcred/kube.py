@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import chain
 from typing import Any
 
 import structlog
@@ -25,6 +26,7 @@ from regcred.core.plan import (
     AddPullSecret,
     CreateCopy,
     DeleteCopy,
+    ObservedCopy,
     ObservedServiceAccount,
     RemovePullSecret,
     ReplaceCopy,
@@ -46,6 +48,7 @@ from regcred.core.spec import (
 log = structlog.get_logger("regcred.kube")
 
 SERVICE_ACCOUNT_ATTEMPTS = 5
+LIST_PAGE = 500
 EVENT_NAMESPACE = "default"  # events about cluster-scoped objects live in "default", as for Nodes
 
 
@@ -88,16 +91,15 @@ class NotOurs(Exception):
 @dataclass(frozen=True)
 class Applied:
     """What applying one action did: whether it wrote, whether it rotated content, and the
-    resourceVersion the write produced (its watch event will show that version)."""
+    object as written (reduced as the caches keep it), for the caches to take in at once."""
 
     wrote: bool
     rotated: bool = False
-    resource_version: str = ""
+    written: ObservedCopy | ObservedServiceAccount | None = None
 
 
-def _written(response: Mapping[str, Any] | None, rotated: bool = False) -> Applied:
-    return Applied(wrote=True, rotated=rotated,
-                   resource_version=((response or {}).get("metadata") or {}).get("resourceVersion", ""))
+def _copy_written(response: Mapping[str, Any], rotated: bool = False) -> Applied:
+    return Applied(wrote=True, rotated=rotated, written=observe_copy(response))
 
 
 def owned_by(body: Mapping[str, Any], credential: str, uid: str) -> bool:
@@ -159,8 +161,8 @@ class Kube:
         meta = action.manifest["metadata"]
         what = f"secret {meta['namespace']}/{meta['name']}"
         try:
-            return _written(self._call("create", what, self._core.create_namespaced_secret,
-                                       meta["namespace"], action.manifest))
+            return _copy_written(self._call("create", what, self._core.create_namespaced_secret,
+                                            meta["namespace"], action.manifest))
         except KubeError as error:
             if error.status != 409:
                 raise
@@ -181,8 +183,8 @@ class Kube:
         what = f"secret {meta['namespace']}/{meta['name']}"
         body = {**manifest, "metadata": {**meta, "resourceVersion": resource_version}}
         try:
-            return _written(self._call("replace", what, self._core.replace_namespaced_secret,
-                                       meta["name"], meta["namespace"], body), rotation)
+            return _copy_written(self._call("replace", what, self._core.replace_namespaced_secret,
+                                            meta["name"], meta["namespace"], body), rotation)
         except KubeError as error:
             if error.status not in (404, 409):
                 raise
@@ -196,8 +198,8 @@ class Kube:
         if not copy_differs(observe_copy(existing), manifest):
             return Applied(wrote=False)  # our cache was behind: it is already right
         body["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
-        return _written(self._call("replace", what, self._core.replace_namespaced_secret,
-                                   meta["name"], meta["namespace"], body), rotation)
+        return _copy_written(self._call("replace", what, self._core.replace_namespaced_secret,
+                                        meta["name"], meta["namespace"], body), rotation)
 
     def _delete_copy(self, action: DeleteCopy) -> Applied:
         # Preconditions make the API refuse if the object was replaced or changed meanwhile.
@@ -233,7 +235,9 @@ class Kube:
             try:
                 patched = self._call("patch", what, self._core.patch_namespaced_service_account,
                                      name, namespace, ops, missing_ok=True)
-                return _written(patched) if patched is not None else Applied(wrote=False)
+                if patched is None:  # the ServiceAccount is gone
+                    return Applied(wrote=False)
+                return Applied(wrote=True, written=observe_service_account(patched))
             except KubeError as error:
                 if error.status not in (409, 422):
                     raise
@@ -243,13 +247,31 @@ class Kube:
                           service_account=name, attempt=attempt + 1)
         return Applied(wrote=False)
 
+    def list_namespaces(self) -> Iterator[dict[str, Any]]:
+        return self._pages("namespaces", self._core.list_namespace)
+
+    def list_service_accounts(self) -> Iterator[dict[str, Any]]:
+        return self._pages("serviceaccounts", self._core.list_service_account_for_all_namespaces)
+
+    def list_copies(self) -> Iterator[dict[str, Any]]:
+        """Every regcred-managed Secret in the cluster."""
+        return self._pages("managed secrets", self._core.list_secret_for_all_namespaces,
+                           label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")
+
     def live_uids(self) -> set[str]:
         """uids of every namespace and every regcred-managed Secret, read from the API now."""
-        namespaces = self._call("list", "namespaces", self._core.list_namespace)
-        copies = self._call("list", "managed secrets", self._core.list_secret_for_all_namespaces,
-                            label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")
-        return {item["metadata"]["uid"] for listing in (namespaces, copies)
-                for item in listing.get("items") or []}
+        return {item["metadata"]["uid"] for item in chain(self.list_namespaces(), self.list_copies())}
+
+    def _pages(self, what: str, method: Callable[..., Any], **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """The items of a listing, fetched a page at a time so that a large cluster is never
+        held in memory whole."""
+        token = None
+        while True:
+            page = self._call("list", what, method, limit=LIST_PAGE, _continue=token, **kwargs)
+            yield from page.get("items") or []
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return
 
     # --- the custom resource -----------------------------------------------------------
 

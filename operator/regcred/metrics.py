@@ -31,9 +31,8 @@ class Metrics:
             "Unix time of the last full sync of a credential without errors.",
             ["credential"], registry=self.registry,
         )
-        self.echoes = Counter(
-            "regcred_own_write_echoes_total",
-            "Watch events that only showed regcred's own write, so no reconcile was needed.",
+        self.events = Counter(
+            "regcred_watch_events_total", "Watch events received, by kind of object.", ["kind"],
             registry=self.registry,
         )
         self.api_errors = Counter(
@@ -48,8 +47,8 @@ class Metrics:
         self.reconciles.labels(kind, "failure" if failed else "success").inc()
         self.duration.labels(kind).observe(seconds)
 
-    def own_write_echo(self) -> None:
-        self.echoes.inc()
+    def watch_event(self, kind: str) -> None:
+        self.events.labels(kind).inc()
 
     def credential_synced(self, credential: str, ok: bool) -> None:
         if ok:

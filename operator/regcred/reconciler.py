@@ -30,6 +30,7 @@ from regcred.core.plan import (
     ObservedCopy,
     ObservedServiceAccount,
     RemovePullSecret,
+    ReplaceCopy,
     plan_namespace,
 )
 from regcred.core.source import RenderedConfig, render
@@ -62,15 +63,8 @@ class World(Protocol):
     # uid -> namespace of the cached namespaces and copies; hide entries that are gone
     def cached_uids(self) -> dict[str, str]: ...
     def forget(self, uids: Iterable[str]) -> None: ...
-
-
-@dataclass(frozen=True)
-class Seen:
-    """The object a watch event shows: "Secret" or "ServiceAccount", name, resourceVersion."""
-
-    kind: str
-    name: str
-    resource_version: str
+    # take in an object as just written, if the cache still shows the version it was planned from
+    def wrote(self, written: ObservedCopy | ObservedServiceAccount, planned_from: str | None) -> None: ...
 
 
 @dataclass
@@ -94,6 +88,10 @@ class Reconciler:
         self._metrics = metrics
         self._clock = clock
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="regcred-sync")
+        # Namespace syncs asked for by watch events: at most one queued per namespace; events
+        # arriving while it waits are covered by it, since it reads the caches when it runs.
+        self._events = ThreadPoolExecutor(settings.workers, thread_name_prefix="regcred-event")
+        self._queued: set[str] = set()
         self._configs: dict[str, tuple[int, RenderedConfig]] = {}
         self._problems: dict[str, InvalidInput] = {}
         self._ledger: dict[str, dict[str, Failure | None]] = defaultdict(dict)
@@ -112,9 +110,6 @@ class Reconciler:
         self._attempts: dict[tuple[str, str], int] = defaultdict(int)
         self._stopped = False
         self._verified = 0.0  # monotonic time of the last cache check against the API
-        # (kind, namespace, name) -> resourceVersions our writes produced, oldest first,
-        # until a watch event for that object arrives; only touched under the namespace lock.
-        self._own_writes: dict[tuple[str, str, str], list[str]] = {}
 
     # --- what the planner sees ------------------------------------------------------------
 
@@ -151,18 +146,11 @@ class Reconciler:
 
     # --- one namespace --------------------------------------------------------------------
 
-    def sync_namespace(self, namespace: str, seen: Seen | None = None) -> NamespaceOutcome:
-        """Converge one namespace; returns what it wrote and whose status changed.
-
-        `seen` is the object whose watch event asked for this; an event that only echoes our
-        own write is skipped (see `_echoes_own_write`).
-        """
+    def sync_namespace(self, namespace: str) -> NamespaceOutcome:
+        """Converge one namespace; returns what it wrote and whose status changed."""
         started = time.monotonic()
         outcome = NamespaceOutcome()
         with self._namespace_locks[namespace]:
-            if seen is not None and self._echoes_own_write(namespace, seen):
-                self._metrics.own_write_echo()
-                return outcome
             info = self._world.namespace(namespace)
             plan = plan_namespace(
                 info,
@@ -210,36 +198,13 @@ class Reconciler:
         self._metrics.observe_reconcile("namespace", bool(failures), time.monotonic() - started)
         return outcome
 
-    def _echoes_own_write(self, namespace: str, seen: Seen) -> bool:
-        """Whether a watch event shows nothing but the result of one of our writes.
-
-        Such an event brings no news: the write was planned from the state it changed.
-        Re-planning on it would run ahead of the cache, which may not show our other writes
-        in the namespace yet, and send requests bound to fail (a guarded patch refused, a
-        re-read). The writer notes its version before it lets go of the namespace lock, so an
-        echo that overtakes the write's response is still recognised. An echo leaves the notes
-        of our later writes to the object (one ServiceAccount patch per CR); any other event
-        ends them all: after a version that is not ours, our writes are history.
-        """
-        key = (seen.kind, namespace, seen.name)
-        versions = self._own_writes.pop(key, [])
-        if seen.resource_version not in versions:
-            return False
-        later = versions[versions.index(seen.resource_version) + 1:]
-        if later:
-            self._own_writes[key] = later
-        return True
-
     def _count(self, outcome: NamespaceOutcome, action: Any, applied: Applied) -> None:
+        """Count and log a write, and put what it wrote into the caches at once."""
         if not applied.wrote:
             return
         outcome.wrote += 1
-        if isinstance(action, AddPullSecret | RemovePullSecret):
-            written = ("ServiceAccount", action.namespace, action.service_account)
-        else:
-            written = ("Secret", action.namespace, action.secret_name)
-        if applied.resource_version:
-            self._own_writes.setdefault(written, []).append(applied.resource_version)
+        if applied.written is not None:
+            self._world.wrote(applied.written, _planned_from(action))
         credential = getattr(action, "credential", "")
         if isinstance(action, RemovePullSecret):
             log.info("removed pull secret entry", namespace=action.namespace,
@@ -265,9 +230,27 @@ class Reconciler:
                     changed.add(credential)
         return changed
 
-    def namespace_changed(self, namespace: str, seen: Seen | None = None) -> None:
-        """Entry point for namespace, ServiceAccount and copy events."""
-        outcome = self.sync_namespace(namespace, seen)
+    def enqueue(self, namespace: str) -> None:
+        """Entry point for namespace, ServiceAccount and copy events; never blocks, so kopf can
+        call it from its event loop."""
+        with self._state_lock:
+            if self._stopped or namespace in self._queued:
+                return
+            self._queued.add(namespace)
+        self._events.submit(self._run_queued, namespace)
+
+    def _run_queued(self, namespace: str) -> None:
+        with self._state_lock:
+            self._queued.discard(namespace)  # events from now on queue another sync
+        try:
+            self.namespace_changed(namespace)
+        except Exception:  # a thread pool would swallow it silently
+            log.exception("namespace sync failed", namespace=namespace)
+            self._retry_if(True, "namespace", namespace)
+
+    def namespace_changed(self, namespace: str) -> None:
+        """Sync one namespace, then publish the status of the CRs whose ledger entry changed."""
+        outcome = self.sync_namespace(namespace)
         for credential in outcome.changed & self._complete:
             self.publish(credential, wrote=outcome.wrote > 0)
         self._retry_if(outcome.transient, "namespace", namespace)
@@ -478,13 +461,13 @@ class Reconciler:
                 timer.cancel()
             self._retries.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._events.shutdown(wait=False, cancel_futures=True)
 
 
-def snapshot(values: Iterable[Any]) -> list[Any]:
-    """Copy a kopf index store that the event loop may be changing in another thread."""
-    for _ in range(10):
-        try:
-            return list(values)
-        except RuntimeError:  # "changed size during iteration": try again
-            continue
-    return list(values)
+def _planned_from(action: Any) -> str | None:
+    """The version of the object that `action` was planned from (None: it was absent)."""
+    if isinstance(action, ReplaceCopy):
+        return action.resource_version
+    if isinstance(action, AddPullSecret | RemovePullSecret) and action.observed is not None:
+        return action.observed.resource_version
+    return None

@@ -53,6 +53,9 @@ class World:
     def credential_body(self, name: str) -> dict[str, Any] | None:
         return self.credential if name == "harbor" else None
 
+    def wrote(self, written: Any, planned_from: str | None) -> None:
+        """Stays as it is: every sync here plans from the same observed state."""
+
 
 class Kube:
     """Serves the source Secret; every write raises `error` (or succeeds if None)."""

@@ -1,0 +1,172 @@
+"""The `World` the reconciler reads: namespaces, ServiceAccounts and our copies as watched.
+
+regcred keeps these itself instead of in kopf indexes: before it runs any handler, kopf holds
+every listed object of an indexed resource in memory until all of them are indexed, about
+33 KB apiece (a restart on 25,000 objects peaked at 820 MB; README, Performance). Entries are
+the planner's reduced views, never bodies. The caches are filled from a paginated listing at
+start-up, before any watch event, so nothing is planned on a half-filled cache; the watch
+events keep them current and say whether an event changed anything. Our own writes go in
+as soon as the API answers (write-through), so no plan works from a version we replaced,
+and the watch event echoing a write changes nothing and starts no sync.
+
+Only RegistryCredentials, a handful of objects, stay in a kopf index.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from regcred.core.matching import NamespaceInfo
+from regcred.core.plan import (
+    ObservedCopy,
+    ObservedServiceAccount,
+    observe_copy,
+    observe_service_account,
+)
+from regcred.kube import Kube
+
+
+@dataclass(frozen=True, slots=True)
+class CachedNamespace:
+    uid: str
+    resource_version: str
+    info: NamespaceInfo
+
+
+def _meta(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    return body.get("metadata") or {}
+
+
+class Caches:
+    """Thread-safe: kopf's event loop writes, the reconciler's threads read."""
+
+    def __init__(self, credentials: Mapping[str, Iterable[Mapping[str, Any]]]) -> None:
+        self._lock = threading.Lock()
+        self._namespaces: dict[str, CachedNamespace] = {}
+        self._copies: dict[str, dict[str, ObservedCopy]] = {}  # namespace -> name -> copy
+        self._accounts: dict[str, dict[str, ObservedServiceAccount]] = {}
+        self._credentials = credentials  # kopf's index of RegistryCredential bodies, by name
+
+    def fill(self, kube: Kube) -> None:
+        """Take in the cluster as it is now, a page at a time (start-up, before any event)."""
+        for body in kube.list_namespaces():
+            self.namespace_seen(body)
+        for body in kube.list_service_accounts():
+            self.service_account_seen(body)
+        for body in kube.list_copies():
+            self.copy_seen(body)
+
+    # --- kept current by watch events; each returns whether the event changed anything ---
+
+    def namespace_seen(self, body: Mapping[str, Any], deleted: bool = False) -> bool:
+        meta = _meta(body)
+        name, uid, version = meta.get("name", ""), meta.get("uid", ""), meta.get("resourceVersion", "")
+        with self._lock:
+            cached = self._namespaces.get(name)
+            if deleted:
+                if cached is None or cached.uid != uid:  # an older namespace of that name
+                    return False
+                del self._namespaces[name]
+                return True
+            if cached is not None and (cached.uid, cached.resource_version) == (uid, version):
+                return False
+            labels = dict(meta.get("labels") or {})
+            self._namespaces[name] = CachedNamespace(
+                uid, version, NamespaceInfo(name, labels, bool(meta.get("deletionTimestamp"))))
+            return True
+
+    def copy_seen(self, body: Mapping[str, Any], deleted: bool = False) -> bool:
+        return self._seen(self._copies, body, deleted, observe_copy)
+
+    def service_account_seen(self, body: Mapping[str, Any], deleted: bool = False) -> bool:
+        return self._seen(self._accounts, body, deleted, observe_service_account)
+
+    def _seen(self, cache: dict[str, dict[str, Any]], body: Mapping[str, Any], deleted: bool,
+              observe: Any) -> bool:
+        meta = _meta(body)
+        namespace, name = meta.get("namespace", ""), meta.get("name", "")
+        with self._lock:
+            entries = cache.get(namespace, {})
+            cached = entries.get(name)
+            if deleted:
+                if cached is None:
+                    return False
+                del entries[name]
+                if not entries:
+                    del cache[namespace]
+                return True
+            if cached is not None and cached.resource_version == meta.get("resourceVersion"):
+                return False
+            cache.setdefault(namespace, {})[name] = observe(body)
+            return True
+
+    def wrote(self, written: ObservedCopy | ObservedServiceAccount, planned_from: str | None) -> None:
+        """Take in an object as regcred just wrote it, so that a plan made before its watch
+        event arrives sees it, and the event then changes nothing. Only if the entry still
+        shows the version the write was planned from (None: absent): a watch event that has
+        moved it on already is as new as the write, or newer."""
+        cache = self._copies if isinstance(written, ObservedCopy) else self._accounts
+        with self._lock:
+            entries = cache.get(written.namespace, {})
+            cached = entries.get(written.name)
+            if (cached.resource_version if cached else None) == planned_from:
+                cache.setdefault(written.namespace, {})[written.name] = written
+
+    # --- the World protocol ---------------------------------------------------------------
+
+    def namespace_names(self) -> list[str]:
+        with self._lock:
+            return list(self._namespaces)
+
+    def namespace(self, name: str) -> NamespaceInfo | None:
+        cached = self._namespaces.get(name)
+        return cached.info if cached else None
+
+    def copies(self, namespace: str) -> list[ObservedCopy]:
+        with self._lock:
+            return list(self._copies.get(namespace, {}).values())
+
+    def service_accounts(self, namespace: str) -> list[ObservedServiceAccount]:
+        with self._lock:
+            return list(self._accounts.get(namespace, {}).values())
+
+    def credential_bodies(self) -> list[Mapping[str, Any]]:
+        return [body for name in snapshot(self._credentials)
+                for body in snapshot(self._credentials.get(name, ()))]
+
+    def credential_body(self, name: str) -> Mapping[str, Any] | None:
+        return next(iter(snapshot(self._credentials.get(name, ()))), None)
+
+    def cached_uids(self) -> dict[str, str]:
+        """uid -> namespace of every cached namespace and copy."""
+        with self._lock:
+            found = {cached.uid: name for name, cached in self._namespaces.items()}
+            found.update((copy.uid, namespace) for namespace, entries in self._copies.items()
+                         for copy in entries.values())
+        return found
+
+    def forget(self, uids: Iterable[str]) -> None:
+        """Drop entries whose DELETED event was lost with a watch (see Reconciler.verify_caches)."""
+        gone = set(uids)
+        with self._lock:
+            for name in [n for n, cached in self._namespaces.items() if cached.uid in gone]:
+                del self._namespaces[name]
+            for namespace in list(self._copies):
+                entries = self._copies[namespace]
+                for name in [n for n, copy in entries.items() if copy.uid in gone]:
+                    del entries[name]
+                if not entries:
+                    del self._copies[namespace]
+
+
+def snapshot(values: Iterable[Any]) -> list[Any]:
+    """Copy a kopf index store that the event loop may be changing in another thread."""
+    for _ in range(10):
+        try:
+            return list(values)
+        except RuntimeError:  # "changed size during iteration": try again
+            continue
+    return list(values)
