@@ -26,6 +26,7 @@ CRD = (GROUP, VERSION, PLURAL)
 MANAGED = {MANAGED_BY_LABEL: MANAGED_BY_VALUE}
 RESYNC_SECONDS = float(os.environ.get("REGCRED_RESYNC_SECONDS", "300"))
 PEERING_LIFETIME_SECONDS = 15
+WORKER_IDLE_SECONDS = 0.5
 
 
 class SharedMemo(kopf.Memo):
@@ -58,6 +59,9 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, credential_index: ko
     settings.posting.enabled = False  # we post our own events, only on news
     settings.watching.label_selectors["secrets"] = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
     settings.execution.max_workers = max(8, options.workers)
+    # kopf keeps a worker per object for this long after its last event, holding that event's
+    # whole body; a start-up listing of 25,000 objects held them all (README, Performance).
+    settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
     # A killed leader's peering entry expires after `lifetime`: that is the failover time.
     settings.peering.lifetime = PEERING_LIFETIME_SECONDS
 

@@ -92,6 +92,8 @@ class Reconciler:
         # arriving while it waits are covered by it, since it reads the caches when it runs.
         self._events = ThreadPoolExecutor(settings.workers, thread_name_prefix="regcred-event")
         self._queued: set[str] = set()
+        self._credentials_queued: set[str] = set()
+        self._synced_generations: dict[str, int] = {}  # CR -> generation its last sync read
         self._configs: dict[str, tuple[int, RenderedConfig]] = {}
         self._problems: dict[str, InvalidInput] = {}
         self._ledger: dict[str, dict[str, Failure | None]] = defaultdict(dict)
@@ -136,7 +138,25 @@ class Reconciler:
             generation, config = self._configs.get(name, (None, None))
             usable = config if generation == spec.generation else None
             result.append(Credential(name, uid, spec, usable))
+            if self._synced_generations.get(name) != spec.generation:
+                self._sync_credential_soon(name)
         return result
+
+    def _sync_credential_soon(self, name: str) -> None:
+        """A CR this process has not synced at its generation: sync it, whether or not kopf
+        calls a handler for it (a standby taking over after a CR was created while it was
+        paused may see no cause for one), so it never stays frozen for want of a render."""
+        with self._state_lock:
+            if self._stopped or name in self._credentials_queued:
+                return
+            self._credentials_queued.add(name)
+
+        def run() -> None:
+            with self._state_lock:
+                self._credentials_queued.discard(name)
+            self.sync_credential(name)
+
+        self._events.submit(run)
 
     def credentials_using_source(self, namespace: str, name: str) -> list[str]:
         return [
@@ -335,6 +355,7 @@ class Reconciler:
             if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
                 return
             problem = self._refresh_config(name, body)
+            self._synced_generations[name] = int((body.get("metadata") or {}).get("generation") or 0)
             if resync:
                 self._foreign.clear()  # conflicts may have been resolved by hand: look again
             outcomes = list(self._pool.map(self.sync_namespace, self._world.namespace_names()))
@@ -388,7 +409,8 @@ class Reconciler:
         if leftovers:
             raise CleanupIncomplete(f"{len(leftovers)} copies of {name} remain; retrying")
         with self._state_lock:
-            for state in (self._configs, self._problems, self._ledger, self._statuses):
+            for state in (self._configs, self._problems, self._ledger, self._statuses,
+                          self._synced_generations):
                 state.pop(name, None)
             self._complete.discard(name)
         self._metrics.forget(name)
