@@ -129,7 +129,7 @@ def credential_deleted(name: str, memo: kopf.Memo, **_: Any) -> None:
 
 def _relisted(memo: kopf.Memo, type: str | None, uid: str | None) -> None:
     """kopf re-lists after a lost watch without saying so; an object listed a second time
-    tells. Objects deleted meanwhile linger in its indexes: have the caches checked."""
+    tells. Objects deleted meanwhile linger in the caches: have them checked."""
     if type == "DELETED":
         memo.listed.discard(uid)
     elif type is None and uid:

@@ -323,7 +323,7 @@ class Reconciler:
         timer.start()
 
     def verify_caches(self, max_age: float = 0.0) -> None:
-        """Hide cached namespaces and copies that the API no longer has (their DELETED event
+        """Drop cached namespaces and copies that the API no longer has (their DELETED event
         was lost with a watch), then sync their namespaces: a copy deleted while regcred's
         watch was down is created again, a namespace deleted meanwhile leaves the status."""
         if max_age and time.monotonic() - self._verified < max_age:
