@@ -19,7 +19,7 @@ _OPTIONS = [
     ("--source-namespaces", "REGCRED_SOURCE_NAMESPACES", None,
      "comma-separated namespaces source Secrets may live in (default: the operator's namespace)"),
     ("--resync-seconds", "REGCRED_RESYNC_SECONDS", "300", "periodic full resync of every CR"),
-    ("--workers", "REGCRED_WORKERS", "16", "parallel API writes during a fan-out"),
+    ("--workers", "REGCRED_WORKERS", "16", "threads for a fan-out, and as many for event-driven syncs"),
     ("--metrics-port", "REGCRED_METRICS_PORT", "9090", "Prometheus /metrics port (0 = off)"),
     ("--health-port", "REGCRED_HEALTH_PORT", "8080", "liveness endpoint port, /healthz (0 = off)"),
     ("--log-format", "REGCRED_LOG_FORMAT", "json", "json or console"),
