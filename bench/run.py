@@ -31,8 +31,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "scripts"), str(REPO / "tests" / "integration")]
 from controlplane import ControlPlane  # noqa: E402
-from kubernetes import client, config, watch  # noqa: E402
+from kubernetes import client, watch  # noqa: E402
 from operator_process import OperatorProcess  # noqa: E402
+
+from regcred.kube import connect  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 USER = "regcred-bench"
@@ -44,8 +46,7 @@ WORKERS = 16
 class Bench:
     def __init__(self, plane: ControlPlane) -> None:
         self.plane = plane
-        api = config.new_client_from_config(config_file=str(plane.kubeconfig))
-        api.configuration.connection_pool_maxsize = WORKERS * 2
+        api = connect(str(plane.kubeconfig), threads=WORKERS * 2)  # pool sized before the client exists
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.namespaces: list[str] = []

@@ -43,10 +43,11 @@ for extra in (REPO / "scripts", REPO / "tests" / "integration"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
-from kubernetes import client, config  # noqa: E402
 from kubernetes.client.exceptions import ApiException  # noqa: E402
 from operator_process import OperatorProcess  # noqa: E402
 from scenario import OPERATOR_NAMESPACE, PASSWORD_MARK, Cluster, password  # noqa: E402
+
+from regcred.kube import connect  # noqa: E402
 
 SERVER = "stress.registry.example.com"
 JSON_PATCH = "application/json-patch+json"
@@ -321,13 +322,6 @@ def install_crd(kubeconfig: str, cluster: Cluster) -> None:
         cluster.create_namespace(OPERATOR_NAMESPACE)
 
 
-def api_client(kubeconfig: str, pool: int = 32) -> client.ApiClient:
-    configuration = client.Configuration()
-    config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    configuration.connection_pool_maxsize = pool
-    return client.ApiClient(configuration)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=20)
@@ -344,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = Path(tempfile.mkdtemp(prefix="regcred-stress-"))
     with ControlPlane() as plane:
         kubeconfig = str(plane.kubeconfig)
-        api = api_client(kubeconfig)
+        api = connect(kubeconfig, threads=32)
         cluster = Cluster(api)
         install_crd(kubeconfig, cluster)
         operator = OperatorProcess(kubeconfig, log_dir / "regcred.log").start()
