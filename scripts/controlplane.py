@@ -39,12 +39,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-KUBERNETES_VERSION = "v1.33.13"
-# What kubernetes v1.33 is tested with: build/dependencies.yaml and kubeadm's DefaultEtcdVersion.
-ETCD_VERSION = "v3.5.24"
+# The one place the Kubernetes version is chosen: the newest stable release the Go module
+# proxy serves. `REGCRED_KUBERNETES_VERSION` picks another for a compatibility run; the oldest
+# one supported (and tested by `make compat`) is OLDEST_KUBERNETES_VERSION.
+DEFAULT_KUBERNETES_VERSION = "v1.37.2"
+OLDEST_KUBERNETES_VERSION = "v1.34.4"
+KUBERNETES_VERSION = os.environ.get("REGCRED_KUBERNETES_VERSION") or DEFAULT_KUBERNETES_VERSION
 
 APISERVER, CONTROLLER_MANAGER, ETCD = "kube-apiserver", "kube-controller-manager", "etcd"
-BINARIES = (ETCD, APISERVER, CONTROLLER_MANAGER)
+KUBELET, KUBECTL = "kubelet", "kubectl"
+BINARIES = (ETCD, APISERVER, CONTROLLER_MANAGER)  # the control plane's processes, in start order
+# Built with them from the same module: the node's kubelet (no version skew) and a kubectl
+# within kubectl's own skew policy, which the tests and the demo put first on $PATH.
+TOOLS = (KUBELET, KUBECTL)
 CONTROLLERS = "garbagecollector,namespace,serviceaccount,serviceaccount-token,root-ca-cert-publisher"
 STOP_GRACE = 10.0
 TEMP_PREFIX = "regcred-cp-"
@@ -80,12 +87,21 @@ def _go(args: list[str], cwd: Path, log_file: Path) -> None:
         raise ControlPlaneError(f"`go {' '.join(args)}` failed in {cwd}; log {log_file}:\n{tail}")
 
 
-def _kubernetes_go_mod() -> str:
-    """kubernetes' own go.mod: its staging modules and godebug line must be mirrored by ours."""
+def _kubernetes_source() -> Path:
+    """The downloaded k8s.io/kubernetes module: its go.mod and build/dependencies.yaml."""
     out = subprocess.run(["go", "mod", "download", "-json", f"k8s.io/kubernetes@{KUBERNETES_VERSION}"],
                          check=True, capture_output=True, text=True,
                          env={**os.environ, "GOTOOLCHAIN": "local"})
-    return Path(json.loads(out.stdout)["GoMod"]).read_text()
+    return Path(json.loads(out.stdout)["Dir"])
+
+
+def etcd_version(kubernetes_source: Path) -> str:
+    """The etcd release this Kubernetes release is tested with (its build/dependencies.yaml)."""
+    text = (kubernetes_source / "build" / "dependencies.yaml").read_text()
+    found = re.search(r'name: "etcd"\s*\n\s*version: (\S+)', text)
+    if not found:
+        raise ControlPlaneError(f"no etcd version in {kubernetes_source}/build/dependencies.yaml")
+    return "v" + found.group(1)
 
 
 def _kubernetes_module(go_mod: str) -> tuple[str, str]:
@@ -101,16 +117,16 @@ def _kubernetes_module(go_mod: str) -> tuple[str, str]:
     replaces = "\n".join(f"\t{module} => {module} {staging_version}" for module in staging)
     mod = (f"module regcred.dev/controlplane/kubernetes\n\ngo {go_line.group(1) if go_line else '1.24.0'}\n\n"
            f"{godebug}\n\nrequire k8s.io/kubernetes {KUBERNETES_VERSION}\n\nreplace (\n{replaces}\n)\n")
-    tools = ("//go:build tools\n\npackage tools\n\nimport (\n"
-             '\t_ "k8s.io/kubernetes/cmd/kube-apiserver"\n'
-             '\t_ "k8s.io/kubernetes/cmd/kube-controller-manager"\n)\n')
+    imports = "".join(f'\t_ "k8s.io/kubernetes/cmd/{name}"\n'
+                      for name in (APISERVER, CONTROLLER_MANAGER, *TOOLS))
+    tools = f"//go:build tools\n\npackage tools\n\nimport (\n{imports})\n"
     return mod, tools
 
 
-def _etcd_module() -> tuple[str, str]:
+def _etcd_module(version: str) -> tuple[str, str]:
     """etcd's server main is a wrapper around etcdmain; its own module keeps its deps apart."""
     mod = (f"module regcred.dev/controlplane/etcd\n\ngo 1.24.0\n\n"
-           f"require go.etcd.io/etcd/server/v3 {ETCD_VERSION}\n")
+           f"require go.etcd.io/etcd/server/v3 {version}\n")
     main = ('package main\n\nimport (\n\t"os"\n\n\t"go.etcd.io/etcd/server/v3/etcdmain"\n)\n\n'
             "func main() { etcdmain.Main(os.Args) }\n")
     return mod, main
@@ -130,11 +146,12 @@ def _build(names: list[str], target: Path) -> None:
                + f" -X k8s.io/component-base/version.gitMajor={version[0]}"
                + f" -X k8s.io/component-base/version.gitMinor={version[1]}"
                + " -X k8s.io/component-base/version.gitTreeState=clean")
+    kubernetes_source = _kubernetes_source()
     kube_names = [name for name in names if name != ETCD]
     if kube_names:
         module = src / "kubernetes"
         module.mkdir(parents=True, exist_ok=True)
-        go_mod, tools = _kubernetes_module(_kubernetes_go_mod())
+        go_mod, tools = _kubernetes_module((kubernetes_source / "go.mod").read_text())
         _write_if_changed(module / "go.mod", go_mod)
         _write_if_changed(module / "tools.go", tools)
         if not (module / "go.sum").exists():
@@ -144,7 +161,7 @@ def _build(names: list[str], target: Path) -> None:
     if ETCD in names:
         module = src / "etcd"
         module.mkdir(parents=True, exist_ok=True)
-        go_mod, main = _etcd_module()
+        go_mod, main = _etcd_module(etcd_version(kubernetes_source))
         _write_if_changed(module / "main.go", main)
         if not (module / "go.mod").exists() or go_mod.splitlines()[-1] not in (module / "go.mod").read_text():
             (module / "go.mod").write_text(go_mod)
@@ -170,18 +187,19 @@ def _executable(path: Path) -> bool:
 
 
 def ensure_binaries(build: bool = True) -> dict[str, Path]:
-    """Paths of etcd, kube-apiserver and kube-controller-manager, building whatever is missing.
+    """Paths of the control plane's binaries and TOOLS, building whatever is missing.
 
     `KUBEBUILDER_ASSETS` wins where it has a binary (envtest's convention); the rest comes from
     the versioned cache. A file lock keeps two concurrent suites from building at once.
     """
     assets = os.environ.get("KUBEBUILDER_ASSETS")
     found: dict[str, Path] = {}
-    for name in BINARIES:
+    wanted = (*BINARIES, *TOOLS)
+    for name in wanted:
         if assets and _executable(Path(assets) / name):
             found[name] = Path(assets) / name
     target = cache_dir()
-    missing = [name for name in BINARIES if name not in found and not _executable(target / name)]
+    missing = [name for name in wanted if name not in found and not _executable(target / name)]
     if missing:
         if not build:
             raise ControlPlaneError(f"missing {', '.join(missing)} in {target}; run `controlplane.py build`")
@@ -195,7 +213,7 @@ def ensure_binaries(build: bool = True) -> dict[str, Path]:
                 stale.unlink()
             if missing:
                 _build(missing, target)
-    return {name: found.get(name, target / name) for name in BINARIES}
+    return {name: found.get(name, target / name) for name in wanted}
 
 
 # --- certificates -----------------------------------------------------------------------------
@@ -369,6 +387,14 @@ class ControlPlane:
         self.components: dict[str, Component] = {}
         self.kept_logs: Path | None = None
 
+    def put_kubectl_first_on_path(self) -> None:
+        """Make `kubectl` in subprocesses the one built with this control plane (the machine's
+        own may be outside kubectl's one-minor version skew)."""
+        assert self.binaries is not None, "start() first"
+        directory = str(self.binaries[KUBECTL].parent)
+        if os.environ.get("PATH", "").split(os.pathsep)[0] != directory:
+            os.environ["PATH"] = f"{directory}{os.pathsep}{os.environ.get('PATH', '')}"
+
     # Paths and addresses, valid once started.
     @property
     def kubeconfig(self) -> Path:
@@ -408,7 +434,7 @@ class ControlPlane:
 
     def start(self) -> ControlPlane:
         started = time.monotonic()
-        binaries = self.binaries or ensure_binaries()
+        binaries = self.binaries = self.binaries or ensure_binaries()
         _remove_orphaned_dirs()
         self.dir = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
         (self.dir / "owner.pid").write_text(str(os.getpid()))

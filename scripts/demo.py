@@ -71,6 +71,7 @@ def say(text: str) -> None:
 
 def run(keep: bool) -> None:
     with ControlPlane() as control_plane:
+        control_plane.put_kubectl_first_on_path()
         demo = Demo(control_plane.kubeconfig)
         say("Install the CRD and the operator's namespace")
         demo.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))

@@ -46,6 +46,7 @@ def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
         plane.start()
     except Exception as error:
         pytest.fail(f"could not build or start the control plane: {error}", pytrace=False)
+    plane.put_kubectl_first_on_path()
     yield plane
     plane.stop(failed=request.session.testsfailed > 0)  # keeps the logs when tests failed
 
