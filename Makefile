@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test demo lint unit controlplane clean manifests bench
+.PHONY: test demo lint unit controlplane clean manifests bench compat helm
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,6 +22,19 @@ test: lint
 
 controlplane: $(VENV)/.installed
 	$(PY) scripts/controlplane.py build
+
+# helm from $PATH, else built from the helm.sh/helm/v4 Go module into ~/.cache/regcred/helm.
+helm: $(VENV)/.installed
+	$(PY) scripts/helm.py path
+
+# manifests/ and the chart's crds/ rendered from charts/regcred (tests fail when they differ).
+manifests: $(VENV)/.installed
+	$(PY) scripts/render_manifests.py
+
+# The integration suite on the oldest supported Kubernetes and on the default one;
+# COMPAT_ARGS go to pytest, e.g. make compat COMPAT_ARGS='-m "not node"'.
+compat: $(VENV)/.installed
+	$(PY) scripts/compat.py -- $(COMPAT_ARGS)
 
 demo: $(VENV)/.installed
 	$(PY) scripts/demo.py

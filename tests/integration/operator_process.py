@@ -25,13 +25,14 @@ class OperatorProcess:
 
     def __init__(self, kubeconfig: str, log_path: Path, *, namespace: str = "regcred-system",
                  source_namespaces: str | None = None, resync_seconds: float = 600,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, extra_args: list[str] | None = None) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.namespace = namespace
         self.source_namespaces = source_namespaces or namespace
         self.resync_seconds = resync_seconds
         self.extra_env = extra_env or {}
+        self.extra_args = extra_args or []  # after the defaults above, so they win
         self.metrics_port = free_port()
         self.health_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -47,6 +48,7 @@ class OperatorProcess:
             "--metrics-port", str(self.metrics_port),
             "--health-port", str(self.health_port),
             "--log-format", "json",
+            *self.extra_args,
         ]
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)

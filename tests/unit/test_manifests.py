@@ -20,9 +20,13 @@ def by_kind(kind: str) -> list[dict]:
             if doc.get("kind") == kind]
 
 
-def test_the_bundled_crd_is_the_one_in_crds():
-    assert (MANIFESTS / "crd-registrycredentials.yaml").read_bytes() == (
-        REPO / "crds" / "registrycredentials.yaml").read_bytes(), "run `make manifests`"
+def test_the_chart_and_the_bundle_carry_exactly_the_crds_in_crds():
+    crds = {path.name: path.read_bytes() for path in (REPO / "crds").glob("*.yaml")}
+    assert set(crds) == {"registrycredentials.yaml", "clusterkopfpeerings.yaml"}
+    chart = {path.name: path.read_bytes() for path in (REPO / "charts" / "regcred" / "crds").glob("*.yaml")}
+    bundled = {path.name.removeprefix("crd-"): path.read_bytes() for path in MANIFESTS.glob("crd-*.yaml")}
+    assert chart == crds, "run `make manifests`"
+    assert bundled == crds, "run `make manifests`"
 
 
 def test_kustomization_lists_every_manifest():
