@@ -76,10 +76,9 @@ def commit() -> str:
     return f"{head}{' (uncommitted changes)' if dirty else ''}"
 
 
-def table(results: list[Result], pytest_args: list[str]) -> str:
-    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+def table(results: list[Result], pytest_args: list[str], started: str, tested: str) -> str:
     selection = f" `{' '.join(pytest_args)}`" if pytest_args else ""
-    lines = [f"Compatibility run {date}, commit {commit()}, tests/integration{selection}:", "",
+    lines = [f"Compatibility run {started}, commit {tested}, tests/integration{selection}:", "",
              "| Kubernetes | passed | failed | errors | skipped | minutes |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {r.version} | {r.passed} | {r.failed} | {r.errors} | {r.skipped} | {r.seconds / 60:.0f} |"
@@ -94,9 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--versions", nargs="+", default=list(SUPPORTED),
                         help=f"Kubernetes releases to test (default: {' '.join(SUPPORTED)})")
     args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    tested = commit()  # before the run: what was tested, even if the tree changes meanwhile
     with tempfile.TemporaryDirectory(prefix="regcred-compat-") as scratch:
         results = [run_version(version, pytest_args, Path(scratch)) for version in args.versions]
-    print(table(results, pytest_args))
+    print(table(results, pytest_args, started, tested))
     return 0 if all(result.ok for result in results) else 1
 
 
