@@ -9,7 +9,8 @@ binaries, helm is compiled from its Go module (`helm.sh/helm/v4`) into a version
     python scripts/helm.py path     # print the path of the helm that would be used
 
 In code: `helm_binary()`. Stdlib only. `REGCRED_HELM` names a helm binary to use instead;
-`REGCRED_HELM_BUILD=1` ignores the one on $PATH (to test with the pinned release).
+`REGCRED_HELM_BUILD=1` ignores the one on $PATH (to test with the pinned release);
+`REGCRED_HELM_VERSION` pins another release, e.g. v3.22.0 to check the chart with Helm 3.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from controlplane import ControlPlaneError, _executable, _go, _go_build, build_missing, log
 
 # The helm release the chart is tested with (Helm 4; the chart stays Helm 3 compatible).
-HELM_VERSION = "v4.3.2"
-HELM_MODULE = "helm.sh/helm/v4"
+DEFAULT_HELM_VERSION = "v4.3.2"
+HELM_VERSION = os.environ.get("REGCRED_HELM_VERSION") or DEFAULT_HELM_VERSION
+HELM_MODULE = f"helm.sh/helm/{HELM_VERSION.split('.')[0]}"  # the major version is in the path
 HELM = "helm"
 
 

@@ -77,6 +77,14 @@ def used(control_plane: Any, user: str) -> tuple[set[Permission], list[dict]]:
     return requests, refused
 
 
+def deprecated_requests(control_plane: Any, who: Callable[[dict], bool]) -> list[str]:
+    """Requests (by the audit events `who` selects) to an API the server marked deprecated:
+    the API server annotates those events with k8s.io/deprecated=true."""
+    return sorted({f"{event['verb']} {event['requestURI'].split('?')[0]}"
+                   for event in control_plane.audit_events()
+                   if who(event) and event.get("annotations", {}).get("k8s.io/deprecated") == "true"})
+
+
 def exercise_every_permission(cluster: Cluster, fresh_namespaces: Callable[..., list[str]],
                               wait_for: Callable[..., Any], source_namespace: str) -> None:
     """The core scenarios, quietly: sync, rotate, stop matching, a conflict, delete. Between
@@ -119,9 +127,11 @@ def exercise_every_permission(cluster: Cluster, fresh_namespaces: Callable[..., 
 
 def assert_exactly_granted(control_plane: Any, user: str, roles: Iterable[dict],
                            process: OperatorProcess) -> None:
-    """Nothing `user` asked for was refused, and nothing granted went unused."""
+    """Nothing `user` asked for was refused, nothing granted went unused, and no API it used
+    is deprecated in this Kubernetes release."""
     requests, refused = used(control_plane, user)
     assert refused == [], "the operator was refused a request"
     unused = granted(roles) - requests - EXERCISED_ELSEWHERE
     assert unused == set(), "granted but never needed"
     assert "Forbidden" not in process.log()
+    assert deprecated_requests(control_plane, lambda event: event["user"]["username"] == user) == []

@@ -20,6 +20,7 @@ from operator_process import OperatorProcess
 from rbac_checks import (
     SERVER,
     assert_exactly_granted,
+    deprecated_requests,
     exercise_every_permission,
     service_account_user,
     token_kubeconfig,
@@ -135,6 +136,11 @@ def test_installed_the_operator_works_with_exactly_the_charts_permissions(
         cluster: Cluster, kube, release: Release, control_plane, fresh_namespaces, tmp_path, wait_for):
     assert exists(client.CustomObjectsApi(kube).get_cluster_custom_object, "kopf.dev", "v1",
                   "clusterkopfpeerings", release.name)
+    def helm_made(event: dict) -> bool:
+        return event.get("userAgent", "").startswith("Helm/")
+
+    assert any(helm_made(event) for event in control_plane.audit_events()), "no request by Helm seen"
+    assert deprecated_requests(control_plane, helm_made) == [], "the chart uses a deprecated API"
     process = release_operator(kube, release, tmp_path / "regcred.log")
     try:
         exercise_every_permission(cluster, fresh_namespaces, wait_for, release.namespace)
