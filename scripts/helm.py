@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -55,6 +56,19 @@ def _helm_module() -> tuple[str, str]:
     return mod, tools
 
 
+def _helm3_kubernetes_version_flags(go_mod: str) -> str:
+    """Helm 3 learns the Kubernetes version `helm template` and `helm lint` assume from
+    linker flags (its Makefile derives them from client-go v0.X.Y: 1.X); without them it
+    assumes v1.20 and refuses charts that need newer. Helm 4 reads its build info instead."""
+    found = re.search(r"^\s*k8s\.io/client-go v0\.(\d+)\.", go_mod, re.M)
+    if not found:
+        raise HelmError("no k8s.io/client-go in helm's module graph")
+    minor = found.group(1)
+    return "".join(f" -X {HELM_MODULE}/pkg/{package}.k8sVersion{part}={value}"
+                   for package in ("lint/rules", "chartutil")
+                   for part, value in (("Major", "1"), ("Minor", minor)))
+
+
 def _build(names: list[str], target: Path) -> None:
     module = target / "src"
     module.mkdir(parents=True, exist_ok=True)
@@ -69,6 +83,8 @@ def _build(names: list[str], target: Path) -> None:
     # helm's own Makefile sets the version this way; `helm version` then names the release.
     ldflags = f"-s -w -X {HELM_MODULE}/internal/version.version={HELM_VERSION}" \
               f" -X {HELM_MODULE}/internal/version.gitTreeState=clean"
+    if HELM_MODULE.endswith("/v3"):
+        ldflags += _helm3_kubernetes_version_flags((module / "go.mod").read_text())
     _go_build(module, f"{HELM_MODULE}/cmd/helm", target / HELM, ldflags, build_log)
 
 
