@@ -2,7 +2,7 @@
 
 regcred keeps these itself instead of in kopf indexes: before it runs any handler, kopf holds
 every listed object of an indexed resource in memory until all of them are indexed, about
-33 KB apiece (a restart on 25,000 objects peaked at 820 MB; README, Performance). Entries are
+33 KB apiece (a restart on 25,000 objects peaked at 820 MB; docs/performance.md). Entries are
 the planner's reduced views, never bodies. The caches are filled from a paginated listing at
 start-up, before any watch event, so nothing is planned on a half-filled cache; the watch
 events keep them current and say whether an event changed anything. Our own writes go in

@@ -60,7 +60,7 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, credential_index: ko
     settings.watching.label_selectors["secrets"] = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
     settings.execution.max_workers = max(8, options.workers)
     # kopf keeps a worker per object for this long after its last event, holding that event's
-    # whole body; a start-up listing of 25,000 objects held them all (README, Performance).
+    # whole body; a start-up listing of 25,000 objects held them all (docs/performance.md).
     settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
     # A killed leader's peering entry expires after `lifetime`: that is the failover time.
     settings.peering.lifetime = PEERING_LIFETIME_SECONDS

@@ -253,7 +253,7 @@ def test_control_plane_restart_mid_fan_out_then_every_change_lands(
     reconnecting land (kopf retries a lost watch after 1, 2, 4, 7, 12, 20 s: with the API server
     down 12 s, the changes fall in that gap), and so do later ones.
 
-    Liveness semantics (README): /healthz says whether regcred's process and event loop are
+    Liveness semantics (docs/operations.md): /healthz says whether regcred's process and event loop are
     alive, not whether the API server is reachable. During an outage it keeps answering 200:
     restarting regcred would not bring the API back (and would turn an outage into a crash
     loop); regcred reconnects by itself."""
@@ -470,7 +470,7 @@ def test_rude_foreign_writer_cannot_keep_our_entries_out(cluster, operator, tena
     """A rude writer rewrites whole lists from fresh reads, so it drops entries regcred has just
     added; regcred puts them back. regcred only adds while it runs: a rude writer can also
     resurrect an entry regcred has just removed, which regcred then cannot tell from a foreign
-    one and leaves alone (documented in the README)."""
+    one and leaves alone (documented in docs/guarantees.md, Known limits)."""
     namespaces = tenant(5)
     seed = random.randrange(1 << 32)
     rng = random.Random(seed)
@@ -616,8 +616,8 @@ def test_credential_deleted_while_regcred_is_down_is_cleaned_up_when_it_returns(
 
 def test_readme_finalizer_removal_when_regcred_is_gone_for_good(
         cluster, operator, tenant, wait_for, kubeconfig):
-    """The README's command, run literally; the garbage collector then removes the copies, and
-    a regcred that comes back later removes its entries and nothing else."""
+    """The command docs/operations.md gives, run literally; the garbage collector then removes
+    the copies, and a regcred that comes back later removes its entries and nothing else."""
     namespaces = tenant(2)
     for namespace in namespaces:
         cluster.set_pull_secrets(namespace, ["first"])
@@ -627,9 +627,9 @@ def test_readme_finalizer_removal_when_regcred_is_gone_for_good(
     operator.stop()
     try:
         cluster.delete_credential(name)
-        readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+        operations = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
         command = """kubectl patch regcred NAME --type=merge -p '{"metadata":{"finalizers":null}}'"""
-        assert command in readme, "the README must give the finalizer removal command"
+        assert command in operations, "docs/operations.md must give the finalizer removal command"
         subprocess.run(["kubectl", "--kubeconfig", kubeconfig, "patch", "regcred", name, "--type=merge",
                         "-p", '{"metadata":{"finalizers":null}}'], check=True, capture_output=True)
         wait_for(lambda: cluster.credential(name) is None, message="CR gone")
