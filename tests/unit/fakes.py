@@ -113,3 +113,16 @@ class Wired:
 
     def close(self) -> None:
         self.reconciler.shutdown()
+
+
+def _conforms() -> None:
+    """Never called: `make typecheck` checks that the fakes are what the reconciler expects."""
+    from regcred.ledger import CredentialBodies, StatusWriter
+    from regcred.reconciler import Api as ReconcilerApi
+    from regcred.reconciler import World as ReconcilerWorld
+
+    world: ReconcilerWorld = World()
+    credentials: CredentialBodies = World()
+    api: ReconcilerApi = Api()
+    writer: StatusWriter = Api()
+    del world, credentials, api, writer
