@@ -186,6 +186,7 @@ class Reconciler:
                     failed_secrets.add(secret_action.secret_name)
                     continue
                 self._took_effect(outcome, secret_action, applied)
+                self._take_in(secret_action, applied)
                 if applied.rotated:
                     credential = secret_action.credential
                     outcome.rotated[credential] = outcome.rotated.get(credential, 0) + 1
@@ -202,17 +203,21 @@ class Reconciler:
                                 service_account=account_action.service_account, error=str(error))
                     continue
                 self._took_effect(outcome, account_action, applied)
+                self._take_in(account_action, applied)
             outcome.changed = self._ledger.record(namespace, plan.matched, failures)
         self._metrics.observe_reconcile("namespace", bool(failures), time.monotonic() - started)
         return outcome
 
+    def _take_in(self, action: Action, applied: Applied) -> None:
+        """Hand what a write wrote to the caches at once, so that the next plan sees it."""
+        if applied.written is not None:
+            self._world.wrote(applied.written, _planned_from(action))
+
     def _took_effect(self, outcome: NamespaceOutcome, action: Action, applied: Applied) -> None:
-        """Count and log a write, and hand what it wrote to the caches at once."""
+        """Count and log a write."""
         if not applied.wrote:
             return
         outcome.wrote += 1
-        if applied.written is not None:
-            self._world.wrote(applied.written, _planned_from(action))
         if isinstance(action, RemovePullSecret):
             log.info("removed pull secret entry", namespace=action.namespace,
                      service_account=action.service_account, secret=action.secret_name)
