@@ -1,8 +1,9 @@
 """The Kubernetes layer: the only code in regcred that talks to the API server.
 
 It speaks raw JSON (no model classes): bodies go out as dicts, responses come back
-as dicts, errors become `KubeError` carrying the status code and the API's reason word,
-never a response body (a Secret's body is secret material).
+as dicts, errors become a `KubeError` subclass that says what the failure means, carrying
+the status code and the API's reason word, never a response body (a Secret's body is secret
+material). It decides nothing: after a refused write it asks the core what to do next.
 """
 
 from __future__ import annotations
@@ -59,10 +60,6 @@ SERVICE_ACCOUNT_ATTEMPTS = 5
 COPY_ATTEMPTS = 5
 LIST_PAGE = 500
 EVENT_NAMESPACE = "default"  # events about cluster-scoped objects live in "default", as for Nodes
-
-
-def _copy_written(response: Mapping[str, Any], rotated: bool = False) -> Applied:
-    return Applied(wrote=True, rotated=rotated, written=observe_copy(response))
 
 
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
@@ -202,6 +199,10 @@ class Applied:
     rotated: bool = False
     written: ObservedCopy | ObservedServiceAccount | None = None
     not_ours: str | None = None
+
+
+def _copy_written(response: Mapping[str, Any], rotated: bool = False) -> Applied:
+    return Applied(wrote=True, rotated=rotated, written=observe_copy(response))
 
 
 class Kube:
