@@ -16,9 +16,8 @@ from typing import Any
 
 import yaml
 from operator_process import OperatorProcess
-from scenario import Cluster, password, unique
+from scenario import SERVER, Cluster, credential_spec, password, unique
 
-SERVER = "registry.example.com"
 # Needed, but only on paths the quiet scenario below does not take.
 EXERCISED_ELSEWHERE = {
     # A guarded JSON patch refused (409/422) because the cached ServiceAccount was stale:
@@ -96,10 +95,7 @@ def exercise_every_permission(cluster: Cluster, fresh_namespaces: Callable[..., 
     cluster.put_source(name, namespace=source_namespace)
     cluster.core.create_namespaced_secret(drop, {"metadata": {"name": "unrelated"},
                                                  "data": {"x": "eA=="}})
-    cluster.create_credential(name, {
-        "registries": [{"server": SERVER}], "sourceSecretRef": {"name": name},
-        "namespaceSelector": {"matchLabels": {"tenant": label}},
-    })
+    cluster.create_credential(name, credential_spec(name, {"tenant": label}))
     for namespace in (keep, drop):
         wait_for(lambda ns=namespace: cluster.pull_secrets(ns) == [name], timeout=60,
                  message=f"synced {namespace}")
@@ -114,10 +110,7 @@ def exercise_every_permission(cluster: Cluster, fresh_namespaces: Callable[..., 
     cluster.core.create_namespaced_secret(other, {"metadata": {"name": conflicted},
                                                   "data": {"x": "eA=="}})
     cluster.put_source(conflicted, namespace=source_namespace)
-    cluster.create_credential(conflicted, {
-        "registries": [{"server": SERVER}], "sourceSecretRef": {"name": conflicted},
-        "namespaceSelector": {"matchLabels": {"tenant": conflicted}},
-    })
+    cluster.create_credential(conflicted, credential_spec(conflicted, {"tenant": conflicted}))
     wait_for(lambda: cluster.ready(conflicted).get("reason") == "Conflict", message="conflict")
     cluster.delete_credential(name)
     cluster.delete_credential(conflicted)

@@ -18,14 +18,13 @@ from kubernetes.client.exceptions import ApiException
 from operator_fixtures import REPO
 from operator_process import OperatorProcess
 from rbac_checks import (
-    SERVER,
     assert_exactly_granted,
     deprecated_requests,
     exercise_every_permission,
     service_account_user,
     token_kubeconfig,
 )
-from scenario import GROUP, PLURAL, VERSION, Cluster, unique
+from scenario import GROUP, PLURAL, SERVER, VERSION, Cluster, create_synced, unique
 
 pytestmark = pytest.mark.integration
 
@@ -100,19 +99,6 @@ def copy_writes(control_plane, since: int, namespaces: list[str], name: str, use
     return found
 
 
-def sync_credential(cluster: Cluster, wait_for, release: Release, label: str, tenants: list[str]) -> str:
-    """A CR over the namespaces labelled tenant=`label` (`tenants`), its source in the release
-    namespace; returns its name once every tenant's `default` ServiceAccount references the copy."""
-    name = unique("cr")
-    cluster.put_source(name, namespace=release.namespace)
-    cluster.create_credential(name, {"registries": [{"server": SERVER}], "sourceSecretRef": {"name": name},
-                                     "namespaceSelector": {"matchLabels": {"tenant": label}}})
-    for namespace in tenants:
-        wait_for(lambda ns=namespace: cluster.pull_secrets(ns) == [name], timeout=60,
-                 message=f"synced {namespace}")
-    return name
-
-
 def test_the_chart_lints_strictly(helm):
     result = helm("lint", "--strict", CHART)
     assert "0 chart(s) failed" in result.stdout
@@ -157,7 +143,7 @@ def test_upgrade_with_changed_values_converges_without_rewriting_any_copy(
     [sources, bystander] = fresh_namespaces(2)
     process = release_operator(kube, release, tmp_path / "before.log")
     try:
-        name = sync_credential(cluster, wait_for, release, label, tenants)
+        name = create_synced(cluster, {"tenant": label}, tenants, source_namespace=release.namespace)
     finally:
         process.stop()
 
@@ -207,7 +193,7 @@ def test_uninstall_leaves_the_crds_the_credentials_and_their_copies(
     [tenant] = fresh_namespaces(1, labels={"tenant": label})
     process = release_operator(kube, release, tmp_path / "regcred.log")
     try:
-        name = sync_credential(cluster, wait_for, release, label, [tenant])
+        name = create_synced(cluster, {"tenant": label}, [tenant], source_namespace=release.namespace)
     finally:
         process.stop()  # the pods go with the uninstall
     try:
