@@ -375,8 +375,7 @@ class Node:
     def unavailable_reason() -> str | None:
         """Why no node can run on this machine (not root, packages missing), or None."""
         if os.geteuid() != 0:
-            return ("the test node needs root (containerd and the kubelet manage mounts and "
-                    "cgroups): run as root, or deselect the node tests with -m \"not node\"")
+            return "the node needs root (containerd and the kubelet manage mounts and cgroups): run as root"
         try:
             nodedeps.check()
         except nodedeps.MissingPackages as error:

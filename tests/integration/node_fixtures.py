@@ -42,6 +42,7 @@ def mark_node_tests(items: list[pytest.Item]) -> None:
 def node(control_plane, request: pytest.FixtureRequest) -> Iterator[Node]:
     reason = Node.unavailable_reason()
     if reason:
+        reason += '; or leave the node tests out: -m "not node"'
         if os.environ.get("CI") == "true":
             pytest.fail(f"the node cannot run here: {reason}", pytrace=False)
         pytest.skip(reason)
