@@ -669,7 +669,7 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
 
 
 @contextlib.contextmanager
-def _interruptible() -> Iterator[None]:
+def interruptible() -> Iterator[None]:
     """SIGINT, SIGTERM and SIGHUP all raise KeyboardInterrupt, so `finally` blocks clean up
     (SIGINT explicitly too: a shell starts background jobs with it ignored)."""
     signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -689,7 +689,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("env", help="print `export KUBEBUILDER_ASSETS=...` for the cached binaries")
     args = parser.parse_args(argv)
     try:
-        with _interruptible():
+        with interruptible():
             if args.command == "build":
                 started = time.monotonic()
                 for name, path in ensure_binaries().items():

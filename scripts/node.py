@@ -21,6 +21,7 @@ A SIGKILLed run leaves these behind; the next node start sweeps every dead run (
 pid is gone) and never touches a live run's processes, mounts or cgroups.
 
     with ControlPlane() as plane, Node(plane) as node: ...
+    python scripts/node.py up        # control plane + node until Ctrl-C; prints KUBECONFIG
     python scripts/node.py sweep     # clean up after dead runs now
 """
 
@@ -50,6 +51,7 @@ from controlplane import (
     ControlPlane,
     ControlPlaneError,
     free_port,
+    interruptible,
     keep_logs,
     log,
     make_run_dir,
@@ -159,7 +161,7 @@ def _cgroup_mounts() -> list[Path]:
     return mounts
 
 
-def _cgroup_dirs(cgroup: str) -> list[Path]:
+def cgroup_dirs(cgroup: str) -> list[Path]:
     return [mount / cgroup for mount in _cgroup_mounts() if (mount / cgroup).is_dir()]
 
 
@@ -173,16 +175,16 @@ def _create_cgroup(cgroup: str) -> None:
                 (directory / name).write_text((mount / name).read_text())
 
 
-def _pids_in_cgroup(cgroup: str) -> set[int]:
+def cgroup_processes(cgroup: str) -> set[int]:
     pids: set[int] = set()
-    for top in _cgroup_dirs(cgroup):
+    for top in cgroup_dirs(cgroup):
         for procs in top.rglob("cgroup.procs"):
             with contextlib.suppress(OSError):
                 pids.update(int(pid) for pid in procs.read_text().split())
     return pids
 
 
-def _pids_naming(run_dir: Path) -> set[int]:
+def node_processes(run_dir: Path) -> set[int]:
     """Node processes (kubelet, containerd, shims, runc, ctr) whose command line names the run dir."""
     needle = str(run_dir).encode()
     pids = set()
@@ -207,7 +209,7 @@ def _kill_all(pids_of: Any, what: str) -> None:
         time.sleep(0.05)  # reaping takes a moment; polled against the deadline above
 
 
-def _mounts_under(run_dir: Path) -> list[str]:
+def mounts_under(run_dir: Path) -> list[str]:
     prefix = f"{run_dir}/"
     points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
     return [p for p in points if p == str(run_dir) or p.startswith(prefix)]
@@ -216,23 +218,23 @@ def _mounts_under(run_dir: Path) -> list[str]:
 def _unmount_all(run_dir: Path) -> None:
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     for _ in range(20):  # bind mounts can stack; each pass lazily detaches the top ones
-        points = _mounts_under(run_dir)
+        points = mounts_under(run_dir)
         if not points:
             return
         for point in reversed(points):
             libc.umount2(point.encode(), MNT_DETACH)
-    raise NodeError(f"mounts left under {run_dir}: {_mounts_under(run_dir)}")
+    raise NodeError(f"mounts left under {run_dir}: {mounts_under(run_dir)}")
 
 
 def _remove_cgroup(cgroup: str) -> bool:
     """rmdir the run's cgroups bottom-up; False while the kernel still holds one (EBUSY)."""
-    for top in _cgroup_dirs(cgroup):
+    for top in cgroup_dirs(cgroup):
         for directory in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
             with contextlib.suppress(FileNotFoundError):
                 directory.rmdir()
         with contextlib.suppress(FileNotFoundError):
             top.rmdir()
-    return not _cgroup_dirs(cgroup)
+    return not cgroup_dirs(cgroup)
 
 
 def _shim_sockets(run_dir: Path) -> list[Path]:
@@ -248,8 +250,8 @@ def tear_down(run_dir: Path) -> None:
     """Kill the run's processes (containers first), unmount, remove cgroups, links, sockets
     and the run dir. Safe for a half-started or dead run; touches nothing of another run."""
     cgroup = run_dir.name
-    _kill_all(lambda: _pids_in_cgroup(cgroup), f"containers of {cgroup}")
-    _kill_all(lambda: _pids_naming(run_dir), f"processes of {run_dir}")
+    _kill_all(lambda: cgroup_processes(cgroup), f"containers of {cgroup}")
+    _kill_all(lambda: node_processes(run_dir), f"processes of {run_dir}")
     shim_sockets = _shim_sockets(run_dir)
     _unmount_all(run_dir)
     wait_until(lambda: _remove_cgroup(cgroup), 30, f"cgroup {cgroup} removed")
@@ -400,7 +402,7 @@ class Node:
             wait_until(self._containerd_up, self.start_timeout, "containerd answering on its socket")
             self._import_pause_image()
             self.components[KUBELET].start()
-            wait_until(self._node_ready, self.start_timeout, f"Node {self.name} Ready")
+            wait_until(self.ready, self.start_timeout, f"Node {self.name} Ready")
         except BaseException as error:
             self.stop(failed=not isinstance(error, KeyboardInterrupt))
             if isinstance(error, ControlPlaneError) and self.kept_logs:
@@ -458,7 +460,7 @@ class Node:
         self.ctr("images", "import", str(archive))
         archive.unlink()
 
-    def _node_ready(self) -> bool:
+    def ready(self) -> bool:
         self.components[KUBELET].check_running()
         status, body = self.control_plane.get(f"/api/v1/nodes/{self.name}")
         if status != 200:
@@ -503,13 +505,30 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("up", help="a control plane with this node, until Ctrl-C or SIGTERM")
     commands.add_parser("sweep", help="clean up after dead (SIGKILLed) node runs now")
     args = parser.parse_args(argv)
-    if args.command == "sweep":
-        with host_lock():
-            for run_dir in sweep():
-                print(f"swept {run_dir}")
-    return 0
+    try:
+        with interruptible():
+            if args.command == "sweep":
+                with host_lock():
+                    for run_dir in sweep():
+                        print(f"swept {run_dir}")
+                return 0
+            with ControlPlane() as plane, Node(plane) as node:
+                print(f"export KUBECONFIG={plane.kubeconfig}", flush=True)
+                print(f"# node run dir: {node.dir}", flush=True)
+                log("running; Ctrl-C or SIGTERM stops it and removes everything")
+                while True:
+                    for component in (*plane.components.values(), *node.components.values()):
+                        component.check_running()
+                    time.sleep(1)  # a liveness check, not synchronisation
+    except KeyboardInterrupt:
+        log("stopped")
+        return 130
+    except ControlPlaneError as error:
+        log(f"error: {error}")
+        return 1
 
 
 if __name__ == "__main__":
