@@ -53,14 +53,11 @@ def one_round(plane: ControlPlane, api: client.ApiClient, round_number: int) -> 
             core = client.CoreV1Api(api)
             namespace = f"bench-node-{round_number}-{time.time_ns() % 100000}"
             core.create_namespace({"metadata": {"name": namespace}})
-            auth = base64.b64encode(f"bench:{secret}".encode()).decode()
-            core.create_namespaced_secret(namespace, {
-                "metadata": {"name": "pull"}, "type": "kubernetes.io/dockerconfigjson",
-                "stringData": {".dockerconfigjson": json.dumps({"auths": {registry.host: {"auth": auth}}})}})
             pods = Pods(api, wait_for)
+            pull_secret = pods.put_pull_secret(namespace, registry.host, registry.login("bench"))
 
             def pull() -> None:
-                name = pods.run(namespace, str(image), pull_secrets=("pull",))
+                name = pods.run(namespace, str(image), pull_secrets=(pull_secret,))
                 pods.wait_succeeded(namespace, name)
 
             pull_to_succeeded, _ = timed(pull)

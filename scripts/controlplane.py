@@ -373,7 +373,31 @@ class Component:
             process.wait()
 
 
-class ControlPlane:
+class RunContext:
+    """Something started in a run dir of its own: a context manager whose exit stops it
+    (keeping the logs when the block raised), and paths inside the run dir."""
+
+    dir: Path | None = None
+
+    def start(self) -> Any:
+        raise NotImplementedError
+
+    def stop(self, failed: bool = False) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        return self.start()
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.stop(failed=exc is not None and not isinstance(exc, KeyboardInterrupt))
+
+    def _path(self, relative: str) -> Path:
+        if self.dir is None:
+            raise ControlPlaneError(f"{type(self).__name__} not started")
+        return self.dir / relative
+
+
+class ControlPlane(RunContext):
     """etcd + kube-apiserver + kube-controller-manager on loopback, in a temp dir.
 
     Use as a context manager. On an exception (or `stop(failed=True)`) the process logs are
@@ -420,17 +444,6 @@ class ControlPlane:
     @property
     def log_dir(self) -> Path:
         return self._path("logs")
-
-    def _path(self, relative: str) -> Path:
-        if self.dir is None:
-            raise ControlPlaneError("control plane not started")
-        return self.dir / relative
-
-    def __enter__(self) -> ControlPlane:
-        return self.start()
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self.stop(failed=exc is not None and not isinstance(exc, KeyboardInterrupt))
 
     def start(self) -> ControlPlane:
         started = time.monotonic()

@@ -50,6 +50,7 @@ from controlplane import (
     Component,
     ControlPlane,
     ControlPlaneError,
+    RunContext,
     free_port,
     interruptible,
     keep_logs,
@@ -342,7 +343,7 @@ def kubelet_config(run_dir: Path, ca: Path, serving: tuple[Path, Path], port: in
 # --- the node -----------------------------------------------------------------------------------
 
 
-class Node:
+class Node(RunContext):
     """containerd + kubelet registered with `control_plane` as Node `NODE_NAME`.
 
     Use as a context manager; `stop()` is idempotent and also runs at interpreter exit.
@@ -357,21 +358,13 @@ class Node:
         self.components: dict[str, Component] = {}
         self.kept_logs: Path | None = None
 
-    def __enter__(self) -> Node:
-        return self.start()
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self.stop(failed=exc is not None and not isinstance(exc, KeyboardInterrupt))
-
     @property
     def log_dir(self) -> Path:
-        assert self.dir is not None, "start() first"
-        return self.dir / "logs"
+        return self._path("logs")
 
     @property
     def containerd_socket(self) -> Path:
-        assert self.dir is not None, "start() first"
-        return self.dir / "containerd" / "containerd.sock"
+        return self._path("containerd/containerd.sock")
 
     @staticmethod
     def unavailable_reason() -> str | None:

@@ -30,6 +30,7 @@ from controlplane import (
     Certificates,
     Component,
     ControlPlaneError,
+    RunContext,
     free_port,
     keep_logs,
     log,
@@ -69,7 +70,7 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-class Registry:
+class Registry(RunContext):
     """One docker-registry process with htpasswd users, on 127.0.0.1 and a free port."""
 
     def __init__(self, certificates: Certificates, users: dict[str, str], *,
@@ -99,19 +100,11 @@ class Registry:
 
     @property
     def htpasswd(self) -> Path:
-        assert self.dir is not None, "start() first"
-        return self.dir / "htpasswd"
+        return self._path("htpasswd")
 
     @property
     def log_path(self) -> Path:
-        assert self.dir is not None, "start() first"
-        return self.dir / "registry.log"
-
-    def __enter__(self) -> Registry:
-        return self.start()
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self.stop(failed=exc is not None and not isinstance(exc, KeyboardInterrupt))
+        return self._path("registry.log")
 
     def config(self) -> dict[str, Any]:
         """The registry's configuration (JSON is YAML) before `config_overrides`."""

@@ -13,6 +13,8 @@ a node that should run but does not start always fails.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -105,6 +107,14 @@ class Pods:
                 "containers": [{"name": "app", "image": image, "imagePullPolicy": "Always"}],
             },
         })
+        return name
+
+    def put_pull_secret(self, namespace: str, server: str, login: tuple[str, str], name: str = "pull") -> str:
+        """A pull secret made by hand (what `kubectl create secret docker-registry` makes)."""
+        auth = base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()
+        self.core.create_namespaced_secret(namespace, {
+            "metadata": {"name": name}, "type": "kubernetes.io/dockerconfigjson",
+            "stringData": {".dockerconfigjson": json.dumps({"auths": {server: {"auth": auth}}})}})
         return name
 
     def _account_exists(self, namespace: str, account: str) -> bool:

@@ -13,6 +13,7 @@ import node as node_module
 import pytest
 from kubernetes import client, config
 from node import NODE_NAME, PAUSE_IMAGE
+from node_fixtures import REGISTRY_USER
 
 pytestmark = [pytest.mark.integration, pytest.mark.node]
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
@@ -48,25 +49,28 @@ def leftovers(run_dir: Path) -> dict[str, object]:
     }
 
 
-def assert_untouched(live: node_module.Node, mounts_before: list[str]) -> None:
+def assert_untouched(live: node_module.Node, pods, registry, private_image, fresh_namespaces) -> None:
+    """The live node still runs, keeps its kubelet root mount, and still pulls."""
     for component in live.components.values():
         component.check_running()
-    assert node_module.mounts_under(live.dir) == mounts_before
-    assert live.ready()
+    assert str(live.dir / "kubelet") in node_module.mounts_under(live.dir)
+    [namespace] = fresh_namespaces()
+    secret = pods.put_pull_secret(namespace, registry.host, registry.login(REGISTRY_USER))
+    pods.wait_succeeded(namespace, pods.run(namespace, private_image, pull_secrets=(secret,)))
 
 
-def test_ctrl_c_leaves_nothing_behind(node, tmp_path, wait_for):
-    live_mounts = node_module.mounts_under(node.dir)
+def test_ctrl_c_leaves_nothing_behind(node, pods, registry, private_image, fresh_namespaces, tmp_path,
+                                      wait_for):
     process, run_dir = start_other_run(tmp_path, wait_for)
     assert all(leftovers(run_dir).values())  # the check below can fail: there was something
     process.send_signal(signal.SIGINT)
     assert process.wait(60) == 130
     assert not any(leftovers(run_dir).values()), leftovers(run_dir)
-    assert_untouched(node, live_mounts)
+    assert_untouched(node, pods, registry, private_image, fresh_namespaces)
 
 
-def test_a_sigkilled_run_is_swept_and_the_live_run_is_untouched(node, tmp_path, wait_for):
-    live_mounts = node_module.mounts_under(node.dir)
+def test_a_sigkilled_run_is_swept_and_the_live_run_is_untouched(node, pods, registry, private_image,
+                                                                fresh_namespaces, tmp_path, wait_for):
     process, run_dir = start_other_run(tmp_path, wait_for)
     process.kill()
     process.wait(30)
@@ -78,4 +82,4 @@ def test_a_sigkilled_run_is_swept_and_the_live_run_is_untouched(node, tmp_path, 
 
     assert swept == [run_dir]
     assert not any(leftovers(run_dir).values()), leftovers(run_dir)
-    assert_untouched(node, live_mounts)
+    assert_untouched(node, pods, registry, private_image, fresh_namespaces)
