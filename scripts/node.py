@@ -371,11 +371,7 @@ class Node(RunContext):
         """Why no node can run on this machine (not root, packages missing), or None."""
         if os.geteuid() != 0:
             return "the node needs root (containerd and the kubelet manage mounts and cgroups): run as root"
-        try:
-            nodedeps.check()
-        except nodedeps.MissingPackages as error:
-            return str(error)
-        return None
+        return nodedeps.missing_reason()
 
     def start(self) -> Node:
         reason = self.unavailable_reason()

@@ -30,10 +30,6 @@ CNI_BIN_DIR = Path("/usr/lib/cni")
 POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
 
 
-class MissingPackages(RuntimeError):
-    """Packages the node needs are not installed; the message names them and the fix."""
-
-
 def _is_static_elf(path: Path) -> bool:
     """True for an ELF binary without a program interpreter (Debian's `busybox` is dynamic,
     `busybox-static` is not; only a static one runs in an image that has nothing else)."""
@@ -74,12 +70,13 @@ def install_command(packages: list[str]) -> str:
     return f"apt-get install -y --no-install-recommends {' '.join(packages)}"
 
 
-def check() -> None:
-    """MissingPackages, naming them and the command that installs them, if any is absent."""
-    missing = missing_packages()
-    if missing:
-        raise MissingPackages(f"the test node needs Debian packages {', '.join(missing)}: run "
-                              f"`make node-deps` as root (or `{install_command(missing)}`)")
+def missing_reason(what: str = "the test node", among: tuple[str, ...] | None = None) -> str | None:
+    """What is missing (of `among`, default all) and the command that installs it, or None."""
+    missing = [package for package in missing_packages() if among is None or package in among]
+    if not missing:
+        return None
+    return (f"{what} needs Debian packages {', '.join(missing)}: run `make node-deps` as root "
+            f"(or `{install_command(missing)}`)")
 
 
 def install(packages: list[str]) -> None:

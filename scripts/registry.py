@@ -44,6 +44,7 @@ TEMP_PREFIX = "regcred-registry-"
 REGISTRY_BINARY = Path("/usr/bin/docker-registry")
 BCRYPT_COST = 5  # what `htpasswd -B` uses; the registry checks it on every request
 START_TIMEOUT = 30.0
+REGISTRY_PACKAGES = ("docker-registry", "busybox-static", "openssl")  # the registry and its test image
 
 
 class RegistryError(ControlPlaneError):
@@ -106,6 +107,11 @@ class Registry(RunContext):
     def log_path(self) -> Path:
         return self._path("registry.log")
 
+    @staticmethod
+    def unavailable_reason() -> str | None:
+        """Why no registry can run here (its Debian package is missing), or None."""
+        return nodedeps.missing_reason("the private registry", REGISTRY_PACKAGES)
+
     def config(self) -> dict[str, Any]:
         """The registry's configuration (JSON is YAML) before `config_overrides`."""
         assert self.dir is not None
@@ -123,7 +129,9 @@ class Registry(RunContext):
         }
 
     def start(self) -> Registry:
-        nodedeps.check()
+        reason = self.unavailable_reason()
+        if reason:
+            raise RegistryError(reason)
         for orphan in orphaned_run_dirs(TEMP_PREFIX):
             shutil.rmtree(orphan, ignore_errors=True)
         self.dir = make_run_dir(TEMP_PREFIX)

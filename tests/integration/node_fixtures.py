@@ -40,14 +40,18 @@ def mark_node_tests(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.node)
 
 
+def require(reason: str | None) -> None:
+    """Where the node or the registry cannot run: fail when CI=true, skip otherwise."""
+    if reason:
+        reason += '; or leave these tests out: -m "not node"'
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"cannot run here: {reason}", pytrace=False)
+        pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def node(control_plane, request: pytest.FixtureRequest) -> Iterator[Node]:
-    reason = Node.unavailable_reason()
-    if reason:
-        reason += '; or leave the node tests out: -m "not node"'
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"the node cannot run here: {reason}", pytrace=False)
-        pytest.skip(reason)
+    require(Node.unavailable_reason())
     started = Node(control_plane)
     try:
         started.start()
@@ -57,19 +61,22 @@ def node(control_plane, request: pytest.FixtureRequest) -> Iterator[Node]:
     started.stop(failed=request.session.testsfailed > 0)
 
 
-def start_registry(control_plane, node: Node, users: dict[str, str], name: str = "registry",
+def start_registry(control_plane, users: dict[str, str], *, node: Node | None = None, name: str = "registry",
                    config_overrides: dict[str, Any] | None = None) -> Registry:
-    """A registry signed by the run's CA, trusted by the node's containerd. Stop it yourself."""
+    """A registry signed by the run's CA (trusted by `node`'s containerd if given). Stop it yourself."""
     started = Registry(control_plane.pki, users, name=name, config_overrides=config_overrides).start()
-    node.trust_registry(started.host, started.ca)
+    if node is not None:
+        node.trust_registry(started.host, started.ca)
     return started
 
 
 @pytest.fixture(scope="session")
-def registry(control_plane, node: Node, request: pytest.FixtureRequest) -> Iterator[Registry]:
-    """The private registry, user `REGISTRY_USER` (`registry.login(REGISTRY_USER)`)."""
+def registry(control_plane, request: pytest.FixtureRequest) -> Iterator[Registry]:
+    """The private registry, user `REGISTRY_USER` (`registry.login(REGISTRY_USER)`); needs no
+    root and no node (the `pods` fixture makes the node trust it)."""
+    require(Registry.unavailable_reason())
     try:
-        started = start_registry(control_plane, node, {REGISTRY_USER: password("registry")})
+        started = start_registry(control_plane, {REGISTRY_USER: password("registry")})
     except Exception as error:
         pytest.fail(f"could not start the registry: {error}", pytrace=False)
     yield started
@@ -175,5 +182,7 @@ class Pods:
 
 
 @pytest.fixture(scope="session")
-def pods(kube: client.ApiClient, node: Node, wait_for) -> Pods:
+def pods(kube: client.ApiClient, node: Node, registry: Registry, wait_for) -> Pods:
+    """Pods on the node, which trusts the session's registry."""
+    node.trust_registry(registry.host, registry.ca)
     return Pods(kube, wait_for)

@@ -90,7 +90,7 @@ def test_each_registry_entry_is_used_for_its_own_images(
         control_plane, node, cluster, operator, registry, private_image, pods, fresh_namespaces, wait_for):
     """`HOST:PORT/team` and a second registry in one CR, each with its own credentials: the
     kubelet picks the entry by its own matching rules; an image outside `/team` gets none."""
-    second = start_registry(control_plane, node, {"second": password("second")}, name="registry-2")
+    second = start_registry(control_plane, {"second": password("second")}, node=node, name="registry-2")
     try:
         other_path = registry.push(images.success_image(), "other/success", "1", REGISTRY_USER)
         on_second = second.push(images.success_image(), "success", "1", "second")
