@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,7 @@ class NodeError(ControlPlaneError):
 
 
 @contextlib.contextmanager
-def host_lock() -> Any:
+def host_lock() -> Iterator[None]:
     """One node run at a time starts, stops or sweeps (runs themselves overlap freely)."""
     HOST_LOCK.parent.mkdir(parents=True, exist_ok=True)
     with HOST_LOCK.open("a") as lock:
@@ -198,7 +199,7 @@ def node_processes(run_dir: Path) -> set[int]:
     return pids
 
 
-def _kill_all(pids_of: Any, what: str) -> None:
+def _kill_all(pids_of: Callable[[], set[int]], what: str) -> None:
     """SIGKILL until `pids_of()` is empty (new children may appear while killing)."""
     deadline = time.monotonic() + 30
     while pids := pids_of():
@@ -231,9 +232,9 @@ def _remove_cgroup(cgroup: str) -> bool:
     """rmdir the run's cgroups bottom-up; False while the kernel still holds one (EBUSY)."""
     for top in cgroup_dirs(cgroup):
         for directory in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 directory.rmdir()
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             top.rmdir()
     return not cgroup_dirs(cgroup)
 
