@@ -460,13 +460,14 @@ class Node(RunContext):
 
     def trust_registry(self, host: str, ca: Path) -> None:
         """Let containerd pull from `host` (HOST:PORT) over TLS, trusting `ca`; containerd
-        reads `certs.d` on every pull, so this works on a running node."""
-        assert self.dir is not None, "start() first"
-        directory = self.dir / "containerd" / "certs.d" / host
+        reads `certs.d` on every pull, so this works on a running node (and the file is
+        replaced atomically: a pull never reads half of it)."""
+        directory = self._path("containerd/certs.d") / host
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "hosts.toml").write_text(
-            f'server = "https://{host}"\n\n[host."https://{host}"]\n'
-            f'  capabilities = ["pull", "resolve"]\n  ca = "{ca}"\n')
+        partial = directory / f".hosts.toml.{os.getpid()}"
+        partial.write_text(f'server = "https://{host}"\n\n[host."https://{host}"]\n'
+                           f'  capabilities = ["pull", "resolve"]\n  ca = "{ca}"\n')
+        os.replace(partial, directory / "hosts.toml")
 
     def stop(self, failed: bool = False) -> None:
         """Delete the Node object, stop the kubelet and containerd, kill what is left of
