@@ -20,13 +20,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.node, pytest.mark.usefixtures
 
 
 def onboard(cluster: Cluster, fresh_namespaces, wait_for, servers: list[str], source: str, *,
-            service_accounts: tuple[str, ...] = ("default",)) -> tuple[str, str, str]:
+            service_accounts: tuple[str, ...] = ("default",)) -> tuple[str, str]:
     """A CR for `servers` and the `source` Secret, selecting one fresh namespace by a label of
-    its own (its `service_accounts` created if need be), plus a fresh namespace it does not
-    match; waits until our entry is on each account. Returns (CR, onboarded, unmatched)."""
+    its own (its `service_accounts` created if need be); waits until our entry is on each
+    account. Returns (CR name, onboarded namespace)."""
     label = unique("pull")
     onboarded = fresh_namespaces(1, labels={"pull-test": label})[0]
-    unmatched = fresh_namespaces(1)[0]
     for account in set(service_accounts) - {"default"}:
         cluster.core.create_namespaced_service_account(onboarded, {"metadata": {"name": account}})
     name = unique("cr")
@@ -37,7 +36,7 @@ def onboard(cluster: Cluster, fresh_namespaces, wait_for, servers: list[str], so
     for account in service_accounts:
         wait_for(lambda a=account: name in (cluster.pull_secrets(onboarded, a) or []), timeout=60,
                  message=f"our entry on {onboarded}/{account}")
-    return name, onboarded, unmatched
+    return name, onboarded
 
 
 def basic_source(cluster: Cluster, user: str, secret: str) -> str:
@@ -48,9 +47,9 @@ def basic_source(cluster: Cluster, user: str, secret: str) -> str:
 
 def test_onboarded_namespace_pulls_and_unmatched_one_is_refused(
         cluster, operator, registry, private_image, pods, fresh_namespaces, wait_for):
-    user, secret = registry.login(REGISTRY_USER)
-    _, onboarded, unmatched = onboard(cluster, fresh_namespaces, wait_for, [registry.host],
-                                      basic_source(cluster, user, secret))
+    source = basic_source(cluster, *registry.login(REGISTRY_USER))
+    _, onboarded = onboard(cluster, fresh_namespaces, wait_for, [registry.host], source)
+    [unmatched] = fresh_namespaces(1)
 
     pulled = pods.run(onboarded, private_image)
     pods.wait_succeeded(onboarded, pulled)
@@ -68,7 +67,7 @@ def test_rotation_pulls_with_the_new_password_and_the_old_one_is_refused(
     user, old = unique("rotated"), password("old")
     registry.set_password(user, old)
     source = basic_source(cluster, user, old)
-    name, onboarded, _ = onboard(cluster, fresh_namespaces, wait_for, [registry.host], source)
+    name, onboarded = onboard(cluster, fresh_namespaces, wait_for, [registry.host], source)
     before = pods.run(onboarded, private_image)
     pods.wait_succeeded(onboarded, before)
 
@@ -100,7 +99,7 @@ def test_each_registry_entry_is_used_for_its_own_images(
         source = unique("src")
         cluster.put_source(source, type_="kubernetes.io/dockerconfigjson",
                            data={".dockerconfigjson": _b64(json.dumps({"auths": auths}))})
-        _, onboarded, _ = onboard(cluster, fresh_namespaces, wait_for, [team_server, second.host], source)
+        _, onboarded = onboard(cluster, fresh_namespaces, wait_for, [team_server, second.host], source)
 
         for image in (private_image, on_second):
             pulled = pods.run(onboarded, image)
@@ -114,7 +113,7 @@ def test_each_registry_entry_is_used_for_its_own_images(
 
 def test_a_matched_service_account_other_than_default_pulls(
         cluster, operator, registry, private_image, pods, fresh_namespaces, wait_for):
-    name, namespace, _ = onboard(cluster, fresh_namespaces, wait_for, [registry.host],
+    name, namespace = onboard(cluster, fresh_namespaces, wait_for, [registry.host],
                                  basic_source(cluster, *registry.login(REGISTRY_USER)),
                                  service_accounts=("builder",))
     pulled = pods.run(namespace, private_image, service_account="builder")
