@@ -661,6 +661,7 @@ def orphaned_run_dirs(prefix: str) -> list[Path]:
 
 
 def _remove_orphaned_dirs() -> None:
+    """A control plane's processes die with their owner; only its files are left to remove."""
     for directory in orphaned_run_dirs(TEMP_PREFIX):
         shutil.rmtree(directory, ignore_errors=True)
 
