@@ -188,7 +188,7 @@ def cgroup_processes(cgroup: str) -> set[int]:
 
 def node_processes(run_dir: Path) -> set[int]:
     """Node processes (kubelet, containerd, shims, runc, ctr) whose command line names the run dir."""
-    needle = str(run_dir).encode()
+    needle = f"{run_dir}/".encode()  # the slash: never a prefix of another run's dir
     pids = set()
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
@@ -394,12 +394,30 @@ class Node(RunContext):
             self.components[KUBELET].start()
             wait_until(self.ready, self.start_timeout, f"Node {self.name} Ready")
         except BaseException as error:
+            why = self._why_not_ready() if isinstance(error, ControlPlaneError) else ""
             self.stop(failed=not isinstance(error, KeyboardInterrupt))
             if isinstance(error, ControlPlaneError) and self.kept_logs:
-                raise NodeError(f"{error}; logs kept in {self.kept_logs}") from error
+                raise NodeError(f"{error}{why}; logs kept in {self.kept_logs}") from error
             raise
         log(f"node {self.name} Ready in {time.monotonic() - started:.1f}s")
         return self
+
+    def _why_not_ready(self) -> str:
+        """The Node's own Ready message, and the last error each log shows, for the failure."""
+        reasons = []
+        with contextlib.suppress(Exception):
+            status, body = self.control_plane.get(f"/api/v1/nodes/{self.name}")
+            if status == 200:
+                for condition in json.loads(body).get("status", {}).get("conditions", []):
+                    if condition["type"] == "Ready" and condition["status"] != "True":
+                        reasons.append(f"Node Ready={condition['status']}: {condition.get('message', '')}")
+        for name, component in self.components.items():
+            with contextlib.suppress(OSError):
+                errors = [line for line in component.log_path.read_text(errors="replace").splitlines()
+                          if line.startswith(("E", "F")) or "level=error" in line or "level=fatal" in line]
+                if errors:
+                    reasons.append(f"{name}: {errors[-1][-300:]}")
+        return "".join(f"\n  {reason}" for reason in reasons)
 
     def _configure(self, kubelet: Path) -> None:
         assert self.dir is not None
