@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import images
-from controlplane import ControlPlane, wait_until
+from controlplane import ControlPlane, interruptible, wait_until
 from node import NODE_NAME, Node
 from registry import Registry
 
@@ -268,7 +268,8 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep everything running at the end")
     args = parser.parse_args()
     try:
-        run(args.keep)
+        with interruptible():  # Ctrl-C, SIGTERM and SIGHUP all tear everything down
+            run(args.keep)
     except KeyboardInterrupt:
         return 130
     return 0
