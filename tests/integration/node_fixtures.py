@@ -27,6 +27,10 @@ from node import NODE_NAME, Node
 from registry import Registry
 from scenario import password, unique
 
+# conftest star-imports this module: export the fixtures and helpers, never a name that
+# could shadow a conftest fixture.
+__all__ = ["REGISTRY_USER", "Pods", "mark_node_tests", "node", "pods", "private_image", "registry",
+           "start_registry"]
 NODE_FIXTURES = {"node", "registry", "private_image", "pods"}
 REGISTRY_USER = "robot"
 PRIVATE_REPOSITORY, PRIVATE_TAG = "team/success", "1"
