@@ -35,7 +35,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -378,6 +378,8 @@ class RunContext:
     (keeping the logs when the block raised), and paths inside the run dir."""
 
     dir: Path | None = None
+    kept_logs: Path | None = None
+    error_type: type[ControlPlaneError] = ControlPlaneError
 
     def start(self) -> Any:
         raise NotImplementedError
@@ -391,10 +393,28 @@ class RunContext:
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self.stop(failed=exc is not None and not isinstance(exc, KeyboardInterrupt))
 
+    @contextlib.contextmanager
+    def _stopped_on_failure(self, why: Callable[[], str] = lambda: "") -> Iterator[None]:
+        """Around a start: on any failure stop (keeping the logs unless it was Ctrl-C) and
+        re-raise as `error_type`, with `why()` and where the logs are."""
+        try:
+            yield
+        except BaseException as error:
+            detail = why() if isinstance(error, ControlPlaneError) else ""
+            self.stop(failed=not isinstance(error, KeyboardInterrupt))
+            if isinstance(error, ControlPlaneError) and self.kept_logs:
+                raise self.error_type(f"{error}{detail}; logs kept in {self.kept_logs}") from error
+            raise
+
     def _path(self, relative: str) -> Path:
         if self.dir is None:
             raise ControlPlaneError(f"{type(self).__name__} not started")
         return self.dir / relative
+
+    @property
+    def log_dir(self) -> Path:
+        """Where the processes' logs go (kept on failure, see `keep_logs`)."""
+        return self._path("logs")
 
 
 class ControlPlane(RunContext):
@@ -441,27 +461,18 @@ class ControlPlane(RunContext):
         """Metadata-level audit events (JSON lines): who did which verb on what."""
         return self._path("logs/audit.jsonl")
 
-    @property
-    def log_dir(self) -> Path:
-        return self._path("logs")
-
     def start(self) -> ControlPlane:
         started = time.monotonic()
         binaries = self.binaries = self.binaries or ensure_binaries()
         _remove_orphaned_dirs()
         self.dir = make_run_dir(TEMP_PREFIX)
         atexit.register(self.stop)
-        try:
+        with self._stopped_on_failure():
             self._configure(binaries)
             for name in BINARIES:
                 self.start_component(name)
             wait_until(self._default_service_account, self.start_timeout,
                        "the `default` ServiceAccount (kube-controller-manager working)")
-        except BaseException as error:
-            self.stop(failed=not isinstance(error, KeyboardInterrupt))
-            if isinstance(error, ControlPlaneError) and self.kept_logs:
-                raise ControlPlaneError(f"{error}; logs kept in {self.kept_logs}") from error
-            raise
         log(f"control plane ready in {time.monotonic() - started:.1f}s at {self.server}")
         return self
 
@@ -695,30 +706,12 @@ def interruptible() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("build", help="build or reuse the binaries and print their paths")
-    commands.add_parser("up", help="start a control plane and keep it up until Ctrl-C or SIGTERM")
-    commands.add_parser("env", help="print `export KUBEBUILDER_ASSETS=...` for the cached binaries")
-    args = parser.parse_args(argv)
+def run_command(command: Callable[[], None]) -> int:
+    """A CLI command's exit code: 0; 130 after Ctrl-C, SIGTERM or SIGHUP (everything it
+    started cleaned up by its `with` blocks); 1 with the message on a ControlPlaneError."""
     try:
         with interruptible():
-            if args.command == "build":
-                started = time.monotonic()
-                for name, path in ensure_binaries().items():
-                    print(f"{name}: {path}")
-                log(f"binaries ready in {time.monotonic() - started:.1f}s")
-            elif args.command == "env":
-                print(f"export KUBEBUILDER_ASSETS={ensure_binaries(build=False)[APISERVER].parent}")
-            else:
-                with ControlPlane() as plane:
-                    print(f"export KUBECONFIG={plane.kubeconfig}", flush=True)
-                    log("running; Ctrl-C or SIGTERM stops it and removes everything")
-                    while True:
-                        for component in plane.components.values():
-                            component.check_running()
-                        time.sleep(1)
+            command()
     except KeyboardInterrupt:
         log("stopped")
         return 130
@@ -726,6 +719,40 @@ def main(argv: list[str] | None = None) -> int:
         log(f"error: {error}")
         return 1
     return 0
+
+
+def keep_running(components: Iterable[Component]) -> None:
+    """`up`: until interrupted, failing as soon as one of `components` exits."""
+    log("running; Ctrl-C or SIGTERM stops it and removes everything")
+    watched = list(components)
+    while True:
+        for component in watched:
+            component.check_running()
+        time.sleep(1)  # a liveness check, not synchronisation
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("build", help="build or reuse the binaries and print their paths")
+    commands.add_parser("up", help="start a control plane and keep it up until Ctrl-C or SIGTERM")
+    commands.add_parser("env", help="print `export KUBEBUILDER_ASSETS=...` for the cached binaries")
+    args = parser.parse_args(argv)
+
+    def command() -> None:
+        if args.command == "build":
+            started = time.monotonic()
+            for name, path in ensure_binaries().items():
+                print(f"{name}: {path}")
+            log(f"binaries ready in {time.monotonic() - started:.1f}s")
+        elif args.command == "env":
+            print(f"export KUBEBUILDER_ASSETS={ensure_binaries(build=False)[APISERVER].parent}")
+        else:
+            with ControlPlane() as plane:
+                print(f"export KUBECONFIG={plane.kubeconfig}", flush=True)
+                keep_running(plane.components.values())
+
+    return run_command(command)
 
 
 if __name__ == "__main__":

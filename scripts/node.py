@@ -53,11 +53,12 @@ from controlplane import (
     ControlPlaneError,
     RunContext,
     free_port,
-    interruptible,
     keep_logs,
+    keep_running,
     log,
     make_run_dir,
     orphaned_run_dirs,
+    run_command,
     wait_until,
     write_kubeconfig,
 )
@@ -351,6 +352,8 @@ class Node(RunContext):
     On failure the logs are kept like the control plane's.
     """
 
+    error_type = NodeError
+
     def __init__(self, control_plane: ControlPlane, *, start_timeout: float = 120.0) -> None:
         self.control_plane = control_plane
         self.start_timeout = start_timeout
@@ -358,10 +361,6 @@ class Node(RunContext):
         self.dir: Path | None = None
         self.components: dict[str, Component] = {}
         self.kept_logs: Path | None = None
-
-    @property
-    def log_dir(self) -> Path:
-        return self._path("logs")
 
     @property
     def containerd_socket(self) -> Path:
@@ -386,19 +385,13 @@ class Node(RunContext):
             self.dir = make_run_dir(TEMP_PREFIX)
             _save_baseline()
         atexit.register(self.stop)
-        try:
+        with self._stopped_on_failure(self._why_not_ready):
             self._configure(binaries[KUBELET])
             self.components["containerd"].start()
             wait_until(self._containerd_up, self.start_timeout, "containerd answering on its socket")
             self._import_pause_image()
             self.components[KUBELET].start()
             wait_until(self.ready, self.start_timeout, f"Node {self.name} Ready")
-        except BaseException as error:
-            why = self._why_not_ready() if isinstance(error, ControlPlaneError) else ""
-            self.stop(failed=not isinstance(error, KeyboardInterrupt))
-            if isinstance(error, ControlPlaneError) and self.kept_logs:
-                raise NodeError(f"{error}{why}; logs kept in {self.kept_logs}") from error
-            raise
         log(f"node {self.name} Ready in {time.monotonic() - started:.1f}s")
         return self
 
@@ -517,27 +510,19 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("up", help="a control plane with this node, until Ctrl-C or SIGTERM")
     commands.add_parser("sweep", help="clean up after dead (SIGKILLed) node runs now")
     args = parser.parse_args(argv)
-    try:
-        with interruptible():
-            if args.command == "sweep":
-                with host_lock():
-                    for run_dir in sweep():
-                        print(f"swept {run_dir}")
-                return 0
-            with ControlPlane() as plane, Node(plane) as node:
-                print(f"export KUBECONFIG={plane.kubeconfig}", flush=True)
-                print(f"# node run dir: {node.dir}", flush=True)
-                log("running; Ctrl-C or SIGTERM stops it and removes everything")
-                while True:
-                    for component in (*plane.components.values(), *node.components.values()):
-                        component.check_running()
-                    time.sleep(1)  # a liveness check, not synchronisation
-    except KeyboardInterrupt:
-        log("stopped")
-        return 130
-    except ControlPlaneError as error:
-        log(f"error: {error}")
-        return 1
+
+    def command() -> None:
+        if args.command == "sweep":
+            with host_lock():
+                for run_dir in sweep():
+                    print(f"swept {run_dir}")
+            return
+        with ControlPlane() as plane, Node(plane) as node:
+            print(f"export KUBECONFIG={plane.kubeconfig}", flush=True)
+            print(f"# node run dir: {node.dir}", flush=True)
+            keep_running((*plane.components.values(), *node.components.values()))
+
+    return run_command(command)
 
 
 if __name__ == "__main__":

@@ -74,6 +74,8 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 class Registry(RunContext):
     """One docker-registry process with htpasswd users, on 127.0.0.1 and a free port."""
 
+    error_type = RegistryError
+
     def __init__(self, certificates: Certificates, users: dict[str, str], *,
                  config_overrides: dict[str, Any] | None = None, name: str = "registry") -> None:
         self.certificates = certificates
@@ -135,7 +137,7 @@ class Registry(RunContext):
         for orphan in orphaned_run_dirs(TEMP_PREFIX):
             shutil.rmtree(orphan, ignore_errors=True)
         self.dir = make_run_dir(TEMP_PREFIX)
-        try:
+        with self._stopped_on_failure():
             self.port = free_port()
             self._write_htpasswd()
             config_path = self.dir / "config.yml"
@@ -144,9 +146,6 @@ class Registry(RunContext):
                                        self.log_path)
             self.component.start()
             wait_until(self._refuses_anonymous, START_TIMEOUT, f"{self.name} answering on {self.url}/v2/")
-        except BaseException as error:
-            self.stop(failed=not isinstance(error, KeyboardInterrupt))
-            raise
         log(f"{self.name} ready at {self.url}")
         return self
 
