@@ -15,8 +15,8 @@ What a node run cannot keep inside its dir, and how it is cleaned:
 - `/var/lib/kubelet/device-plugins/` (the kubelet hard-codes it), `/var/log/containers`
   symlinks, `/run/containerd/s` shim sockets: exactly the run's entries are removed, and
   directories the host did not have are removed by the last run out;
-- processes, mounts and cgroups: everything whose command line names the run dir, every
-  process in the run's cgroup, every mount under the run dir.
+- processes, mounts and cgroups: every kubelet, containerd, shim or runc process whose
+  command line names the run dir, every process in the run's cgroup, every mount under it.
 A SIGKILLed run leaves these behind; the next node start sweeps every dead run (its owner
 pid is gone) and never touches a live run's processes, mounts or cgroups.
 
@@ -75,8 +75,10 @@ KUBELET_SYSCTLS = ("vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "k
 DEVICE_PLUGINS = Path("/var/lib/kubelet/device-plugins")  # pluginapi.KubeletSocket's directory
 CONTAINER_LOG_LINKS = Path("/var/log/containers")
 SHIM_SOCKETS = Path("/run/containerd/s")
+LIBMOUNT_STATE = Path("/run/mount")  # util-linux `mount`, which the kubelet runs, creates it
 # Host paths a node run may create; the last run out removes those the host did not have.
-SHARED_DIRS = (DEVICE_PLUGINS, DEVICE_PLUGINS.parent, CONTAINER_LOG_LINKS, SHIM_SOCKETS, SHIM_SOCKETS.parent)
+SHARED_DIRS = (DEVICE_PLUGINS, DEVICE_PLUGINS.parent, CONTAINER_LOG_LINKS, SHIM_SOCKETS, SHIM_SOCKETS.parent,
+               LIBMOUNT_STATE)
 NODE_EXECUTABLES = {KUBELET, "containerd", "containerd-shim-runc-v2", "runc", "ctr"}
 MNT_DETACH = 2
 STOP_GRACE = 10.0
