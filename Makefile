@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test demo lint typecheck unit controlplane clean manifests bench compat helm
+.PHONY: test demo lint typecheck unit controlplane node-deps clean manifests bench compat helm
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,7 +21,12 @@ typecheck: $(VENV)/.installed
 unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit -q
 
-test: lint typecheck
+# Debian packages of the test node and registry (containerd, runc, CNI plugins,
+# docker-registry, busybox-static): installed when missing if root, else named.
+node-deps:
+	python3 scripts/nodedeps.py
+
+test: lint typecheck node-deps
 	$(PY) -m pytest tests -q
 
 controlplane: $(VENV)/.installed
@@ -40,7 +45,7 @@ manifests: $(VENV)/.installed
 compat: $(VENV)/.installed
 	$(PY) scripts/compat.py -- $(COMPAT_ARGS)
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.installed node-deps
 	$(PY) scripts/demo.py
 
 bench: $(VENV)/.installed
