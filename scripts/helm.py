@@ -120,9 +120,8 @@ def helm_version(helm: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("build", help="build (or reuse) the pinned helm and print its path")
-    commands.add_parser("path", help="print the path of the helm that tests would use")
+    parser.add_argument("command", choices=("build", "path"),
+                        help="build: build (or reuse) the pinned helm; path: the helm tests would use")
     args = parser.parse_args(argv)
     started = time.monotonic()
     try:
