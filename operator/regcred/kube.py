@@ -8,12 +8,14 @@ never a response body (a Secret's body is secret material).
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -67,6 +69,38 @@ def connect(kubeconfig: str | None, threads: int) -> client.ApiClient:
         config.load_incluster_config(client_configuration=configuration)
     configuration.connection_pool_maxsize = threads
     return client.ApiClient(configuration)
+
+
+def connect_like_kubectl(kubeconfig: str | None, context: str | None) -> tuple[client.ApiClient, str]:
+    """An API client and the default namespace, found the way kubectl finds them: the given
+    kubeconfig, else $KUBECONFIG (a list of files), else ~/.kube/config, else in-cluster.
+    Raises `KubeConfigError` with what is wrong."""
+    configuration = client.Configuration()
+    try:
+        config.load_kube_config(config_file=kubeconfig, context=context,
+                                client_configuration=configuration)
+        contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
+        chosen = next((c for c in contexts if c["name"] == context), None) if context else active
+        namespace = ((chosen or {}).get("context") or {}).get("namespace") or "default"
+    except config.ConfigException as error:
+        if kubeconfig or context or os.environ.get("KUBECONFIG") or not _in_cluster():
+            raise KubeConfigError(str(error)) from None
+        config.load_incluster_config(client_configuration=configuration)
+        namespace = Path(_SERVICE_ACCOUNT_NAMESPACE).read_text().strip()
+    except OSError as error:
+        raise KubeConfigError(f"cannot read the kubeconfig: {error.strerror}") from None
+    return client.ApiClient(configuration), namespace
+
+
+_SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def _in_cluster() -> bool:
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and Path(_SERVICE_ACCOUNT_NAMESPACE).exists()
+
+
+class KubeConfigError(Exception):
+    """No usable kubeconfig or context (the message names the file or context, nothing secret)."""
 
 
 class KubeError(Exception):
@@ -258,16 +292,57 @@ class Kube:
         return self._pages("managed secrets", self._core.list_secret_for_all_namespaces,
                            label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")
 
+    # --- read-only listings for `regcred doctor`: one paged list per kind -----------------
+
+    def list_pods(self, namespace: str | None, label_selector: str | None = None,
+                  ) -> Iterator[dict[str, Any]]:
+        selector = {"label_selector": label_selector} if label_selector else {}
+        return self._scoped_pages("pods", namespace, self._core.list_namespaced_pod,
+                                  self._core.list_pod_for_all_namespaces, **selector)
+
+    def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._call("get", f"pod {namespace}/{name}", self._core.read_namespaced_pod,
+                          name, namespace, missing_ok=True)
+
+    def list_secrets(self, namespace: str | None) -> Iterator[dict[str, Any]]:
+        return self._scoped_pages("secrets", namespace, self._core.list_namespaced_secret,
+                                  self._core.list_secret_for_all_namespaces)
+
+    def list_service_accounts_in(self, namespace: str | None) -> Iterator[dict[str, Any]]:
+        return self._scoped_pages("serviceaccounts", namespace,
+                                  self._core.list_namespaced_service_account,
+                                  self._core.list_service_account_for_all_namespaces)
+
+    def list_pod_warnings(self, namespace: str | None, pod: str | None = None,
+                          ) -> Iterator[dict[str, Any]]:
+        """Warning events about Pods (the kubelet's pull failures among them)."""
+        selector = "involvedObject.kind=Pod,type=Warning"
+        if pod:
+            selector += f",involvedObject.name={pod}"
+        return self._scoped_pages("events", namespace, self._core.list_namespaced_event,
+                                  self._core.list_event_for_all_namespaces, field_selector=selector)
+
+    def list_credentials(self) -> Iterator[dict[str, Any]]:
+        return self._pages("registrycredentials", self._custom.list_cluster_custom_object,
+                           GROUP, VERSION, PLURAL)
+
+    def _scoped_pages(self, what: str, namespace: str | None, namespaced: Callable[..., Any],
+                      cluster_wide: Callable[..., Any], **kwargs: Any) -> Iterator[dict[str, Any]]:
+        if namespace is None:
+            return self._pages(what, cluster_wide, **kwargs)
+        return self._pages(f"{what} in {namespace}", namespaced, namespace, **kwargs)
+
     def live_uids(self) -> set[str]:
         """uids of every namespace and every regcred-managed Secret, read from the API now."""
         return {item["metadata"]["uid"] for item in chain(self.list_namespaces(), self.list_copies())}
 
-    def _pages(self, what: str, method: Callable[..., Any], **kwargs: Any) -> Iterator[dict[str, Any]]:
+    def _pages(self, what: str, method: Callable[..., Any], *args: Any,
+               **kwargs: Any) -> Iterator[dict[str, Any]]:
         """The items of a listing, fetched a page at a time so that a large cluster is never
         held in memory whole."""
         token = None
         while True:
-            page = self._call("list", what, method, limit=LIST_PAGE, _continue=token, **kwargs)
+            page = self._call("list", what, method, *args, limit=LIST_PAGE, _continue=token, **kwargs)
             yield from page.get("items") or []
             token = (page.get("metadata") or {}).get("continue")
             if not token:

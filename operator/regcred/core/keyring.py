@@ -109,7 +109,7 @@ def _parse_url(raw: str) -> _Url:
     if any(ord(char) < 0x20 or ord(char) == 0x7F for char in raw):
         raise BadUrl("control character")
     raw = raw.split("#", 1)[0]
-    scheme, sep, rest = raw.partition("://")
+    _scheme, sep, rest = raw.partition("://")
     if not sep:
         raise BadUrl("no scheme")
     rest = rest.split("?", 1)[0]
