@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TextIO
+
+import structlog
 
 from regcred.core.doctor import (
     ERROR,
@@ -62,6 +65,9 @@ def add_parser(commands: Any) -> None:
 
 
 def run_doctor(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    # stdout is the report: the API layer's log lines go to stderr, and only warnings.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+                        logger_factory=structlog.PrintLoggerFactory(err))
     try:
         pod_name = _pod_name(args.target)
         if pod_name and args.all_namespaces:
@@ -148,7 +154,7 @@ def _namespaces(kube: Kube, namespace: str | None) -> Iterable[Mapping[str, Any]
 
 # --- the table ------------------------------------------------------------------------------
 
-_COLOURS = {ERROR: "\033[31m", WARNING: "\033[33m", "ok": "\033[32m", "dim": "\033[2m"}
+_COLOURS = {ERROR: "\033[31m", WARNING: "\033[33m", "ok": "\033[32m"}
 _RESET = "\033[0m"
 
 
@@ -172,7 +178,7 @@ def render_table(report: Report, *, colour: bool) -> str:
         secret = f"{image.pull_secret.secret} ({image.pull_secret.key})" if image.pull_secret else "-"
         found = by_container.get((image.namespace, image.pod, image.container), [])
         rows.append((image.namespace, image.pod, image.container, image.registry,
-                     image.pull_policy + ("*" if image.pull_policy_defaulted else ""), secret,
+                     image.pull_policy, secret,
                      image.state, ",".join(dict.fromkeys(f.code for f in found)) or "ok"))
         severities.append(_worst(found))
     widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header))]
@@ -183,8 +189,6 @@ def render_table(report: Report, *, colour: bool) -> str:
         lines.append("  ".join(cells).rstrip())
     if not rows:
         lines.append("(no pods)")
-    if any(image.pull_policy_defaulted for image in report.images):
-        lines.append(paint("* pull policy defaulted by the API server", "dim"))
     for finding in report.findings:
         lines.append("")
         mark = paint(f"{finding.severity.upper()} {finding.code}", finding.severity)

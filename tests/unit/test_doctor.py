@@ -126,7 +126,7 @@ def test_a_public_image_without_secrets_is_healthy() -> None:
     assert report.findings == ()
     (image,) = report.images
     assert image.repository == "docker.io/library/busybox"
-    assert (image.pull_policy, image.pull_policy_defaulted) == ("IfNotPresent", True)
+    assert (image.pull_policy, image.default_pull_policy) == ("IfNotPresent", "IfNotPresent")
 
 
 # --- why no RegistryCredential covers the Pod ----------------------------------------------------
@@ -282,7 +282,7 @@ def test_if_not_present_on_a_private_image_is_a_warning() -> None:
     report = diagnose(snapshot([pod_body(policy=None)]))
     (found,) = report.findings
     assert (found.code, found.severity) == ("IfNotPresentPrivateImage", "warning")
-    assert "defaulted" in found.evidence[0]
+    assert "default for a tag" in found.evidence[0]
     assert report.failed() and not report.failed("error")
 
 

@@ -332,8 +332,8 @@ class ImageReport:
     repository: str
     tag: str
     digest: str
-    pull_policy: str
-    pull_policy_defaulted: bool
+    pull_policy: str  # the effective one
+    default_pull_policy: str  # what the API server fills in for this image when none is given
     pull_secret: AuthsEntry | None
     pull_secret_credential: str  # the CR whose copy it is, "" if not a regcred copy
     candidates: tuple[AuthsEntry, ...]
@@ -400,7 +400,8 @@ def _diagnose_image(snapshot: Snapshot, pod: PodInfo, container: ContainerImage,
         context.add("InvalidImageName", error.message,
                     fix="fix the image in the Pod's template: [registry[:port]/]repository[:tag][@digest]")
         return None, context.findings
-    policy = container.pull_policy or default_pull_policy(ref)
+    default_policy = default_pull_policy(ref)
+    policy = container.pull_policy or default_policy
     entries = _pod_entries(snapshot, pod, context)
     candidates = lookup(entries, ref.repository)
     used = candidates[0] if candidates else None
@@ -418,8 +419,8 @@ def _diagnose_image(snapshot: Snapshot, pod: PodInfo, container: ContainerImage,
         context.add(
             "IfNotPresentPrivateImage",
             f"{container.image} is private and pulled with IfNotPresent",
-            evidence=[f"imagePullPolicy {policy}" + (" (defaulted: the tag is not latest)"
-                                                     if not container.pull_policy else ""),
+            evidence=[f"imagePullPolicy {policy}" + (" (the API server's default for a tag other "
+                                                     "than latest)" if policy == default_policy else ""),
                       "a node that has the image runs it for any Pod, without checking credentials, "
                       "unless its kubelet enforces KubeletEnsureSecretPulledImages (default since "
                       "1.35, except for images preloaded on the node); a wrong credential then stays "
@@ -431,7 +432,7 @@ def _diagnose_image(snapshot: Snapshot, pod: PodInfo, container: ContainerImage,
         namespace=pod.namespace, pod=pod.name, container=container.name,
         container_kind=container.kind, image=container.image, registry=ref.registry,
         repository=ref.repository, tag=ref.tag, digest=ref.digest, pull_policy=policy,
-        pull_policy_defaulted=not container.pull_policy, pull_secret=used,
+        default_pull_policy=default_policy, pull_secret=used,
         pull_secret_credential=used_copy.credential if used_copy else "",
         candidates=tuple(candidates), state=_state_word(state),
     )
@@ -714,7 +715,7 @@ def report_json(report: Report, scope: Mapping[str, Any]) -> dict[str, Any]:
                 "namespace": i.namespace, "pod": i.pod, "container": i.container,
                 "containerType": i.container_kind, "image": i.image, "registry": i.registry,
                 "repository": i.repository, "tag": i.tag, "digest": i.digest,
-                "pullPolicy": i.pull_policy, "pullPolicyDefaulted": i.pull_policy_defaulted,
+                "pullPolicy": i.pull_policy, "defaultPullPolicy": i.default_pull_policy,
                 "pullSecret": _entry_json(i.pull_secret, i.pull_secret_credential),
                 "candidates": [_entry_json(c, "") for c in i.candidates],
                 "state": i.state,
