@@ -176,7 +176,8 @@ def render_table(report: Report, *, colour: bool) -> str:
     rows, severities = [], []
     for image in report.images:
         secret = f"{image.pull_secret.secret} ({image.pull_secret.key})" if image.pull_secret else "-"
-        found = by_container.get((image.namespace, image.pod, image.container), [])
+        found = (by_container.get((image.namespace, image.pod, ""), [])
+                 + by_container.get((image.namespace, image.pod, image.container), []))
         rows.append((image.namespace, image.pod, image.container, image.registry,
                      image.pull_policy, secret,
                      image.state, ",".join(dict.fromkeys(f.code for f in found)) or "ok"))
@@ -192,7 +193,8 @@ def render_table(report: Report, *, colour: bool) -> str:
     for finding in report.findings:
         lines.append("")
         mark = paint(f"{finding.severity.upper()} {finding.code}", finding.severity)
-        lines.append(f"{mark}  {finding.namespace}/{finding.pod} [{finding.container}] {finding.image}")
+        where = f"[{finding.container}] {finding.image}" if finding.container else "[pod]"
+        lines.append(f"{mark}  {finding.namespace}/{finding.pod} {where}")
         lines.append(f"  {finding.message}")
         lines.extend(f"  - {line}" for line in finding.evidence if line)
         if finding.fix:

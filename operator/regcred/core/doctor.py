@@ -356,18 +356,27 @@ class Report:
 
 
 def diagnose(snapshot: Snapshot) -> Report:
+    """Every finding for every Pod of `snapshot`; a Pod's own pull-secret problems once per Pod
+    (with container ""), the rest per container image."""
     images, findings = [], []
-    events = _events_by_container(snapshot.events)
+    events = _events_by_pod(snapshot.events)
+    secret_namespaces: dict[str, list[str]] = {}
+    for namespace, name in snapshot.secrets:
+        secret_namespaces.setdefault(name, []).append(namespace)
     for pod in sorted(snapshot.pods, key=lambda p: (p.namespace, p.name)):
+        pod_context = _Context(pod, None)
+        entries = _pod_entries(snapshot, pod, secret_namespaces, pod_context)
+        findings.extend(pod_context.findings)
         for container in pod.containers:
-            image, found = _diagnose_image(snapshot, pod, container, events)
+            image, found = _diagnose_image(snapshot, pod, container, entries,
+                                           events.get((pod.namespace, pod.name), []))
             if image is not None:
                 images.append(image)
             findings.extend(found)
     return Report(images=tuple(images), findings=tuple(findings), pods=len(snapshot.pods))
 
 
-def _events_by_container(events: Iterable[PullEvent]) -> dict[tuple[str, str], list[PullEvent]]:
+def _events_by_pod(events: Iterable[PullEvent]) -> dict[tuple[str, str], list[PullEvent]]:
     grouped: dict[tuple[str, str], list[PullEvent]] = {}
     for event in events:
         grouped.setdefault((event.namespace, event.pod), []).append(event)
@@ -375,22 +384,24 @@ def _events_by_container(events: Iterable[PullEvent]) -> dict[tuple[str, str], l
 
 
 class _Context:
-    """One container image being diagnosed; collects findings with its coordinates."""
+    """One container image (or, with `container` None, the Pod itself) being diagnosed;
+    collects findings with its coordinates."""
 
-    def __init__(self, pod: PodInfo, container: ContainerImage) -> None:
+    def __init__(self, pod: PodInfo, container: ContainerImage | None) -> None:
         self.pod, self.container = pod, container
         self.findings: list[Finding] = []
 
     def add(self, code: str, message: str, evidence: Iterable[str] = (), fix: str = "",
             commands: Iterable[str] = ()) -> None:
         self.findings.append(Finding(
-            code=code, namespace=self.pod.namespace, pod=self.pod.name, container=self.container.name,
-            image=self.container.image, message=message, evidence=tuple(evidence), fix=fix,
-            commands=tuple(commands)))
+            code=code, namespace=self.pod.namespace, pod=self.pod.name,
+            container=self.container.name if self.container else "",
+            image=self.container.image if self.container else "", message=message,
+            evidence=tuple(evidence), fix=fix, commands=tuple(commands)))
 
 
 def _diagnose_image(snapshot: Snapshot, pod: PodInfo, container: ContainerImage,
-                    events: Mapping[tuple[str, str], list[PullEvent]],
+                    entries: Sequence[AuthsEntry], events: Sequence[PullEvent],
                     ) -> tuple[ImageReport | None, list[Finding]]:
     context = _Context(pod, container)
     state = pod.states.get(container.name, ContainerState())
@@ -402,13 +413,11 @@ def _diagnose_image(snapshot: Snapshot, pod: PodInfo, container: ContainerImage,
         return None, context.findings
     default_policy = default_pull_policy(ref)
     policy = container.pull_policy or default_policy
-    entries = _pod_entries(snapshot, pod, context)
     candidates = lookup(entries, ref.repository)
     used = candidates[0] if candidates else None
     used_copy = snapshot.secrets.get((pod.namespace, used.secret)) if used else None
     covering = [c for c in snapshot.credentials if _covering_server(c, ref)]
-    failures = [] if state.pulled else _pull_failures(state, events.get((pod.namespace, pod.name), []),
-                                                       container.name, container.image)
+    failures = [] if state.pulled else _pull_failures(state, events, container.name, container.image)
     if used is None:
         _explain_uncovered(snapshot, pod, ref, covering, entries, bool(failures), context)
     elif used_copy is not None and used_copy.credential:
@@ -445,13 +454,14 @@ def _state_word(state: ContainerState) -> str:
     return "Pulled" if state.pulled else "Pending"
 
 
-def _pod_entries(snapshot: Snapshot, pod: PodInfo, context: _Context) -> list[AuthsEntry]:
+def _pod_entries(snapshot: Snapshot, pod: PodInfo, secret_namespaces: Mapping[str, list[str]],
+                 context: _Context) -> list[AuthsEntry]:
     """The Pod's pull secrets as the kubelet reads them, reporting those it cannot."""
     entries = []
     for name in pod.pull_secrets:
         secret = snapshot.secrets.get((pod.namespace, name))
         if secret is None:
-            elsewhere = sorted(ns for (ns, other) in snapshot.secrets if other == name)
+            elsewhere = sorted(secret_namespaces.get(name, ()))
             evidence = [f"spec.imagePullSecrets names {name!r}; no Secret of that name in "
                         f"namespace {pod.namespace}"]
             if elsewhere:
@@ -690,7 +700,7 @@ def _report_failures(failures: Sequence[tuple[str, str, int]], ref: ImageRef,
         "PullFailed": "see the evidence",
     }
     for code, text, count in failures:
-        context.add(code, f"pulling {context.container.image} fails ({CODES[code][1].split(': ', 1)[-1]})",
+        context.add(code, f"pulling {ref.image} fails: {CODES[code][1].split(': ', 1)[-1]}",
                     [f"{count}x {text[:MAX_EVIDENCE_TEXT]}"], fix=fixes[code])
 
 
