@@ -39,6 +39,7 @@ from regcred.core.status import Failure, build_status, status_differs
 from regcred.kube import Applied, Kube, KubeError, NotOurs
 from regcred.metrics import Metrics
 from regcred.settings import Settings
+from regcred.verification import Verification
 
 log = structlog.get_logger("regcred.reconciler")
 
@@ -112,6 +113,8 @@ class Reconciler:
         self._attempts: dict[tuple[str, str], int] = defaultdict(int)
         self._stopped = False
         self._verified = 0.0  # monotonic time of the last cache check against the API
+        # spec.verify: checks at the registries, on threads of their own (regcred/verification.py)
+        self._verification = Verification(kube, metrics, lambda name: self.publish(name, wrote=False))
 
     # --- what the planner sees ------------------------------------------------------------
 
@@ -414,6 +417,7 @@ class Reconciler:
                 state.pop(name, None)
             self._complete.discard(name)
         self._metrics.forget(name)
+        self._verification.forget(name)
         log.info("cleaned up", credential=name, writes=sum(o.wrote for o in outcomes))
 
     # --- status ---------------------------------------------------------------------------
@@ -448,6 +452,7 @@ class Reconciler:
             wrote=wrote,
             rotated=rotated > 0,
         )
+        status = self._verification.decorate(name, body, config[1] if config else None, status, previous)
         self._metrics.set_copies(name, len(entries) - len(failures))
         if not status_differs(status, previous):
             return
@@ -484,6 +489,7 @@ class Reconciler:
             self._retries.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._events.shutdown(wait=False, cancel_futures=True)
+        self._verification.shutdown()
 
 
 def _planned_from(action: Any) -> str | None:
