@@ -1,0 +1,320 @@
+"""Credential verification: the auth flow against a loopback HTTPS registry (Basic, Bearer),
+the pure decisions, and the scheduling with the reconciler's one hook."""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from core_builders import PASSWORD, basic_source, make_spec
+from prometheus_client import generate_latest
+from registry_server import Certificates, fake_registry
+
+from regcred.core.errors import InvalidInput
+from regcred.core.source import render
+from regcred.core.verification import (
+    CONDITION,
+    Challenge,
+    Refused,
+    Result,
+    Target,
+    VerifySettings,
+    condition,
+    next_check_delay,
+    parse_challenge,
+    parse_verify,
+    registry_origin,
+    targets,
+    token_url,
+)
+from regcred.metrics import Metrics
+from regcred.verification import Verification, check
+
+WRONG = "wrong-" + PASSWORD
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> Certificates:
+    return Certificates(Path(tmp_path_factory.mktemp("verify-ca")))
+
+
+@pytest.fixture(scope="module")
+def trusted(certs) -> VerifySettings:
+    return VerifySettings(enabled=True, timeout_seconds=5, ca_bundle=certs.ca.read_text())
+
+
+def target(registry, password: str = PASSWORD) -> Target:
+    return Target(registry.server_name, f"https://{registry.server_name}", "robot", password)
+
+
+# --- the flow against a real (loopback) HTTPS server ------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["basic", "bearer"])
+def test_the_right_password_is_verified(certs, trusted, mode) -> None:
+    with fake_registry(certs, mode, password=PASSWORD) as registry:
+        result, message = check(target(registry), trusted)
+    assert result == "Verified", message
+    assert PASSWORD not in message and registry.token not in message
+
+
+@pytest.mark.parametrize("mode", ["basic", "bearer"])
+def test_a_wrong_password_is_unauthorized(certs, trusted, mode) -> None:
+    with fake_registry(certs, mode, password=PASSWORD) as registry:
+        result, message = check(target(registry, WRONG), trusted)
+    assert result == "Unauthorized", message
+    assert WRONG not in message and PASSWORD not in message
+
+
+def test_bearer_flow_goes_through_the_realm(certs, trusted) -> None:
+    with fake_registry(certs, "bearer", password=PASSWORD) as registry:
+        check(target(registry), trusted)
+    assert registry.seen_authorizations == [("/v2/", ""), ("/token", "Basic"), ("/v2/", "Bearer")]
+
+
+def test_an_http_realm_never_gets_the_credential(certs, trusted) -> None:
+    with fake_registry(certs, "bearer", password=PASSWORD, realm_scheme="http") as registry:
+        result, message = check(target(registry), trusted)
+    assert result == "UnexpectedResponse" and "not an https URL" in message
+    assert registry.seen_authorizations == [("/v2/", "")]
+
+
+def test_an_untrusted_certificate_is_a_tls_error(certs) -> None:
+    with fake_registry(certs, "basic", password=PASSWORD) as registry:
+        result, message = check(target(registry), VerifySettings(enabled=True))
+    assert result == "TLSError" and "caBundle" in message
+
+
+def test_redirects_are_not_followed(certs, trusted) -> None:
+    with fake_registry(certs, "redirect", password=PASSWORD) as registry:
+        result, message = check(target(registry), trusted)
+    assert (result, message) == ("UnexpectedResponse", "GET /v2/ (Basic): 302")
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("anonymous", "Anonymous"), ("error", "UnexpectedResponse")])
+def test_other_answers(certs, trusted, mode, expected) -> None:
+    with fake_registry(certs, mode, password=PASSWORD) as registry:
+        assert check(target(registry), trusted)[0] == expected
+
+
+def test_a_closed_port_is_unreachable(trusted) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result, message = check(Target(f"127.0.0.1:{port}", f"https://127.0.0.1:{port}", "robot", PASSWORD),
+                            trusted)
+    assert result == "Unreachable" and "ConnectionRefusedError" in message
+
+
+def test_a_silent_server_times_out(trusted) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        result, message = check(Target("x", f"https://127.0.0.1:{port}", "robot", PASSWORD),
+                                replace(trusted, timeout_seconds=1))
+    assert (result, message) == ("Unreachable", "no answer within 1s")
+
+
+def test_a_bad_ca_bundle(certs) -> None:
+    settings = VerifySettings(enabled=True, ca_bundle="-----BEGIN CERTIFICATE-----\nnope\n")
+    with fake_registry(certs, "basic", password=PASSWORD) as registry:
+        assert check(target(registry), settings)[0] == "TLSError"
+
+
+def test_a_target_never_shows_its_password() -> None:
+    assert PASSWORD not in repr(Target("s", "https://s", "robot", PASSWORD))
+
+
+# --- pure parts ---------------------------------------------------------------------------------
+
+
+def test_challenges() -> None:
+    challenge = parse_challenge('Bearer realm="https://auth.example.com/token",service="registry.docker.io",'
+                                'scope="repository:library/busybox:pull"')
+    assert challenge.scheme == "bearer"
+    assert challenge.params == {"realm": "https://auth.example.com/token", "service": "registry.docker.io",
+                                "scope": "repository:library/busybox:pull"}
+    assert parse_challenge('Basic realm="Registry Realm"') == Challenge("basic", {"realm": "Registry Realm"})
+    assert parse_challenge(None).scheme == ""
+
+
+def test_token_url() -> None:
+    challenge = Challenge("bearer", {"realm": "https://auth.example.com/token?x=1", "service": "reg"})
+    assert token_url(challenge, "robot$ci") == "https://auth.example.com/token?x=1&account=robot%24ci&service=reg"
+    with pytest.raises(Refused):
+        token_url(Challenge("bearer", {"realm": "http://auth.example.com/token"}), "robot")
+
+
+def test_targets_take_the_credential_of_each_registry() -> None:
+    spec = make_spec(servers=("harbor.example.com", "docker.io"))
+    found, skipped = targets(spec.servers, render(spec, basic_source()))
+    assert [(t.server, t.base, t.username, t.password) for t in found] == [
+        ("harbor.example.com", "https://harbor.example.com", "robot", PASSWORD),
+        ("docker.io", "https://registry-1.docker.io", "robot", PASSWORD)]
+    assert skipped == {}
+
+
+def test_registry_origin_drops_the_path() -> None:
+    assert registry_origin("harbor.example.com:8443/team") == "https://harbor.example.com:8443"
+
+
+def test_condition_is_the_worst_result() -> None:
+    ok, bad = Result("a", "Verified", "200", "t"), Result("b", "Unauthorized", "401", "t")
+    assert condition([], 1, "now", None)["status"] == "Unknown"
+    assert condition([ok], 1, "now", None)["reason"] == "Verified"
+    failed = condition([ok, bad, Result("c", "Unreachable", "x", "t")], 1, "now", None)
+    assert (failed["status"], failed["reason"]) == ("False", "Unauthorized")
+    kept = condition([ok], 1, "later", {"status": "True", "lastTransitionTime": "before"})
+    assert kept["lastTransitionTime"] == "before"
+
+
+def test_jitter_stays_within_ten_percent() -> None:
+    rng = random.Random(7)
+    delays = [next_check_delay(VerifySettings(interval_seconds=3600), rng) for _ in range(1000)]
+    assert 3240 <= min(delays) < 3400 and 3800 < max(delays) <= 3960
+
+
+@pytest.mark.parametrize("raw", [{"intervalSeconds": 5}, {"timeoutSeconds": 0}, {"caBundle": "nope"}, "yes"])
+def test_bad_settings(raw) -> None:
+    with pytest.raises(InvalidInput):
+        parse_verify({"verify": raw})
+
+
+def test_settings_defaults() -> None:
+    assert parse_verify({}) == VerifySettings()
+    assert parse_verify({"verify": {"enabled": True}}) == VerifySettings(enabled=True)
+
+
+# --- scheduling and the reconciler's hook ---------------------------------------------------------
+
+
+class FakeKube:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, str]] = []
+
+    def post_event(self, credential, uid, kind, reason, message) -> None:
+        self.events.append((kind, reason, message))
+
+
+class Harness:
+    """A Verification whose registry answers `self.answer`, counting checks and republishes."""
+
+    def __init__(self) -> None:
+        self.kube, self.metrics = FakeKube(), Metrics()
+        self.answer = ("Verified", "GET /v2/ (Basic): 200")
+        self.checks = 0
+        self.republished = threading.Event()
+        self.verification = Verification(self.kube, self.metrics, self._republish, clock=lambda: "T",
+                                         check_registry=self._check)
+
+    def _check(self, target, settings):
+        self.checks += 1
+        return self.answer
+
+    def _republish(self, name: str) -> None:
+        self.republished.set()
+
+    def publish(self, body, config, previous=None) -> dict:
+        status = {"conditions": [{"type": "Ready", "status": "True"}], "sourceResourceVersion": "1"}
+        return self.verification.decorate("harbor-prod", body, config, status, previous or {})
+
+    def checked(self, body, config) -> dict:
+        """Publish, wait for the check it schedules to end, publish again."""
+        self.republished.clear()
+        self.publish(body, config)
+        assert self.republished.wait(10), "no check ran"
+        return self.publish(body, config)
+
+    def metric(self) -> str:
+        return generate_latest(self.metrics.registry).decode()
+
+
+def verify_body(**verify) -> dict:
+    return {"metadata": {"name": "harbor-prod", "uid": "u1", "generation": 2},
+            "spec": {"registries": [{"server": "harbor.example.com"}],
+                     "verify": {"enabled": True, **verify}}}
+
+
+@pytest.fixture
+def harness():
+    made = Harness()
+    yield made
+    made.verification.shutdown()
+
+
+def test_first_check_and_its_status(harness) -> None:
+    config = render(make_spec(), basic_source())
+    pending = harness.publish(verify_body(), config)
+    assert pending["conditions"][1]["status"] == "Unknown"
+    status = harness.checked(verify_body(), config)
+    assert status["conditions"][0]["type"] == "Ready"
+    assert {k: status["conditions"][1][k] for k in ("type", "status", "reason")} == {
+        "type": CONDITION, "status": "True", "reason": "Verified"}
+    assert status["registries"] == [{"server": "harbor.example.com", "result": "Verified",
+                                     "message": "GET /v2/ (Basic): 200", "lastCheckTime": "T",
+                                     "sourceResourceVersion": "100"}]
+    assert ('regcred_registry_verification{credential="harbor-prod",registry="harbor.example.com",'
+            'result="Verified"} 1.0') in harness.metric()
+    assert harness.kube.events == []  # nothing changed for the worse
+
+
+def test_resyncs_do_not_recheck_but_a_rotation_does(harness) -> None:
+    config = render(make_spec(), basic_source())
+    harness.checked(verify_body(), config)
+    for _ in range(5):
+        harness.publish(verify_body(), config)
+    assert harness.checks == 1
+    harness.answer = ("Unauthorized", "GET /v2/ (Basic): 401: the registry refuses the credential")
+    rotated = render(make_spec(), basic_source(password="rotated-" + PASSWORD, resource_version="200"))
+    status = harness.checked(verify_body(), rotated)
+    assert harness.checks == 2
+    assert (status["conditions"][1]["status"], status["conditions"][1]["reason"]) == ("False", "Unauthorized")
+    assert harness.kube.events == [("Warning", "VerificationUnauthorized",
+                                    "harbor.example.com: Unauthorized: GET /v2/ (Basic): 401: the registry "
+                                    "refuses the credential")]
+    metric = harness.metric()
+    assert 'result="Unauthorized"} 1.0' in metric and 'result="Verified"' not in metric
+
+
+def test_periodic_checks_follow_the_interval(harness, monkeypatch) -> None:
+    config = render(make_spec(), basic_source())
+    harness.checked(verify_body(intervalSeconds=10), config)
+    monkeypatch.setattr("regcred.verification.next_check_delay", lambda settings: 0.0)
+    harness.checked(verify_body(intervalSeconds=11), config)  # a settings change checks at once
+    harness.republished.clear()
+    assert harness.republished.wait(10), "the periodic check (interval made 0) did not run"
+
+
+def test_recovery_posts_a_normal_event(harness) -> None:
+    config = render(make_spec(), basic_source())
+    harness.answer = ("Unreachable", "no answer within 5s")
+    harness.checked(verify_body(), config)
+    harness.answer = ("Verified", "GET /v2/ (Basic): 200")
+    rotated = render(make_spec(), basic_source(resource_version="300", password="other-" + PASSWORD))
+    harness.checked(verify_body(), rotated)
+    assert [e[:2] for e in harness.kube.events] == [("Warning", "VerificationUnreachable"),
+                                                    ("Normal", "Verified")]
+
+
+def test_disabling_removes_the_condition_status_and_metric(harness) -> None:
+    config = render(make_spec(), basic_source())
+    previous = harness.checked(verify_body(), config)
+    body = verify_body()
+    body["spec"]["verify"]["enabled"] = False
+    status = harness.publish(body, config, previous)
+    assert [c["type"] for c in status["conditions"]] == ["Ready"]
+    assert status["registries"] is None  # removed by the merge patch
+    assert "regcred_registry_verification{" not in harness.metric()
+
+
+def test_without_verify_the_status_is_untouched(harness) -> None:
+    body = verify_body()
+    del body["spec"]["verify"]
+    status = harness.publish(body, render(make_spec(), basic_source()))
+    assert status == {"conditions": [{"type": "Ready", "status": "True"}], "sourceResourceVersion": "1"}
+    assert harness.checks == 0
