@@ -25,13 +25,8 @@ from regcred.core.doctor import (
     Report,
     Snapshot,
     diagnose,
-    observe_credential,
-    observe_event,
-    observe_namespace,
-    observe_pod,
-    observe_secret,
-    observe_service_account,
     report_json,
+    snapshot_from,
 )
 from regcred.kube import Kube, KubeConfigError, KubeError, connect_like_kubectl
 
@@ -115,17 +110,16 @@ def read_snapshot(kube: Kube, namespace: str | None, pod: str | None = None,
     """Everything the diagnosis needs, one list per kind (one get for a single Pod)."""
     if pod:
         body = kube.read_pod(namespace or "default", pod)
-        pods = [observe_pod(body)] if body else []
+        pods: Iterable[Mapping[str, Any]] = [body] if body else []
     else:
-        pods = [observe_pod(body) for body in kube.list_pods(namespace, selector)]
-    return Snapshot(
+        pods = kube.list_pods(namespace, selector)
+    return snapshot_from(
         pods=pods,
-        service_accounts={(a.namespace, a.name): a for a in
-                          map(observe_service_account, kube.list_service_accounts_in(namespace))},
-        secrets={(s.namespace, s.name): s for s in map(observe_secret, kube.list_secrets(namespace))},
-        events=[e for e in map(observe_event, kube.list_pod_warnings(namespace, pod)) if e],
-        credentials=[observe_credential(body) for body in _credentials(kube)],
-        namespaces={n.name: n for n in map(observe_namespace, _namespaces(kube, namespace))},
+        service_accounts=kube.list_service_accounts_in(namespace),
+        secrets=kube.list_secrets(namespace),
+        events=kube.list_pod_warnings(namespace, pod),
+        credentials=_credentials(kube),
+        namespaces=_namespaces(kube, namespace),
     )
 
 

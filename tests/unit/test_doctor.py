@@ -13,13 +13,8 @@ from regcred.core.doctor import (
     CODES,
     Snapshot,
     diagnose,
-    observe_credential,
-    observe_event,
-    observe_namespace,
-    observe_pod,
-    observe_secret,
-    observe_service_account,
     report_json,
+    snapshot_from,
 )
 from regcred.doctor import UsageError, _pod_name, render_table
 
@@ -89,14 +84,8 @@ def snapshot(pods=(), secrets=None, accounts=None, events=(), credentials=None,
         else accounts
     credentials = [credential_body()] if credentials is None else credentials
     namespaces = [{"metadata": {"name": NS}}] if namespaces is None else namespaces
-    return Snapshot(
-        pods=[observe_pod(p) for p in pods],
-        service_accounts={(a.namespace, a.name): a for a in map(observe_service_account, accounts)},
-        secrets={(s.namespace, s.name): s for s in map(observe_secret, secrets)},
-        events=[e for e in map(observe_event, events) if e],
-        credentials=[observe_credential(c) for c in credentials],
-        namespaces={n.name: n for n in map(observe_namespace, namespaces)},
-    )
+    return snapshot_from(pods=pods, service_accounts=accounts, secrets=secrets, events=events,
+                         credentials=credentials, namespaces=namespaces)
 
 
 def codes(snap: Snapshot) -> list[str]:

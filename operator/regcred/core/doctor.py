@@ -301,6 +301,22 @@ def observe_namespace(body: Mapping[str, Any]) -> NamespaceInfo:
                          terminating=bool(meta.get("deletionTimestamp")))
 
 
+def snapshot_from(*, pods: Iterable[Mapping[str, Any]], service_accounts: Iterable[Mapping[str, Any]],
+                  secrets: Iterable[Mapping[str, Any]], events: Iterable[Mapping[str, Any]],
+                  credentials: Iterable[Mapping[str, Any]],
+                  namespaces: Iterable[Mapping[str, Any]]) -> Snapshot:
+    """A `Snapshot` from API bodies (iterables, so listings stream through: each Secret is
+    reduced as it arrives and its content dropped)."""
+    return Snapshot(
+        pods=[observe_pod(body) for body in pods],
+        service_accounts={(a.namespace, a.name): a for a in map(observe_service_account, service_accounts)},
+        secrets={(s.namespace, s.name): s for s in map(observe_secret, secrets)},
+        events=[e for e in map(observe_event, events) if e],
+        credentials=[observe_credential(body) for body in credentials],
+        namespaces={n.name: n for n in map(observe_namespace, namespaces)},
+    )
+
+
 # --- the report ---------------------------------------------------------------------------
 
 
