@@ -141,6 +141,14 @@ def test_namespace_not_matched_says_which_rule(spec, labels, why) -> None:
     assert why in found.evidence[0]
 
 
+def test_only_credentials_selecting_the_namespace_explain_it() -> None:
+    elsewhere = credential_body("other-cr", namespaces=["ci"])
+    snap = snapshot([pod_body(pull_secrets=())], credentials=[credential_body(), elsewhere])
+    assert codes(snap) == ["PodAdmittedBeforeEntry"]
+    snap = snapshot([pod_body(pull_secrets=())], secrets=[], credentials=[elsewhere])
+    assert codes(snap) == ["NamespaceNotMatched"]
+
+
 def test_system_namespace_must_be_named() -> None:
     snap = snapshot([pod_body(pull_secrets=(), namespace="kube-system")], secrets=[], accounts=[],
                     namespaces=[{"metadata": {"name": "kube-system"}}])

@@ -514,8 +514,11 @@ def _covering_server(credential: CredentialInfo, ref: ImageRef) -> str:
 def _explain_uncovered(snapshot: Snapshot, pod: PodInfo, ref: ImageRef,
                        covering: Sequence[CredentialInfo], entries: Sequence[AuthsEntry],
                        pull_failed: bool, context: _Context) -> None:
-    """No pull secret of the Pod matches: say why, per RegistryCredential that should cover it."""
-    for credential in covering:
+    """No pull secret of the Pod matches: say why, per RegistryCredential that should cover it.
+    CRs that select the namespace explain it; the others only when none does."""
+    namespace = snapshot.namespaces.get(pod.namespace, NamespaceInfo(pod.namespace))
+    selecting = [c for c in covering if c.spec is not None and namespace_matches(c.spec, namespace)]
+    for credential in selecting or covering:
         _explain_credential(snapshot, pod, ref, credential, context)
     if covering:
         return
