@@ -92,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(settings: Settings) -> int:
     """Start the operator; a configuration regcred cannot use is a usage error (exit 2, one
     line), an API server that is down or refusing is not (kopf keeps retrying and says so)."""
+    # kopf's own login reads $KUBECONFIG, like our client does; set it before anything
+    # imports `kubernetes`, whose default kubeconfig location is read at import time.
+    if settings.kubeconfig:
+        os.environ["KUBECONFIG"] = settings.kubeconfig
     from regcred.kube import ConfigurationError, load_configuration
 
     try:
@@ -99,8 +103,6 @@ def run(settings: Settings) -> int:
     except ConfigurationError as error:
         print(f"regcred: {error}", file=sys.stderr)
         return 2
-    if settings.kubeconfig:  # kopf's own login reads $KUBECONFIG, like our client does
-        os.environ["KUBECONFIG"] = settings.kubeconfig
 
     import kopf
 
