@@ -373,7 +373,31 @@ class Component:
             process.wait()
 
 
-class ControlPlane:
+class RunContext:
+    """Something started in a run dir of its own: a context manager whose exit stops it
+    (keeping the logs when the block raised), and paths inside the run dir."""
+
+    dir: Path | None = None
+
+    def start(self) -> Any:
+        raise NotImplementedError
+
+    def stop(self, failed: bool = False) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        return self.start()
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.stop(failed=exc is not None and not isinstance(exc, KeyboardInterrupt))
+
+    def _path(self, relative: str) -> Path:
+        if self.dir is None:
+            raise ControlPlaneError(f"{type(self).__name__} not started")
+        return self.dir / relative
+
+
+class ControlPlane(RunContext):
     """etcd + kube-apiserver + kube-controller-manager on loopback, in a temp dir.
 
     Use as a context manager. On an exception (or `stop(failed=True)`) the process logs are
@@ -421,23 +445,11 @@ class ControlPlane:
     def log_dir(self) -> Path:
         return self._path("logs")
 
-    def _path(self, relative: str) -> Path:
-        if self.dir is None:
-            raise ControlPlaneError("control plane not started")
-        return self.dir / relative
-
-    def __enter__(self) -> ControlPlane:
-        return self.start()
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self.stop(failed=exc is not None and not isinstance(exc, KeyboardInterrupt))
-
     def start(self) -> ControlPlane:
         started = time.monotonic()
         binaries = self.binaries = self.binaries or ensure_binaries()
         _remove_orphaned_dirs()
-        self.dir = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
-        (self.dir / "owner.pid").write_text(str(os.getpid()))
+        self.dir = make_run_dir(TEMP_PREFIX)
         atexit.register(self.stop)
         try:
             self._configure(binaries)
@@ -459,6 +471,9 @@ class ControlPlane:
         pki = Certificates(self.dir / "pki")
         admin_cert, admin_key = pki.issue("admin", ("system:masters",))
         kcm_cert, kcm_key = pki.issue("kube-controller-manager", ("system:masters",))
+        # How the API server authenticates to a node's kubelet (`kubectl logs`, scripts/node.py).
+        kubelet_client_cert, kubelet_client_key = pki.issue("kube-apiserver-kubelet-client",
+                                                            ("system:masters",))
         self.pki = pki
         self.etcd_port, self.etcd_peer_port, self.port = free_port(), free_port(), free_port()
         self.server = f"https://127.0.0.1:{self.port}"
@@ -489,6 +504,11 @@ class ControlPlane:
                         "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
                         "--service-cluster-ip-range", "10.0.0.0/24",
                         "--authorization-mode", "Node,RBAC",
+                        "--kubelet-client-certificate", str(kubelet_client_cert),
+                        "--kubelet-client-key", str(kubelet_client_key),
+                        "--kubelet-certificate-authority", str(pki.ca),
+                        # A node's name is `localhost`: reach it there, never on another address.
+                        "--kubelet-preferred-address-types", "Hostname",
                         "--enable-priority-and-fairness=false", "--profiling=false",
                         # Loopback can't be an Endpoints address; nothing runs in-cluster anyway.
                         "--endpoint-reconciler-type", "none",
@@ -518,7 +538,11 @@ class ControlPlane:
 
     def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
         """GET `path` as the admin; returns (status, body) for any HTTP status."""
-        request = urllib.request.Request(self.server + path)
+        return self.request("GET", path, timeout)
+
+    def request(self, method: str, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+        """`method` on `path` as the admin, no body; returns (status, body) for any status."""
+        request = urllib.request.Request(self.server + path, method=method)
         try:
             with urllib.request.urlopen(request, context=self.ssl_context(), timeout=timeout) as response:
                 return response.status, response.read()
@@ -604,16 +628,41 @@ class ControlPlane:
         self.dir = None
 
 
-def _remove_orphaned_dirs() -> None:
-    """Remove temp dirs of control planes whose owner was SIGKILLed (its processes died with
-    it, see `_die_with_parent`, but nothing could remove its files)."""
-    for directory in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*"):
+def make_run_dir(prefix: str) -> Path:
+    """A fresh temp dir that records its owner (pid and start time), so a later run can tell
+    a dead run's leftovers from a live run's files (see `orphaned_run_dirs`)."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    (directory / "owner.pid").write_text(f"{os.getpid()} {_process_start_time(os.getpid())}")
+    return directory
+
+
+def _process_start_time(pid: int) -> str:
+    """Field 22 of /proc/PID/stat: tells a live owner from a reused pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def orphaned_run_dirs(prefix: str) -> list[Path]:
+    """Temp dirs made by `make_run_dir(prefix)` whose owner is gone (SIGKILLed: its processes
+    died with it, see `_die_with_parent`, but nothing could remove its files)."""
+    orphans = []
+    for directory in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
         try:
-            os.kill(int((directory / "owner.pid").read_text()), 0)
-        except ProcessLookupError:
-            shutil.rmtree(directory, ignore_errors=True)
+            pid, _, started = (directory / "owner.pid").read_text().partition(" ")
+            alive = Path(f"/proc/{int(pid)}").exists() and (
+                not started or _process_start_time(int(pid)) == started.strip())
         except (OSError, ValueError):
-            pass  # no pid file yet, or not ours to judge
+            continue  # no pid file yet, or not ours to judge
+        if not alive:
+            orphans.append(directory)
+    return orphans
+
+
+def _remove_orphaned_dirs() -> None:
+    for directory in orphaned_run_dirs(TEMP_PREFIX):
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def keep_logs(source: Path) -> Path:
@@ -633,7 +682,7 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
 
 
 @contextlib.contextmanager
-def _interruptible() -> Iterator[None]:
+def interruptible() -> Iterator[None]:
     """SIGINT, SIGTERM and SIGHUP all raise KeyboardInterrupt, so `finally` blocks clean up
     (SIGINT explicitly too: a shell starts background jobs with it ignored)."""
     signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -653,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("env", help="print `export KUBEBUILDER_ASSETS=...` for the cached binaries")
     args = parser.parse_args(argv)
     try:
-        with _interruptible():
+        with interruptible():
             if args.command == "build":
                 started = time.monotonic()
                 for name, path in ensure_binaries().items():
