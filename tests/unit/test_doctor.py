@@ -256,6 +256,16 @@ def test_pull_failure_events_are_summarised_by_cause(message: str, code: str) ->
     assert found.evidence[0].startswith("3x ")
 
 
+def test_events_that_only_repeat_the_state_are_not_a_cause() -> None:
+    snap = snapshot([pod_body(waiting=("ErrImagePull", ""))],
+                    events=[event("web", "Error: ErrImagePull"),
+                            event("web", 'Failed to pull image "x": 401 Unauthorized')])
+    assert codes(snap) == ["PullUnauthorized"]
+    snap = snapshot([pod_body(waiting=("ImagePullBackOff", 'Back-off pulling image "x"'))],
+                    events=[event("web", "Error: ImagePullBackOff")])
+    assert codes(snap) == ["PullFailed"]
+
+
 def test_never_with_the_image_absent() -> None:
     snap = snapshot([pod_body(policy="Never", waiting=("ErrImageNeverPull", "Container image "
                               '"x" is not present with pull policy of Never'))])

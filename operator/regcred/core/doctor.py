@@ -82,6 +82,11 @@ _PULL_CAUSES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("ImageNotFound", re.compile(r"\b404\b|not found|manifest unknown|name unknown", re.I)),
 )
 
+# Texts that only repeat the state (`Error: ErrImagePull`, `Back-off pulling image "x"`): a
+# cause only when nothing else says more.
+_VAGUE = re.compile(r"(?:Error: )?(?:ErrImagePull|ImagePullBackOff)\s*$|^\w+: Back-off pulling image "
+                    r'"[^"]*"\s*$|^(?:ErrImagePull|ImagePullBackOff)\b')
+
 
 # --- observed objects, reduced ------------------------------------------------------------
 
@@ -688,16 +693,20 @@ def _pull_failures(state: ContainerState, events: Sequence[PullEvent], container
         if event.container == container or (not event.container and f'"{image}"' in event.message):
             texts.append((f"{event.reason}: {event.message}", event.count))
     causes: dict[str, tuple[str, int]] = {}
+    vague: list[tuple[str, int]] = []
     for text, count in texts:
         if text.startswith("InvalidImageName"):
             continue  # reported from the parse
         code = next((code for code, pattern in _PULL_CAUSES if pattern.search(text)), None)
         if code is None:
-            if text.startswith(("ImagePullBackOff", "ErrImagePull")) and len(texts) > 1:
-                continue  # the bare state; an event says why
+            if _VAGUE.search(text):
+                vague.append((text, count))
+                continue
             code = "PullFailed"
         seen, total = causes.get(code, (text, 0))
         causes[code] = (seen, total + count)
+    if vague and not causes:
+        causes["PullFailed"] = (vague[0][0], sum(count for _, count in vague))
     return [(code, text, count) for code, (text, count) in causes.items()]
 
 
