@@ -467,8 +467,10 @@ class Node(RunContext):
         assert self.dir is not None, "start() first"
         directory = self.dir / "containerd" / "certs.d" / host
         directory.mkdir(parents=True, exist_ok=True)
+        # The CA also goes on the server: after the [host] answers 404 (a missing tag) containerd
+        # falls back to the server, which without the CA reported x509 instead of "not found".
         (directory / "hosts.toml").write_text(
-            f'server = "https://{host}"\n\n[host."https://{host}"]\n'
+            f'server = "https://{host}"\nca = "{ca}"\n\n[host."https://{host}"]\n'
             f'  capabilities = ["pull", "resolve"]\n  ca = "{ca}"\n')
 
     def stop(self, failed: bool = False) -> None:
