@@ -60,9 +60,7 @@ def add_parser(commands: Any) -> None:
 
 
 def run_doctor(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    # stdout is the report: the API layer's log lines go to stderr, and only warnings.
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-                        logger_factory=structlog.PrintLoggerFactory(err))
+    quiet_logging(err)
     try:
         pod_name = _pod_name(args.target)
         if pod_name and args.all_namespaces:
@@ -92,6 +90,12 @@ def run_doctor(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO =
     else:
         out.write(render_table(report, colour=_colour(args.color, out)))
     return EXIT_PROBLEMS if report.failed(args.fail_on) else EXIT_HEALTHY
+
+
+def quiet_logging(stream: TextIO) -> None:
+    """stdout is the report: the API layer's log lines go to `stream`, and only warnings."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+                        logger_factory=structlog.PrintLoggerFactory(stream))
 
 
 def _pod_name(target: str | None) -> str | None:
