@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test demo lint unit controlplane node-deps clean manifests bench
+.PHONY: test demo lint typecheck unit controlplane node-deps clean manifests bench
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -14,6 +14,10 @@ $(VENV)/.installed: pyproject.toml
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check operator tests scripts bench
 
+# mypy --strict on operator/regcred (settings in pyproject.toml, [tool.mypy]).
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
+
 unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit -q
 
@@ -22,7 +26,7 @@ unit: $(VENV)/.installed
 node-deps:
 	python3 scripts/nodedeps.py
 
-test: lint node-deps
+test: lint typecheck node-deps
 	$(PY) -m pytest tests -q
 
 controlplane: $(VENV)/.installed

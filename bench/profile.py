@@ -21,17 +21,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from run import REPO, USER, Bench, ControlPlane, OperatorProcess, machine, restart, rss_mb
+from run import REPO, USER, Bench, ControlPlane, OperatorProcess, cpu_seconds, machine, restart, rss_mb
 
 PROFILES = REPO / "bench" / "results" / "profiles"
 TRACING = Path(__file__).resolve().parent / "tracing"
 LOGS = Path(os.environ.get("REGCRED_BENCH_LOGS", "/tmp"))
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start(plane: ControlPlane, log: Path, extra_env: dict[str, str] | None = None) -> OperatorProcess:

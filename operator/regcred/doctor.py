@@ -28,7 +28,7 @@ from regcred.core.doctor import (
     report_json,
     snapshot_from,
 )
-from regcred.kube import Kube, KubeConfigError, KubeError, connect_like_kubectl
+from regcred.kube import ConfigurationError, Kube, KubeError, connect_like_kubectl
 
 EXIT_HEALTHY, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
@@ -69,7 +69,7 @@ def run_doctor(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO =
     except UsageError as error:
         err.write(f"regcred doctor: {error}\n")
         return EXIT_USAGE
-    except KubeConfigError as error:
+    except ConfigurationError as error:
         err.write(f"regcred doctor: no usable kubeconfig: {error}\n")
         return EXIT_USAGE
     namespace = None if args.all_namespaces else (args.namespace or context_namespace)

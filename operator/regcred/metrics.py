@@ -79,3 +79,9 @@ class Metrics:
         for gauge in (self.copies, self.last_sync):
             with contextlib.suppress(KeyError):
                 gauge.remove(credential)
+        for family in self.verification.collect():
+            for sample in family.samples:
+                if sample.labels.get("credential") == credential:
+                    with contextlib.suppress(KeyError):
+                        self.verification.remove(credential, sample.labels["registry"],
+                                                 sample.labels["result"])

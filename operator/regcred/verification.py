@@ -1,12 +1,13 @@
 """Opt-in credential verification (spec.verify): does each registry accept the copy's
 credential? `GET /v2/` with Basic or the Bearer token flow, TLS verified, a short timeout.
 
-It never blocks syncing: checks run on threads of their own, and the reconciler meets this
-module in one place, `Verification.decorate`, called while it computes a CR's status. That
-call only reads what the last checks found (the CredentialsVerified condition and
-status.registries) and schedules a check when the rendered content, the servers or the
-settings changed (a rotation); otherwise each CR is checked every `intervalSeconds`, with
-jitter, and never on a plain resync. When a check ends, the status is published again.
+It never blocks syncing: checks run on threads of their own, and status publishing meets this
+module in one place, `Verification.status_for` (a `ledger.StatusExtension`), called while a
+CR's status is computed. That call only reads what the last checks found (the
+CredentialsVerified condition and status.registries) and schedules a check when the rendered
+content, the servers or the settings changed (a rotation); otherwise each CR is checked every
+`intervalSeconds`, with jitter, and never on a plain resync. When a check ends, the status is
+published again.
 
 Neither the password nor a token is logged, put in status, events, metrics or exceptions.
 """
@@ -23,7 +24,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import structlog
@@ -32,7 +33,6 @@ from regcred.core.errors import InvalidInput
 from regcred.core.source import RenderedConfig
 from regcred.core.verification import (
     ANONYMOUS,
-    CONDITION,
     TLS_ERROR,
     UNEXPECTED,
     UNREACHABLE,
@@ -51,6 +51,7 @@ from regcred.core.verification import (
     token_url,
     verdict,
 )
+from regcred.metrics import Metrics
 
 log = structlog.get_logger("regcred.verification")
 
@@ -60,6 +61,10 @@ CHECK_WORKERS = 4
 
 def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class EventPoster(Protocol):
+    def post_event(self, credential: str, uid: str, kind: str, reason: str, message: str) -> None: ...
 
 
 # --- one registry -------------------------------------------------------------------------
@@ -140,7 +145,6 @@ class _Tracked:
     servers: tuple[str, ...]
     config: RenderedConfig | None = field(repr=False)
     uid: str = ""
-    generation: int = 0
     results: dict[str, Result] = field(default_factory=dict)
     checked_key: tuple[Any, ...] | None = None
     running: bool = False
@@ -148,13 +152,20 @@ class _Tracked:
 
 
 class Verification:
-    """Schedules and runs the checks; `decorate` is the reconciler's one touch point."""
+    """Schedules and runs the checks; `status_for` is status publishing's one touch point.
 
-    def __init__(self, kube: Any, metrics: Any, republish: Callable[[str], None],
-                 clock: Callable[[], str] = utc_now, check_registry: Callable[..., tuple[str, str]] = check,
-                 ) -> None:
-        self._kube, self._metrics, self._republish = kube, metrics, republish
-        self._clock, self._check = clock, check_registry
+    `rendered(name)` gives the content a CR's copies hold, `exists(name)` whether the CR is
+    still there, `republish(name)` publishes its status again after a check.
+    """
+
+    def __init__(self, kube: EventPoster, metrics: Metrics, *,
+                 rendered: Callable[[str], RenderedConfig | None], exists: Callable[[str], bool],
+                 republish: Callable[[str], None],
+                 check_registry: Callable[[Target, VerifySettings], tuple[str, str]] = check,
+                 clock: Callable[[], str] = utc_now) -> None:
+        self._kube, self._metrics, self._clock = kube, metrics, clock
+        self._rendered, self._exists, self._republish = rendered, exists, republish
+        self._check = check_registry
         self._tracked: dict[str, _Tracked] = {}
         self._due: list[tuple[float, str]] = []  # heap of (monotonic time, CR name)
         self._wake = threading.Condition()
@@ -163,10 +174,10 @@ class Verification:
         self._thread = threading.Thread(target=self._loop, name="regcred-verify-scheduler", daemon=True)
         self._thread.start()
 
-    def decorate(self, name: str, body: Mapping[str, Any], config: RenderedConfig | None,
-                 status: dict[str, Any], previous: Mapping[str, Any]) -> dict[str, Any]:
-        """`status` with the CR's verification condition and per-registry results (or with
-        them removed when verification is off); schedules a check if its basis changed."""
+    def status_for(self, name: str, body: Mapping[str, Any], previous: Mapping[str, Any],
+                   ) -> tuple[tuple[Mapping[str, Any], ...], Mapping[str, Any]]:
+        """The CR's verification condition and `registries` field (or the field's removal when
+        verification is off); schedules a check if what it is based on changed."""
         spec = body.get("spec") or {}
         try:
             settings = parse_verify(spec)
@@ -174,10 +185,8 @@ class Verification:
             settings = VerifySettings()  # the CRD's schema rejects it; nothing to check
         if not settings.enabled:
             self.forget(name)
-            if previous.get("registries") is not None:
-                status["registries"] = None  # a merge patch's null removes the field
-            return status
-        meta = body.get("metadata") or {}
+            return (), ({"registries": None} if previous.get("registries") is not None else {})
+        config = self._rendered(name)
         servers = tuple(str(r.get("server", "")) for r in spec.get("registries") or []
                         if isinstance(r, Mapping))
         key = (settings, servers, config.digest if config else None)
@@ -186,19 +195,15 @@ class Verification:
             if tracked is None:
                 tracked = self._tracked[name] = _Tracked(key, settings, servers, config)
             if config is not None and tracked.key != key:
-                tracked.key, tracked.settings, tracked.servers, tracked.config = key, settings, servers, \
-                    config
+                tracked.key, tracked.settings, tracked.servers = key, settings, servers
+                tracked.config = config
             due_later = tracked.due is None or tracked.due > time.monotonic()
             if config is not None and tracked.checked_key != key and not tracked.running and due_later:
                 self._schedule(name, tracked, 0.0)
-            tracked.uid, tracked.generation = str(meta.get("uid", "")), int(meta.get("generation") or 0)
+            tracked.uid = str((body.get("metadata") or {}).get("uid", ""))
             results = [r for server, r in tracked.results.items() if server in servers]
-        old = next((c for c in previous.get("conditions") or [] if c.get("type") == CONDITION), None)
-        status["conditions"] = [*status["conditions"],
-                                condition(results, tracked.generation, self._clock(), old)]
-        status["registries"] = registries_status(results, config.source_resource_version if config
-                                                 else str(status.get("sourceResourceVersion") or ""))
-        return status
+        source_version = config.source_resource_version if config else ""
+        return (condition(results),), {"registries": registries_status(results, source_version)}
 
     def forget(self, name: str) -> None:
         with self._wake:
@@ -245,6 +250,9 @@ class Verification:
                 self._schedule(name, tracked, tracked.settings.interval_seconds)
 
     def _verify(self, name: str, tracked: _Tracked) -> None:
+        if not self._exists(name):  # deleted meanwhile: stop checking it
+            self.forget(name)
+            return
         with self._wake:
             key, settings, servers, config = tracked.key, tracked.settings, tracked.servers, tracked.config
         before = self._verdict_of(tracked)
@@ -253,8 +261,8 @@ class Verification:
         if config is not None:
             checkable, skipped = targets(servers, config)
             for target in checkable:
-                result, message = self._check(target, settings)
-                found[target.server] = Result(target.server, result, message, now)
+                answer, message = self._check(target, settings)
+                found[target.server] = Result(target.server, answer, message, now)
             for server, message in skipped.items():
                 found[server] = Result(server, "NotChecked", message, now)
         with self._wake:
@@ -263,27 +271,26 @@ class Verification:
             old_results, tracked.results = tracked.results, found
             tracked.checked_key, tracked.running = key, False
             self._schedule(name, tracked, 0.0 if tracked.key != key else next_check_delay(settings))
-        for server, result in found.items():
+        for server, outcome in found.items():
             previous = old_results.get(server)
-            self._metrics.registry_verification(name, server, result.result,
+            self._metrics.registry_verification(name, server, outcome.result,
                                                 previous=previous.result if previous else None)
-            log.info("registry checked", credential=name, registry=server, result=result.result,
-                     detail=result.message)
+            log.info("registry checked", credential=name, registry=server, result=outcome.result,
+                     detail=outcome.message)
         self._post_change(name, tracked, before)
         self._republish(name)
 
     @staticmethod
     def _verdict_of(tracked: _Tracked) -> tuple[str, str]:
-        results = list(tracked.results.values())
-        if not results:
+        if not tracked.results:
             return "", ""
-        entry = condition(results, 0, "", None)
+        entry = condition(list(tracked.results.values()))
         return entry["status"], entry["reason"]
 
     def _post_change(self, name: str, tracked: _Tracked, before: tuple[str, str]) -> None:
         """A Warning event when verification starts failing or fails differently, a Normal one
         when it recovers."""
-        entry = condition(list(tracked.results.values()), tracked.generation, "", None)
+        entry = condition(list(tracked.results.values()))
         after = (entry["status"], entry["reason"])
         if after == before or after[0] == "Unknown":
             return

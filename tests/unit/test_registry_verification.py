@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import random
 import socket
+import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
 
+import fakes
 import pytest
 from core_builders import PASSWORD, basic_source, make_spec
 from prometheus_client import generate_latest
 from registry_server import Certificates, fake_registry
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from helpers import wait_for
 
 from regcred.core.errors import InvalidInput
 from regcred.core.source import render
@@ -31,6 +36,7 @@ from regcred.core.verification import (
     targets,
     token_url,
 )
+from regcred.ledger import Ledger, StatusPublisher
 from regcred.metrics import Metrics
 from regcred.verification import Verification, check
 
@@ -165,12 +171,11 @@ def test_registry_origin_drops_the_path() -> None:
 
 def test_condition_is_the_worst_result() -> None:
     ok, bad = Result("a", "Verified", "200", "t"), Result("b", "Unauthorized", "401", "t")
-    assert condition([], 1, "now", None)["status"] == "Unknown"
-    assert condition([ok], 1, "now", None)["reason"] == "Verified"
-    failed = condition([ok, bad, Result("c", "Unreachable", "x", "t")], 1, "now", None)
+    assert condition([])["status"] == "Unknown"
+    assert condition([ok])["reason"] == "Verified"
+    failed = condition([ok, Result("c", "Unreachable", "x", "t"), bad])
     assert (failed["status"], failed["reason"]) == ("False", "Unauthorized")
-    kept = condition([ok], 1, "later", {"status": "True", "lastTransitionTime": "before"})
-    assert kept["lastTransitionTime"] == "before"
+    assert failed["message"] == "c: Unreachable: x; b: Unauthorized: 401"
 
 
 def test_jitter_stays_within_ten_percent() -> None:
@@ -190,54 +195,61 @@ def test_settings_defaults() -> None:
     assert parse_verify({"verify": {"enabled": True}}) == VerifySettings(enabled=True)
 
 
-# --- scheduling and the reconciler's hook ---------------------------------------------------------
-
-
-class FakeKube:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, str]] = []
-
-    def post_event(self, credential, uid, kind, reason, message) -> None:
-        self.events.append((kind, reason, message))
+# --- scheduling, and the one hook into status publishing (the real StatusPublisher) ----------
 
 
 class Harness:
-    """A Verification whose registry answers `self.answer`, counting checks and republishes."""
+    """A Verification plugged into a real StatusPublisher over the unit fakes; the registry
+    answers `self.answer`; checks and republishes are counted."""
 
     def __init__(self) -> None:
-        self.kube, self.metrics = FakeKube(), Metrics()
+        self.api, self.world, self.metrics = fakes.Api(), fakes.World(), Metrics()
+        self.world.bodies = {"harbor-prod": verify_body()}
+        self.publisher = StatusPublisher(self.api, self.world, Ledger(), self.metrics, clock=lambda: "T")
+        self.config = render(make_spec(), basic_source())
         self.answer = ("Verified", "GET /v2/ (Basic): 200")
         self.checks = 0
         self.republished = threading.Event()
-        self.verification = Verification(self.kube, self.metrics, self._republish, clock=lambda: "T",
-                                         check_registry=self._check)
+        self.verification = Verification(
+            self.api, self.metrics, rendered=lambda name: self.config,
+            exists=lambda name: name in self.world.bodies, republish=self._republish,
+            check_registry=self._check, clock=lambda: "T")
+        self.publisher.extend(self.verification)
 
     def _check(self, target, settings):
         self.checks += 1
         return self.answer
 
     def _republish(self, name: str) -> None:
+        self.publisher.publish(name, wrote=False)
         self.republished.set()
 
-    def publish(self, body, config, previous=None) -> dict:
-        status = {"conditions": [{"type": "Ready", "status": "True"}], "sourceResourceVersion": "1"}
-        return self.verification.decorate("harbor-prod", body, config, status, previous or {})
+    def publish(self) -> dict:
+        self.publisher.publish("harbor-prod", wrote=False)
+        return self.api.statuses[-1]
 
-    def checked(self, body, config) -> dict:
-        """Publish, wait for the check it schedules to end, publish again."""
+    def checked(self) -> dict:
+        """Publish, and wait for the check it schedules to end and publish again."""
         self.republished.clear()
-        self.publish(body, config)
+        self.publisher.publish("harbor-prod", wrote=False)
         assert self.republished.wait(10), "no check ran"
-        return self.publish(body, config)
+        return self.api.statuses[-1]
+
+    def verify(self, **settings) -> None:
+        self.world.bodies["harbor-prod"]["spec"]["verify"].update(settings)
 
     def metric(self) -> str:
         return generate_latest(self.metrics.registry).decode()
 
 
-def verify_body(**verify) -> dict:
-    return {"metadata": {"name": "harbor-prod", "uid": "u1", "generation": 2},
-            "spec": {"registries": [{"server": "harbor.example.com"}],
-                     "verify": {"enabled": True, **verify}}}
+def verify_body() -> dict:
+    body = fakes.credential_body("harbor-prod")
+    body["spec"]["verify"] = {"enabled": True}
+    return body
+
+
+def by_type(status: dict) -> dict[str, dict]:
+    return {c["type"]: c for c in status["conditions"]}
 
 
 @pytest.fixture
@@ -248,73 +260,76 @@ def harness():
 
 
 def test_first_check_and_its_status(harness) -> None:
-    config = render(make_spec(), basic_source())
-    pending = harness.publish(verify_body(), config)
-    assert pending["conditions"][1]["status"] == "Unknown"
-    status = harness.checked(verify_body(), config)
-    assert status["conditions"][0]["type"] == "Ready"
-    assert {k: status["conditions"][1][k] for k in ("type", "status", "reason")} == {
-        "type": CONDITION, "status": "True", "reason": "Verified"}
+    pending = harness.publish()
+    assert by_type(pending)[CONDITION]["status"] == "Unknown"
+    status = harness.checked()
+    assert [c["type"] for c in status["conditions"]] == ["Ready", CONDITION]
+    assert {k: by_type(status)[CONDITION][k] for k in ("status", "reason", "observedGeneration")} == {
+        "status": "True", "reason": "Verified", "observedGeneration": 1}
     assert status["registries"] == [{"server": "harbor.example.com", "result": "Verified",
                                      "message": "GET /v2/ (Basic): 200", "lastCheckTime": "T",
                                      "sourceResourceVersion": "100"}]
     assert ('regcred_registry_verification{credential="harbor-prod",registry="harbor.example.com",'
             'result="Verified"} 1.0') in harness.metric()
-    assert harness.kube.events == []  # nothing changed for the worse
+    assert harness.api.events == []  # nothing changed for the worse
 
 
 def test_resyncs_do_not_recheck_but_a_rotation_does(harness) -> None:
-    config = render(make_spec(), basic_source())
-    harness.checked(verify_body(), config)
+    harness.checked()
     for _ in range(5):
-        harness.publish(verify_body(), config)
+        harness.publish()
     assert harness.checks == 1
     harness.answer = ("Unauthorized", "GET /v2/ (Basic): 401: the registry refuses the credential")
-    rotated = render(make_spec(), basic_source(password="rotated-" + PASSWORD, resource_version="200"))
-    status = harness.checked(verify_body(), rotated)
+    harness.config = render(make_spec(), basic_source(password="rotated-" + PASSWORD, resource_version="200"))
+    status = harness.checked()
     assert harness.checks == 2
-    assert (status["conditions"][1]["status"], status["conditions"][1]["reason"]) == ("False", "Unauthorized")
-    assert harness.kube.events == [("Warning", "VerificationUnauthorized",
-                                    "harbor.example.com: Unauthorized: GET /v2/ (Basic): 401: the registry "
-                                    "refuses the credential")]
+    condition = by_type(status)[CONDITION]
+    assert (condition["status"], condition["reason"]) == ("False", "Unauthorized")
+    assert ("Warning", "VerificationUnauthorized", "harbor.example.com: Unauthorized: GET /v2/ (Basic): "
+            "401: the registry refuses the credential") in harness.api.events
     metric = harness.metric()
     assert 'result="Unauthorized"} 1.0' in metric and 'result="Verified"' not in metric
 
 
 def test_periodic_checks_follow_the_interval(harness, monkeypatch) -> None:
-    config = render(make_spec(), basic_source())
-    harness.checked(verify_body(intervalSeconds=10), config)
+    harness.checked()
     monkeypatch.setattr("regcred.verification.next_check_delay", lambda settings: 0.0)
-    harness.checked(verify_body(intervalSeconds=11), config)  # a settings change checks at once
+    harness.verify(intervalSeconds=11)
+    harness.checked()  # a settings change checks at once
     harness.republished.clear()
     assert harness.republished.wait(10), "the periodic check (interval made 0) did not run"
 
 
 def test_recovery_posts_a_normal_event(harness) -> None:
-    config = render(make_spec(), basic_source())
     harness.answer = ("Unreachable", "no answer within 5s")
-    harness.checked(verify_body(), config)
+    harness.checked()
     harness.answer = ("Verified", "GET /v2/ (Basic): 200")
-    rotated = render(make_spec(), basic_source(resource_version="300", password="other-" + PASSWORD))
-    harness.checked(verify_body(), rotated)
-    assert [e[:2] for e in harness.kube.events] == [("Warning", "VerificationUnreachable"),
-                                                    ("Normal", "Verified")]
+    harness.config = render(make_spec(), basic_source(resource_version="300", password="other-" + PASSWORD))
+    harness.checked()
+    assert [e[:2] for e in harness.api.events] == [("Warning", "VerificationUnreachable"),
+                                                   ("Normal", "Verified")]
 
 
 def test_disabling_removes_the_condition_status_and_metric(harness) -> None:
-    config = render(make_spec(), basic_source())
-    previous = harness.checked(verify_body(), config)
-    body = verify_body()
-    body["spec"]["verify"]["enabled"] = False
-    status = harness.publish(body, config, previous)
+    harness.checked()
+    harness.verify(enabled=False)
+    status = harness.publish()
     assert [c["type"] for c in status["conditions"]] == ["Ready"]
     assert status["registries"] is None  # removed by the merge patch
     assert "regcred_registry_verification{" not in harness.metric()
 
 
+def test_a_deleted_credential_is_no_longer_checked(harness, monkeypatch) -> None:
+    monkeypatch.setattr("regcred.verification.next_check_delay", lambda settings: 0.0)
+    harness.checked()  # from now on it checks again at once, over and over
+    del harness.world.bodies["harbor-prod"]
+    wait_for(lambda: "regcred_registry_verification{" not in harness.metric(), timeout=10,
+             message="the deleted CR's checks to stop and its metric to go")
+
+
+
 def test_without_verify_the_status_is_untouched(harness) -> None:
-    body = verify_body()
-    del body["spec"]["verify"]
-    status = harness.publish(body, render(make_spec(), basic_source()))
-    assert status == {"conditions": [{"type": "Ready", "status": "True"}], "sourceResourceVersion": "1"}
+    del harness.world.bodies["harbor-prod"]["spec"]["verify"]
+    status = harness.publish()
+    assert "registries" not in status and [c["type"] for c in status["conditions"]] == ["Ready"]
     assert harness.checks == 0

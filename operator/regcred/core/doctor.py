@@ -478,7 +478,7 @@ def _state_word(state: ContainerState) -> str:
 def _pod_entries(snapshot: Snapshot, pod: PodInfo, secret_namespaces: Mapping[str, list[str]],
                  context: _Context) -> list[AuthsEntry]:
     """The Pod's pull secrets as the kubelet reads them, reporting those it cannot."""
-    entries = []
+    entries: list[AuthsEntry] = []
     for name in pod.pull_secrets:
         secret = snapshot.secrets.get((pod.namespace, name))
         if secret is None:

@@ -194,7 +194,7 @@ def _glob_regex(pattern: str) -> str:
 def _glob_class(pattern: str, index: int) -> tuple[str, int]:
     negated = index < len(pattern) and pattern[index] == "^"
     index += negated
-    ranges = []
+    ranges: list[str] = []
     while True:
         if index < len(pattern) and pattern[index] == "]" and ranges:
             index += 1

@@ -218,23 +218,16 @@ def registries_status(results: Sequence[Result], source_resource_version: str) -
             for r in sorted(results, key=lambda r: r.server)]
 
 
-def condition(results: Sequence[Result], generation: int, now: str,
-              previous: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The CredentialsVerified condition: True when every registry accepts the credential,
+def condition(results: Sequence[Result]) -> dict[str, str]:
+    """The CredentialsVerified condition (type, status, reason, message; the status code adds
+    the generation and transition time): True when every registry accepts the credential,
     False with the worst result as reason, Unknown while the first check is pending."""
     if not results:
-        status, reason, message = "Unknown", "Pending", "not checked yet"
-    else:
-        worst = min(results, key=lambda r: _SEVERITY.index(r.result))
-        failing = [r for r in results if not r.passing]
-        status = "False" if failing else "True"
-        reason = worst.result if failing else VERIFIED
-        if failing:
-            message = "; ".join(f"{r.server}: {r.result}: {r.message}" for r in failing)
-        else:
-            message = f"{len(results)}/{len(results)} registries accept the credential"
-    entry = {"type": CONDITION, "status": status, "reason": reason, "message": message[:512],
-             "observedGeneration": generation, "lastTransitionTime": now}
-    if previous and previous.get("status") == status and previous.get("lastTransitionTime"):
-        entry["lastTransitionTime"] = previous["lastTransitionTime"]
-    return entry
+        return {"type": CONDITION, "status": "Unknown", "reason": "Pending", "message": "not checked yet"}
+    failing = [r for r in results if not r.passing]
+    if not failing:
+        return {"type": CONDITION, "status": "True", "reason": VERIFIED,
+                "message": f"{len(results)}/{len(results)} registries accept the credential"}
+    worst = min(failing, key=lambda r: _SEVERITY.index(r.result))
+    message = "; ".join(f"{r.server}: {r.result}: {r.message}" for r in failing)
+    return {"type": CONDITION, "status": "False", "reason": worst.result, "message": message[:512]}
