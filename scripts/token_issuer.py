@@ -19,12 +19,13 @@ import ssl
 import subprocess
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from controlplane import Certificates, log
+from loopback_https import LoopbackHTTPS, QuietHandler
 
 SERVICE = "regcred-test-registry"
 ISSUER = "regcred-test-issuer"
@@ -73,22 +74,15 @@ class TokenIssuer:
         self.issued = 0  # tokens handed out, for tests
         issuer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 issuer._handle(self)
 
             def do_POST(self) -> None:  # the OAuth2 form containerd tries first
                 issuer._handle_oauth(self)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.cert, self.key)
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, name="token-issuer", daemon=True)
+        self._https = LoopbackHTTPS(Handler, self.cert, self.key, "token-issuer")
+        self.port = self._https.port
 
     @property
     def realm(self) -> str:
@@ -100,13 +94,12 @@ class TokenIssuer:
                 "rootcertbundle": str(self.certificates.ca)}
 
     def start(self) -> TokenIssuer:
-        self._thread.start()
+        self._https.start()
         log(f"token issuer ready at {self.realm}")
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._https.stop()
 
     def __enter__(self) -> TokenIssuer:
         return self.start()

@@ -6,17 +6,16 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import ssl
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
 from controlplane import Certificates  # noqa: E402
+from loopback_https import LoopbackHTTPS, QuietHandler  # noqa: E402
 
 
 class FakeRegistry:
@@ -30,19 +29,12 @@ class FakeRegistry:
         self.seen_authorizations: list[tuple[str, str]] = []  # (path, scheme) only
         registry = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:  # keep test output clean
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 registry.handle(self)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(certs.server, certs.server_key)
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.https = LoopbackHTTPS(Handler, certs.server, certs.server_key, "fake-registry")
+        self.port = self.https.port
 
     @property
     def server_name(self) -> str:
@@ -91,9 +83,8 @@ class FakeRegistry:
 def fake_registry(certs: Certificates, mode: str, username: str = "robot", password: str = "",
                   **options: str) -> Iterator[FakeRegistry]:
     registry = FakeRegistry(certs, mode, username, password, **options)
-    registry.thread.start()
+    registry.https.start()
     try:
         yield registry
     finally:
-        registry.server.shutdown()
-        registry.server.server_close()
+        registry.https.stop()
