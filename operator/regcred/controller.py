@@ -144,6 +144,8 @@ def build(kube: ApiCalls, caches: ObservedState, settings: Settings, metrics: Me
     # status at each publish, and a finished check publishes again.
     verification = Verification(kube, metrics, rendered=reconciler.rendered,
                                 exists=lambda name: caches.credential_body(name) is not None,
-                                republish=lambda name: publisher.publish(name, wrote=False))
+                                republish=lambda name: publisher.publish(name, wrote=False),
+                                # an active replica publishes every CR at least once per resync
+                                stale_after=2 * settings.resync_seconds + 60)
     publisher.extend(verification)
     return Controller(queue, reconciler, checker, settings.workers, verification)

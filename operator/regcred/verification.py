@@ -149,21 +149,26 @@ class _Tracked:
     checked_key: tuple[Any, ...] | None = None
     running: bool = False
     due: float | None = None  # monotonic time of the next check, None while none is scheduled
+    seen: float = field(default_factory=time.monotonic)  # last publish not caused by a check
 
 
 class Verification:
     """Schedules and runs the checks; `status_for` is status publishing's one touch point.
 
     `rendered(name)` gives the content a CR's copies hold, `exists(name)` whether the CR is
-    still there, `republish(name)` publishes its status again after a check.
+    still there, `republish(name)` publishes its status again after a check. With
+    `stale_after`, a CR whose status nobody else published for that long (this replica lost
+    leadership: its resyncs stopped) is no longer checked here.
     """
 
     def __init__(self, kube: EventPoster, metrics: Metrics, *,
                  rendered: Callable[[str], RenderedConfig | None], exists: Callable[[str], bool],
                  republish: Callable[[str], None],
                  check_registry: Callable[[Target, VerifySettings], tuple[str, str]] = check,
-                 clock: Callable[[], str] = utc_now) -> None:
+                 clock: Callable[[], str] = utc_now, stale_after: float | None = None) -> None:
         self._kube, self._metrics, self._clock = kube, metrics, clock
+        self._stale_after = stale_after
+        self._republishing = threading.local()  # set while our own republish runs
         self._rendered, self._exists, self._republish = rendered, exists, republish
         self._check = check_registry
         self._tracked: dict[str, _Tracked] = {}
@@ -201,6 +206,8 @@ class Verification:
             if config is not None and tracked.checked_key != key and not tracked.running and due_later:
                 self._schedule(name, tracked, 0.0)
             tracked.uid = str((body.get("metadata") or {}).get("uid", ""))
+            if not getattr(self._republishing, "active", False):
+                tracked.seen = time.monotonic()
             results = [r for server, r in tracked.results.items() if server in servers]
         source_version = config.source_resource_version if config else ""
         return (condition(results),), {"registries": registries_status(results, source_version)}
@@ -235,6 +242,9 @@ class Verification:
                     due, name = heapq.heappop(self._due)
                     tracked = self._tracked.get(name)
                     if tracked is None or tracked.running or tracked.due != due:
+                        continue
+                    if self._stale_after is not None and now - tracked.seen > self._stale_after:
+                        self._pool.submit(self.forget, name)  # not ours to check any more
                         continue
                     tracked.running, tracked.due = True, None
                     self._pool.submit(self._run, name, tracked)
@@ -278,7 +288,11 @@ class Verification:
             log.info("registry checked", credential=name, registry=server, result=outcome.result,
                      detail=outcome.message)
         self._post_change(name, tracked, before)
-        self._republish(name)
+        self._republishing.active = True
+        try:
+            self._republish(name)
+        finally:
+            self._republishing.active = False
 
     @staticmethod
     def _verdict_of(tracked: _Tracked) -> tuple[str, str]:

@@ -277,6 +277,13 @@ def test_old_failures_of_a_running_container_are_history() -> None:
     assert codes(snap) == []
 
 
+def test_a_crash_loop_after_a_pull_is_not_a_pull_problem() -> None:
+    body = pod_body(running=True)
+    body["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": "CrashLoopBackOff"}}
+    snap = snapshot([body], events=[event("web", "Failed to pull: 401 Unauthorized")])
+    assert codes(snap) == []
+
+
 def test_events_of_other_pods_do_not_count() -> None:
     snap = snapshot([pod_body()], events=[event("other", "Failed to pull: 401 Unauthorized")])
     assert codes(snap) == []
@@ -297,6 +304,11 @@ def test_rejected_credential_from_the_operators_verification() -> None:
     registries = [{"server": HARBOR, "result": "Unauthorized", "message": "GET /v2/: 401"}]
     snap = snapshot([pod_body()], credentials=[credential_body(registries=registries)])
     only(snap, "CredentialRejected")
+
+
+def test_anonymous_registries_pass_verification() -> None:
+    registries = [{"server": HARBOR, "result": "Anonymous", "message": "200 without credentials"}]
+    assert codes(snapshot([pod_body()], credentials=[credential_body(registries=registries)])) == []
 
 
 def test_unreachable_verification_is_a_warning() -> None:

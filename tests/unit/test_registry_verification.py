@@ -202,7 +202,7 @@ class Harness:
     """A Verification plugged into a real StatusPublisher over the unit fakes; the registry
     answers `self.answer`; checks and republishes are counted."""
 
-    def __init__(self) -> None:
+    def __init__(self, stale_after: float | None = None) -> None:
         self.api, self.world, self.metrics = fakes.Api(), fakes.World(), Metrics()
         self.world.bodies = {"harbor-prod": verify_body()}
         self.publisher = StatusPublisher(self.api, self.world, Ledger(), self.metrics, clock=lambda: "T")
@@ -213,7 +213,7 @@ class Harness:
         self.verification = Verification(
             self.api, self.metrics, rendered=lambda name: self.config,
             exists=lambda name: name in self.world.bodies, republish=self._republish,
-            check_registry=self._check, clock=lambda: "T")
+            check_registry=self._check, clock=lambda: "T", stale_after=stale_after)
         self.publisher.extend(self.verification)
 
     def _check(self, target, settings):
@@ -326,6 +326,20 @@ def test_a_deleted_credential_is_no_longer_checked(harness, monkeypatch) -> None
     wait_for(lambda: "regcred_registry_verification{" not in harness.metric(), timeout=10,
              message="the deleted CR's checks to stop and its metric to go")
 
+
+
+def test_a_replica_whose_resyncs_stopped_stops_checking(monkeypatch) -> None:
+    """Its own republishes do not count as activity: only publishes from syncs do."""
+    monkeypatch.setattr("regcred.verification.next_check_delay", lambda settings: 0.0)
+    harness = Harness(stale_after=1.0)
+    try:
+        harness.checked()  # checks again at once, over and over, republishing each time
+        wait_for(lambda: "regcred_registry_verification{" not in harness.metric(), timeout=10,
+                 message="checks to stop once no sync published for stale_after")
+        harness.checked()  # a sync publishes again: checking resumes
+        assert 'result="Verified"} 1.0' in harness.metric()
+    finally:
+        harness.verification.shutdown()
 
 
 def test_without_verify_the_status_is_untouched(harness) -> None:

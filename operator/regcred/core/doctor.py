@@ -204,7 +204,8 @@ def observe_pod(body: Mapping[str, Any]) -> PodInfo:
             states[s.get("name", "")] = ContainerState(
                 waiting_reason=waiting.get("reason") or "",
                 waiting_message=waiting.get("message") or "",
-                pulled=bool(state.get("running") or state.get("terminated")) and bool(s.get("imageID")),
+                # an image ID means the image is on the node (a crash loop after a pull too)
+                pulled=bool(s.get("imageID")) and waiting.get("reason") not in PULL_REASONS,
             )
     owner = next((f"{ref.get('kind')}/{ref.get('name')}" for ref in meta.get("ownerReferences") or []
                   if ref.get("controller")), "")
@@ -669,7 +670,7 @@ def _check_verification(snapshot: Snapshot, credential_name: str, ref: ImageRef,
         return
     server = _covering_server(credential, ref)
     result = next((v for v in credential.verification if v.server == server), None)
-    if result is None or result.result == "Verified":
+    if result is None or result.result in ("Verified", "Anonymous"):
         return
     if result.result == "Unauthorized":
         context.add("CredentialRejected",
