@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 
@@ -28,7 +28,9 @@ from regcred.core.doctor import (
     report_json,
     snapshot_from,
 )
-from regcred.kube import ConfigurationError, Kube, KubeError, connect_like_kubectl
+
+if TYPE_CHECKING:  # `regcred run` imports this module (for its parser) before it may import
+    from regcred.kube import Kube  # `kubernetes`, which reads $KUBECONFIG at import time
 
 EXIT_HEALTHY, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
@@ -61,6 +63,8 @@ def add_parser(commands: Any) -> None:
 
 def run_doctor(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     quiet_logging(err)
+    from regcred.kube import ConfigurationError, Kube, KubeError, connect_like_kubectl
+
     try:
         pod_name = _pod_name(args.target)
         if pod_name and args.all_namespaces:
@@ -130,6 +134,8 @@ def read_snapshot(kube: Kube, namespace: str | None, pod: str | None = None,
 def _credentials(kube: Kube) -> Iterator[Mapping[str, Any]]:
     """RegistryCredentials; none when the CRD is not installed (or not readable: the doctor
     still diagnoses hand-made pull secrets)."""
+    from regcred.kube import KubeError
+
     try:
         yield from kube.list_credentials()
     except KubeError as error:
@@ -139,6 +145,8 @@ def _credentials(kube: Kube) -> Iterator[Mapping[str, Any]]:
 
 def _namespaces(kube: Kube, namespace: str | None) -> Iterable[Mapping[str, Any]]:
     """Namespaces with their labels; a user who may not list them gets the name alone."""
+    from regcred.kube import KubeError
+
     try:
         listed = list(kube.list_namespaces())
     except KubeError as error:

@@ -131,7 +131,8 @@ def test_verification_and_pulls_with_the_token_flow(control_plane, node, cluster
     issuer signs with a key certified by the run's CA."""
     user, secret = unique("token"), password("token")
     with TokenIssuer(control_plane.pki, {user: secret}) as issuer:
-        token_registry = start_registry(control_plane, node, {}, name="registry-token", config_overrides={
+        token_registry = start_registry(control_plane, {}, node=node, name="registry-token",
+                                        config_overrides={
             "auth": {"htpasswd": None, "token": issuer.registry_auth()},
             "storage": {"filesystem": {"rootdirectory": str(registry.dir / "data")}},
         })
