@@ -477,8 +477,10 @@ class Node(RunContext):
         replaced atomically: a pull never reads half of it)."""
         directory = self._path("containerd/certs.d") / host
         directory.mkdir(parents=True, exist_ok=True)
+        # The CA also goes on the server: after the [host] answers 404 (a missing tag) containerd
+        # falls back to the server, which without the CA reported x509 instead of "not found".
         partial = directory / f".hosts.toml.{os.getpid()}"
-        partial.write_text(f'server = "https://{host}"\n\n[host."https://{host}"]\n'
+        partial.write_text(f'server = "https://{host}"\nca = "{ca}"\n\n[host."https://{host}"]\n'
                            f'  capabilities = ["pull", "resolve"]\n  ca = "{ca}"\n')
         os.replace(partial, directory / "hosts.toml")
 

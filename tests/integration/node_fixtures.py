@@ -94,7 +94,7 @@ def private_image(registry: Registry) -> str:
 
 
 class Pods:
-    """Pods on the node (`hostNetwork`, `nodeName`, `imagePullPolicy: Always`) and what the
+    """Pods on the node (`hostNetwork`, `nodeName`, `imagePullPolicy: Always` unless asked) and what the
     kubelet reports about them: phase, waiting reason, logs, events."""
 
     def __init__(self, api_client: client.ApiClient, wait_for: Callable[..., Any]) -> None:
@@ -102,7 +102,7 @@ class Pods:
         self.wait_for = wait_for
 
     def run(self, namespace: str, image: str, *, service_account: str = "default",
-            pull_secrets: tuple[str, ...] = ()) -> str:
+            pull_secrets: tuple[str, ...] = (), pull_policy: str = "Always") -> str:
         """Create a pod that runs `image` once; returns its name. Waits for the
         ServiceAccount first, since admission refuses pods whose account does not exist."""
         self.wait_for(lambda: self._account_exists(namespace, service_account), timeout=60,
@@ -115,7 +115,7 @@ class Pods:
                 "serviceAccountName": service_account, "automountServiceAccountToken": False,
                 "terminationGracePeriodSeconds": 0,
                 "imagePullSecrets": [{"name": secret} for secret in pull_secrets],
-                "containers": [{"name": "app", "image": image, "imagePullPolicy": "Always"}],
+                "containers": [{"name": "app", "image": image, "imagePullPolicy": pull_policy}],
             },
         })
         return name
