@@ -53,6 +53,9 @@ def test_release_sdist_and_wheel_pass_twine_and_install_into_a_fresh_venv(releas
     usage = subprocess.run([str(bin_dir / "regcred"), "run", "--help"], capture_output=True, text=True,
                            check=True)
     assert "REGCRED_SOURCE_NAMESPACES" in usage.stdout
+    plugin = subprocess.run([str(bin_dir / "kubectl-regcred"), "--version"], capture_output=True, text=True,
+                            check=True)  # what `kubectl regcred` runs
+    assert plugin.stdout.strip() == f"regcred {__version__}"
 
 
 def test_dockerfile_install_steps_give_the_release_wheel_and_a_working_regcred(release: Path,
