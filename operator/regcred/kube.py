@@ -116,6 +116,7 @@ class Kube:
     def __init__(self, api_client: client.ApiClient, *, on_error: Callable[[int], None] | None = None):
         self._core = client.CoreV1Api(api_client)
         self._custom = client.CustomObjectsApi(api_client)
+        self._admission = client.AdmissionregistrationV1Api(api_client)
         self._on_error = on_error or (lambda status: None)
 
     # --- reads -------------------------------------------------------------------------
@@ -344,6 +345,40 @@ class Kube:
                 log.warning("source secret watch failed, retrying", namespace=namespace,
                             error=type(error).__name__)
                 stop.wait(2)
+
+    # --- admission (regcred/admission.py): live reads and the webhook's own objects -----
+
+    def read_namespace(self, name: str) -> dict[str, Any] | None:
+        return self._call("get", f"namespace {name}", self._core.read_namespace, name, missing_ok=True)
+
+    def list_credentials(self) -> list[dict[str, Any]]:
+        page = self._call("list", "registrycredentials", self._custom.list_cluster_custom_object,
+                          GROUP, VERSION, PLURAL)
+        return list((page or {}).get("items") or [])
+
+    def store_secret(self, body: Mapping[str, Any], resource_version: str | None) -> dict[str, Any]:
+        """Create the Secret (`resource_version` None) or replace the version we read; a
+        concurrent writer makes it fail with 409 (`KubeError`), and the caller reads again."""
+        meta = body["metadata"]
+        what = f"secret {meta['namespace']}/{meta['name']}"
+        if resource_version is None:
+            return self._call("create", what, self._core.create_namespaced_secret, meta["namespace"], body)
+        guarded = {**body, "metadata": {**meta, "resourceVersion": resource_version}}
+        return self._call("replace", what, self._core.replace_namespaced_secret,
+                          meta["name"], meta["namespace"], guarded)
+
+    def read_webhook_configuration(self, name: str) -> dict[str, Any] | None:
+        return self._call("get", f"mutatingwebhookconfiguration {name}",
+                          self._admission.read_mutating_webhook_configuration, name, missing_ok=True)
+
+    def create_webhook_configuration(self, body: Mapping[str, Any]) -> None:
+        self._call("create", f"mutatingwebhookconfiguration {body['metadata']['name']}",
+                   self._admission.create_mutating_webhook_configuration, body)
+
+    def patch_webhook_configuration(self, name: str, webhooks: list[dict[str, Any]]) -> None:
+        self._call("patch", f"mutatingwebhookconfiguration {name}",
+                   self._admission.patch_mutating_webhook_configuration, name, {"webhooks": webhooks},
+                   _content_type="application/merge-patch+json")
 
     # --- plumbing ----------------------------------------------------------------------
 
