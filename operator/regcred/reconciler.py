@@ -16,7 +16,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -27,6 +27,8 @@ from regcred.core.matching import NamespaceInfo
 from regcred.core.plan import (
     AddPullSecret,
     Credential,
+    DeleteCopy,
+    NamespacePlan,
     ObservedCopy,
     ObservedServiceAccount,
     RemovePullSecret,
@@ -179,6 +181,9 @@ class Reconciler:
                 self._world.service_accounts(namespace),
                 frozenset(self._foreign.get(namespace, ())),
             )
+            if _undoes(plan) and self._index_misses_credentials():
+                plan = _without_undoing(plan)
+                outcome.transient = True  # again shortly, once kopf has listed the CRs
             failures = {
                 name: Failure(namespace, "Conflict", message)
                 for name, message in plan.conflicts.items()
@@ -217,6 +222,18 @@ class Reconciler:
             outcome.changed = self._record(namespace, plan.matched, failures)
         self._metrics.observe_reconcile("namespace", bool(failures), time.monotonic() - started)
         return outcome
+
+    def _index_misses_credentials(self) -> bool:
+        """Whether a live CR is missing from kopf's index. A replica resuming after a pause
+        handles namespace events before kopf has listed the CRs again (kopf arms its index
+        gate only once per process), so a CR created meanwhile looks deleted; checked before
+        any copy is deleted or entry removed (rare), never on the path that only adds."""
+        try:
+            live = {(body.get("metadata") or {}).get("name") for body in self._kube.list_credentials()}
+        except KubeError:
+            return True
+        return not live <= {(body.get("metadata") or {}).get("name")
+                            for body in self._world.credential_bodies()}
 
     def _count(self, outcome: NamespaceOutcome, action: Any, applied: Applied) -> None:
         """Count and log a write, and put what it wrote into the caches at once."""
@@ -484,6 +501,21 @@ class Reconciler:
             self._retries.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._events.shutdown(wait=False, cancel_futures=True)
+
+
+def _undoes(plan: NamespacePlan) -> bool:
+    return any(isinstance(a, DeleteCopy) for a in plan.secret_actions) or any(
+        isinstance(a, RemovePullSecret) for a in plan.service_account_actions)
+
+
+def _without_undoing(plan: NamespacePlan) -> NamespacePlan:
+    """`plan` with only its creates, replaces and additions."""
+    return replace(
+        plan,
+        secret_actions=tuple(a for a in plan.secret_actions if not isinstance(a, DeleteCopy)),
+        service_account_actions=tuple(a for a in plan.service_account_actions
+                                      if not isinstance(a, RemovePullSecret)),
+    )
 
 
 def _planned_from(action: Any) -> str | None:

@@ -336,6 +336,8 @@ def test_ha_the_paused_standby_admits_while_it_takes_over(
                    f"{len(after)} after it resumed; {len(at_creation)} of {len(accounts)} default "
                    "ServiceAccounts carried the entry at creation, the rest were repaired by the watch path")
     assert set(while_paused) & set(at_creation), "the paused standby admitted with the entry"
+    # Taking over, it must not mistake the CR its index has not listed yet for a deleted one.
+    assert '"removed pull secret entry"' not in standby.log()
 
 
 def test_the_webhook_uses_the_cluster_not_a_cache(cluster, start_regcred, credential, fresh_namespaces):
