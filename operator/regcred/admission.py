@@ -68,7 +68,10 @@ class Decider:
             allowed_source_namespaces=settings.source_namespaces)
 
     def entries_for(self, namespace: str, service_account: str) -> tuple[str, ...]:
-        credentials = admission_credentials(self._kube.list_credentials(), self._parse)
+        # The CRs may be a few ms behind (a CR is used only once synced, which takes longer);
+        # the namespace is read from etcd: one created a moment ago must be seen with its labels.
+        credentials = admission_credentials(self._kube.list_credentials(from_watch_cache=True),
+                                            self._parse)
         if not credentials:
             return ()
         body = self._kube.read_namespace(namespace)

@@ -229,7 +229,8 @@ class Reconciler:
         gate only once per process), so a CR created meanwhile looks deleted; checked before
         any copy is deleted or entry removed (rare), never on the path that only adds."""
         try:
-            live = {(body.get("metadata") or {}).get("name") for body in self._kube.list_credentials()}
+            live = {(body.get("metadata") or {}).get("name")
+                    for body in self._kube.list_credentials(from_watch_cache=True)}
         except KubeError:
             return True
         return not live <= {(body.get("metadata") or {}).get("name")

@@ -170,7 +170,7 @@ class ListingKube(Kube):
         super().__init__(None)
         self.live = live
 
-    def list_credentials(self) -> list[dict[str, Any]]:
+    def list_credentials(self, from_watch_cache: bool = False) -> list[dict[str, Any]]:
         return [{"metadata": {"name": name}} for name in self.live]
 
 
