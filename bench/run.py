@@ -96,6 +96,12 @@ class Bench:
                      "sourceSecretRef": {"name": "robot"},
                      "namespaceSelector": {"matchLabels": selector}}})
 
+    def ready(self, name: str) -> bool:
+        body = self.custom.get_cluster_custom_object("regcred.dev", "v1alpha1",
+                                                     "registrycredentials", name)
+        conditions = (body.get("status") or {}).get("conditions") or []
+        return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
     def synced(self, name: str) -> int:
         body = self.custom.get_cluster_custom_object("regcred.dev", "v1alpha1",
                                                      "registrycredentials", name)
@@ -196,6 +202,7 @@ class Bench:
         # bench-onboard matches too: its copy shows the CR is synced and both watches are live.
         self.credential(credential, {"onboard": "yes"})
         self.poll(lambda: all(event.is_set() for event in connected.values()), 60, "watches")
+        self.poll(lambda: self.ready(credential), 60, f"{credential} Ready")  # the webhook uses it then
         created: dict[str, float] = {}
         for i in range(count):
             name = f"{prefix}{i:04d}"

@@ -3,12 +3,20 @@
 With `PYTHONTRACEMALLOC` set, SIGUSR2 writes the biggest live allocations (by file and line,
 and by package) to `$REGCRED_MEMORY_REPORT`, so memory can be attributed without changing
 regcred's own code.
+
+With `$REGCRED_ONBOARDING_TRACE` set, each step a new namespace takes on its way to its copy
+is appended there as a JSON line (wall-clock time, step, namespace): the raw watch event
+reaching kopf, the handler queueing the sync, the sync starting in the pool, the POST of the
+copy starting and returning (`bench/profile.py onboarding`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import threading
+import time
 import tracemalloc
 from collections import Counter
 from pathlib import Path
@@ -35,3 +43,47 @@ def _report(*_: object) -> None:
 
 if tracemalloc.is_tracing() and os.environ.get("REGCRED_MEMORY_REPORT"):
     signal.signal(signal.SIGUSR2, _report)
+
+
+def _trace_onboarding(path: str) -> None:
+    from kopf._cogs.clients import watching
+
+    from regcred.kube import Kube
+    from regcred.reconciler import Reconciler
+
+    lock = threading.Lock()
+    out = open(path, "a", buffering=1)  # noqa: SIM115 - open for the life of the process
+
+    def record(step: str, namespace: str) -> None:
+        with lock:
+            out.write(json.dumps({"t": time.time(), "step": step, "namespace": namespace}) + "\n")
+
+    original_watch = watching.watch_objs
+
+    async def watch_objs(*args, **kwargs):  # type: ignore[no-untyped-def]
+        plural = getattr(kwargs.get("resource"), "plural", "")
+        async for raw in original_watch(*args, **kwargs):
+            if plural == "namespaces" and isinstance(raw, dict) and raw.get("type") == "ADDED":
+                record("watch_event", raw["object"]["metadata"]["name"])
+            yield raw
+
+    watching.watch_objs = watch_objs
+
+    def wrap(owner: type, name: str, step: str, namespace_of) -> None:  # type: ignore[no-untyped-def]
+        original = getattr(owner, name)
+
+        def traced(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            record(step, namespace_of(*args))
+            result = original(self, *args, **kwargs)
+            record(step + "_done", namespace_of(*args))
+            return result
+
+        setattr(owner, name, traced)
+
+    wrap(Reconciler, "enqueue", "enqueued", lambda namespace: namespace)
+    wrap(Reconciler, "sync_namespace", "sync", lambda namespace: namespace)
+    wrap(Kube, "_create_copy", "post", lambda action: action.namespace)
+
+
+if os.environ.get("REGCRED_ONBOARDING_TRACE"):
+    _trace_onboarding(os.environ["REGCRED_ONBOARDING_TRACE"])
