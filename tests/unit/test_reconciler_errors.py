@@ -12,15 +12,9 @@ from typing import Any
 
 import pytest
 
+from regcred.core import plan
 from regcred.core.matching import NamespaceInfo
-from regcred.core.plan import (
-    AddPullSecret,
-    CreateCopy,
-    DeleteCopy,
-    ObservedCopy,
-    ObservedServiceAccount,
-    RemovePullSecret,
-)
+from regcred.core.plan import AddPullSecret, CreateCopy, ObservedServiceAccount
 from regcred.core.source import SourceSecret
 from regcred.kube import Applied, KubeError, NotOurs
 from regcred.metrics import Metrics
@@ -159,7 +153,7 @@ class ResumedWorld(World):
     while it was paused, whose body kopf has not listed into the index yet."""
 
     def copies(self, namespace: str) -> list[Any]:
-        return [ObservedCopy(namespace, "newer", "newer", ("uid-2",), "digest", "meta", "uid-c", "5")]
+        return [plan.ObservedCopy(namespace, "newer", "newer", ("uid-2",), "digest", "meta", "uid-c", "5")]
 
     def service_accounts(self, namespace: str) -> list[ObservedServiceAccount]:
         return [ObservedServiceAccount(namespace, "default", ("newer",), frozenset({"newer"}), "1")]
@@ -184,6 +178,6 @@ def test_nothing_is_undone_for_a_cr_the_index_has_not_seen_yet(live, undone):
         outcome = reconciler.sync_namespace(NAMESPACE)
     finally:
         reconciler.shutdown()
-    removals = [a for a in kube.applied if isinstance(a, DeleteCopy | RemovePullSecret)]
+    removals = [a for a in kube.applied if isinstance(a, plan.DeleteCopy | plan.RemovePullSecret)]
     assert bool(removals) is undone
     assert outcome.transient is not undone  # deferred: tried again once kopf has listed the CRs
