@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test demo lint unit controlplane clean manifests bench
+.PHONY: test demo lint typecheck unit controlplane clean manifests bench
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -14,10 +14,14 @@ $(VENV)/.installed: pyproject.toml
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check operator tests scripts bench
 
+# mypy --strict on operator/regcred (settings in pyproject.toml, [tool.mypy]).
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
+
 unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit -q
 
-test: lint
+test: lint typecheck
 	$(PY) -m pytest tests -q
 
 controlplane: $(VENV)/.installed

@@ -29,6 +29,7 @@ from run import (
     Bench,
     ControlPlane,
     OperatorProcess,
+    cpu_seconds,
     free_port,
     machine,
     percentiles,
@@ -39,12 +40,6 @@ from run import (
 PROFILES = REPO / "bench" / "results" / "profiles"
 TRACING = Path(__file__).resolve().parent / "tracing"
 LOGS = Path(os.environ.get("REGCRED_BENCH_LOGS", "/tmp"))
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start(plane: ControlPlane, log: Path, extra_env: dict[str, str] | None = None) -> OperatorProcess:

@@ -290,6 +290,12 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def restart(operator: OperatorProcess, credentials: int, listed: int,
             extra_env: dict[str, str] | None = None) -> tuple[OperatorProcess, dict[str, float]]:
     """Replace regcred by a fresh process on the populated cluster; measure its start-up.
@@ -306,7 +312,7 @@ def restart(operator: OperatorProcess, credentials: int, listed: int,
                900, "every listed object handled after the restart")
     pid = fresh.process.pid
     return fresh, {"seconds": round(time.monotonic() - started, 1), "rss_mb": round(rss_mb(pid), 1),
-                   "peak_rss_mb": round(rss_mb(pid, "VmHWM"), 1)}
+                   "peak_rss_mb": round(rss_mb(pid, "VmHWM"), 1), "cpu_seconds": round(cpu_seconds(pid), 1)}
 
 
 def _b64(text: str) -> str:

@@ -2,11 +2,13 @@
 
 With `PYTHONTRACEMALLOC` set, SIGUSR2 writes the biggest live allocations (by file and line,
 and by package) to `$REGCRED_MEMORY_REPORT`, so memory can be attributed without changing
-regcred's own code.
+regcred's own code. With `REGCRED_BENCH_WITHOUT_KOPF_GATE` set, regcred runs on kopf's own
+index-readiness gate, to measure what regcred/kopf_gate.py buys
+(`profile.py memory --restart "" --restart REGCRED_BENCH_WITHOUT_KOPF_GATE=1`).
 
 With `$REGCRED_ONBOARDING_TRACE` set, each step a new namespace takes on its way to its copy
 is appended there as a JSON line (wall-clock time, step, namespace): the raw watch event
-reaching kopf, the handler queueing the sync, the sync starting in the pool, the POST of the
+reaching kopf, the handler queueing the sync, the sync starting on a worker, the POST of the
 copy starting and returning (`bench/profile.py onboarding`).
 """
 
@@ -45,9 +47,16 @@ if tracemalloc.is_tracing() and os.environ.get("REGCRED_MEMORY_REPORT"):
     signal.signal(signal.SIGUSR2, _report)
 
 
+if os.environ.get("REGCRED_BENCH_WITHOUT_KOPF_GATE"):
+    import regcred.kopf_gate
+
+    regcred.kopf_gate.wake_on_changes_only = lambda: None
+
+
 def _trace_onboarding(path: str) -> None:
     from kopf._cogs.clients import watching
 
+    from regcred.controller import Controller
     from regcred.kube import Kube
     from regcred.reconciler import Reconciler
 
@@ -70,19 +79,25 @@ def _trace_onboarding(path: str) -> None:
     watching.watch_objs = watch_objs
 
     def wrap(owner: type, name: str, step: str, namespace_of) -> None:  # type: ignore[no-untyped-def]
+        """Record `step` (and `step`_done) around `owner.name` for calls about a namespace."""
         original = getattr(owner, name)
 
         def traced(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-            record(step, namespace_of(*args))
+            namespace = namespace_of(*args)
+            if namespace:
+                record(step, namespace)
             result = original(self, *args, **kwargs)
-            record(step + "_done", namespace_of(*args))
+            if namespace:
+                record(step + "_done", namespace)
             return result
 
         setattr(owner, name, traced)
 
-    wrap(Reconciler, "enqueue", "enqueued", lambda namespace: namespace)
+    wrap(Controller, "namespace_changed", "enqueued", lambda namespace: namespace)
     wrap(Reconciler, "sync_namespace", "sync", lambda namespace: namespace)
-    wrap(Kube, "_create_copy", "post", lambda action: action.namespace)
+    # Kube._call(verb, what, ...): the POST of a copy is ("create", "secret <ns>/<name>").
+    wrap(Kube, "_call", "post", lambda verb, what, *_: what.split(" ", 1)[1].split("/")[0]
+         if verb == "create" and what.startswith("secret ") else None)
 
 
 if os.environ.get("REGCRED_ONBOARDING_TRACE"):

@@ -1,6 +1,6 @@
 """The ServiceAccount admission webhook, wired into kopf: thin handlers over the core.
 
-Imported only with `--admission` (cli.run). kopf serves the requests (`@kopf.on.mutate`
+Registered only with `--admission` (cli.run calls `register`). kopf serves the requests (`@kopf.on.mutate`
 behind `kopf.WebhookServer`); the decision is `regcred.core.admission`. regcred writes the
 MutatingWebhookConfiguration itself rather than through kopf's `settings.admission.managed`:
 kopf 1.45's managed configuration hard-codes `timeoutSeconds: 30` (a dead webhook would hold
@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import threading
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from regcred.core.admission import (
 )
 from regcred.core.errors import InvalidInput
 from regcred.core.spec import GROUP, PLURAL, VERSION, CredentialSpec, parse_credential
-from regcred.kube import Kube, KubeError, connect
+from regcred.kube import ApiConflict, ApiInvalid, Kube, KubeError, api_client
 from regcred.settings import AdmissionSettings, Settings
 from regcred.tls import WebhookTLS, renewal, utc_now
 
@@ -79,7 +79,7 @@ class Decider:
             return ()
         return pull_secrets_at_creation(namespace_info(body), credentials, service_account)
 
-    def specs(self, bodies: list[Mapping[str, Any]]) -> list[CredentialSpec]:
+    def specs(self, bodies: Iterable[Mapping[str, Any]]) -> list[CredentialSpec]:
         specs = []
         for body in bodies:
             with contextlib.suppress(InvalidInput):
@@ -87,8 +87,16 @@ class Decider:
         return specs
 
 
-@kopf.on.mutate("", "v1", "serviceaccounts", id=WEBHOOK_ID, operations=["CREATE"],
-                side_effects=False, ignore_failures=True)
+def register(registry: kopf.OperatorRegistry) -> None:
+    """Register the webhook and its start-up, clean-up and CR handlers with `registry`."""
+    kopf.on.mutate("", "v1", "serviceaccounts", id=WEBHOOK_ID, operations=["CREATE"],
+                   side_effects=False, ignore_failures=True, registry=registry)(admit_service_account)
+    kopf.on.startup(registry=registry)(start_admission)
+    kopf.on.cleanup(registry=registry)(stop_admission)
+    # kopf passes indexes to handlers as keyword arguments its protocols cannot name.
+    kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)(credential_seen_by_admission)  # type: ignore[arg-type]
+
+
 def admit_service_account(body: kopf.Body, patch: kopf.Patch, dryrun: bool, memo: kopf.Memo,
                           **_: Any) -> None:
     """Give a new ServiceAccount our entries. Never refuses: an error admits it unchanged
@@ -147,14 +155,12 @@ def ensure_certificate(kube: Kube, namespace: str, secret_name: str, hosts: list
         version = (body or {}).get("metadata", {}).get("resourceVersion") if body else None
         try:
             kube.store_secret(secret, version)
-        except KubeError as error:
-            if error.status not in (409, 422):
-                raise
+        except (ApiConflict, ApiInvalid):
             continue  # another replica stored one meanwhile: read it
         log.info("stored the webhook certificate", secret=f"{namespace}/{secret_name}",
                  renewed=current is not None)
         return renewed
-    raise KubeError("store", f"secret {namespace}/{secret_name}", 409, "Conflict")
+    raise ApiConflict("store", f"secret {namespace}/{secret_name}", 409, "Conflict")
 
 
 class CertificateFiles:
@@ -271,9 +277,7 @@ class Registrar:
                     })
                     log.info("registered the admission webhook", configuration=CONFIGURATION_NAME)
                     return
-                except KubeError as error:
-                    if error.status != 409:
-                        raise
+                except ApiConflict:  # another replica created it meanwhile
                     current = self._kube.read_webhook_configuration(CONFIGURATION_NAME) or {}
             if configuration_differs(current, wanted):
                 self._kube.patch_webhook_configuration(CONFIGURATION_NAME, wanted)
@@ -341,10 +345,11 @@ class AdmissionServer:
         self._files.remove()
 
 
-@kopf.on.startup()
 def start_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     options: Settings = memo.settings
-    kube = Kube(connect(options.kubeconfig, API_THREADS), on_error=memo.metrics.api_error)
+    if "admission" in memo:  # kopf retries start-up steps: build once
+        return
+    kube = Kube(api_client(memo.api_configuration, API_THREADS), on_error=memo.metrics.api_error)
     assert options.admission is not None
     decider = Decider(kube, options)
     registrar = Registrar(kube, options.admission, options.operator_namespace,
@@ -355,13 +360,13 @@ def start_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.admission.managed = None  # regcred writes the configuration (see the docstring)
 
 
-@kopf.on.cleanup()
 def stop_admission(memo: kopf.Memo, **_: Any) -> None:
-    memo.admission.server.close()
+    if "admission" in memo:
+        memo.admission.server.close()
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL)
-def credential_seen_by_admission(memo: kopf.Memo, credential_index: kopf.Index, **_: Any) -> None:
+def credential_seen_by_admission(memo: kopf.Memo, credential_index: kopf.Index[str, dict[str, Any]],
+                                 **_: Any) -> None:
     """A CR changed (on the active replica): the namespaceSelector may name other system
     namespaces now. Written only when it changes."""
     bodies = [body for store in credential_index.values() for body in store]

@@ -2,7 +2,7 @@
 
 regcred keeps these itself instead of in kopf indexes: before it runs any handler, kopf holds
 every listed object of an indexed resource in memory until all of them are indexed, about
-33 KB apiece (a restart on 25,000 objects peaked at 820 MB; README, Performance). Entries are
+33 KB apiece (a restart on 25,000 objects peaked at 820 MB; docs/performance.md). Entries are
 the planner's reduced views, never bodies. The caches are filled from a paginated listing at
 start-up, before any watch event, so nothing is planned on a half-filled cache; the watch
 events keep them current and say whether an event changed anything. Our own writes go in
@@ -15,9 +15,9 @@ Only RegistryCredentials, a handful of objects, stay in a kopf index.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from regcred.core.matching import NamespaceInfo
 from regcred.core.plan import (
@@ -27,6 +27,8 @@ from regcred.core.plan import (
     observe_service_account,
 )
 from regcred.kube import Kube
+
+Entry = TypeVar("Entry", ObservedCopy, ObservedServiceAccount)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +86,8 @@ class Caches:
     def service_account_seen(self, body: Mapping[str, Any], deleted: bool = False) -> bool:
         return self._seen(self._accounts, body, deleted, observe_service_account)
 
-    def _seen(self, cache: dict[str, dict[str, Any]], body: Mapping[str, Any], deleted: bool,
-              observe: Any) -> bool:
+    def _seen(self, cache: dict[str, dict[str, Entry]], body: Mapping[str, Any], deleted: bool,
+              observe: Callable[[Mapping[str, Any]], Entry]) -> bool:
         meta = _meta(body)
         namespace, name = meta.get("namespace", ""), meta.get("name", "")
         with self._lock:
@@ -108,12 +110,11 @@ class Caches:
         event arrives sees it, and the event then changes nothing. Only if the entry still
         shows the version the write was planned from (None: absent): a watch event that has
         moved it on already is as new as the write, or newer."""
-        cache = self._copies if isinstance(written, ObservedCopy) else self._accounts
         with self._lock:
-            entries = cache.get(written.namespace, {})
-            cached = entries.get(written.name)
-            if (cached.resource_version if cached else None) == planned_from:
-                cache.setdefault(written.namespace, {})[written.name] = written
+            if isinstance(written, ObservedCopy):
+                _compare_and_set(self._copies, written, planned_from)
+            else:
+                _compare_and_set(self._accounts, written, planned_from)
 
     # --- the World protocol ---------------------------------------------------------------
 
@@ -160,6 +161,13 @@ class Caches:
                     del entries[name]
                 if not entries:
                     del self._copies[namespace]
+
+
+def _compare_and_set(cache: dict[str, dict[str, Entry]], written: Entry, planned_from: str | None) -> None:
+    """Put `written` in if the cache still shows the version it was planned from."""
+    cached = cache.get(written.namespace, {}).get(written.name)
+    if (cached.resource_version if cached else None) == planned_from:
+        cache.setdefault(written.namespace, {})[written.name] = written
 
 
 def snapshot(values: Iterable[Any]) -> list[Any]:

@@ -112,20 +112,25 @@ def admission_settings_from(args: argparse.Namespace) -> AdmissionSettings | Non
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = settings_from(args)
-    run(settings)
-    return 0
+    return run(settings)
 
 
-def run(settings: Settings) -> None:
-    # The resync interval is read when the handlers are registered, on import.
-    os.environ["REGCRED_RESYNC_SECONDS"] = str(settings.resync_seconds)
+def run(settings: Settings) -> int:
+    """Start the operator; a configuration regcred cannot use is a usage error (exit 2, one
+    line), an API server that is down or refusing is not (kopf keeps retrying and says so)."""
+    from regcred.kube import ConfigurationError, load_configuration
+
+    try:
+        api_configuration = load_configuration(settings.kubeconfig)
+    except ConfigurationError as error:
+        print(f"regcred: {error}", file=sys.stderr)
+        return 2
     if settings.kubeconfig:  # kopf's own login reads $KUBECONFIG, like our client does
         os.environ["KUBECONFIG"] = settings.kubeconfig
+
     import kopf
 
-    from regcred.handlers import SharedMemo  # importing registers the handlers
-    if settings.admission:
-        import regcred.admission  # noqa: F401  (registers the webhook and its start-up)
+    from regcred.handlers import SharedMemo, register
     from regcred.kopf_gate import wake_on_changes_only
     from regcred.logs import configure
     from regcred.metrics import Metrics
@@ -135,8 +140,15 @@ def run(settings: Settings) -> None:
     metrics = Metrics()
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
+    registry = kopf.OperatorRegistry()
+    register(registry, settings)
+    if settings.admission:
+        from regcred import admission
+
+        admission.register(registry)
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
     kopf.run(
+        registry=registry,
         clusterwide=True,
         standalone=settings.peering is None,
         peering_name=settings.peering,
@@ -144,8 +156,9 @@ def run(settings: Settings) -> None:
         # replica draws its own: the highest acts, the others wait for its entry to expire.
         priority=random.randint(1, 2**31 - 1) if settings.peering else None,
         liveness_endpoint=liveness,
-        memo=SharedMemo(settings=settings, metrics=metrics),
+        memo=SharedMemo(settings=settings, metrics=metrics, api_configuration=api_configuration),
     )
+    return 0
 
 
 if __name__ == "__main__":

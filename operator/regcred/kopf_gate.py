@@ -46,6 +46,7 @@ async def _drop_toggle(self: ToggleSet, toggle: Toggle) -> None:
 
 def wake_on_changes_only() -> None:
     """Install the fix (idempotent); `regcred run` calls it before starting kopf."""
-    ToggleSet.make_toggle = _make_toggle
-    ToggleSet.drop_toggle = _drop_toggle
-    ToggleSet.drop_toggles = _drop_toggles
+    # Replacing kopf's methods is the point of this module (typed alike, checked by the test).
+    ToggleSet.make_toggle = _make_toggle  # type: ignore[method-assign]
+    ToggleSet.drop_toggle = _drop_toggle  # type: ignore[method-assign]
+    ToggleSet.drop_toggles = _drop_toggles  # type: ignore[method-assign]

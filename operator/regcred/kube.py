@@ -1,42 +1,49 @@
 """The Kubernetes layer: the only code in regcred that talks to the API server.
 
 It speaks raw JSON (no model classes): bodies go out as dicts, responses come back
-as dicts, errors become `KubeError` carrying the status code and the API's reason word,
-never a response body (a Secret's body is secret material).
+as dicts, errors become a `KubeError` subclass that says what the failure means, carrying
+the status code and the API's reason word, never a response body (a Secret's body is secret
+material). It decides nothing: after a refused write it asks the core what to do next.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain
-from typing import Any
+from pathlib import Path
+from typing import Any, assert_never
 
 import structlog
 import urllib3
+import yaml
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
 from regcred.core.patches import pull_secret_patch
 from regcred.core.plan import (
+    Action,
     AddPullSecret,
+    AlreadyRight,
+    CopyStep,
     CreateCopy,
     DeleteCopy,
+    NotOurs,
     ObservedCopy,
     ObservedServiceAccount,
     RemovePullSecret,
     ReplaceCopy,
-    copy_differs,
+    next_copy_step,
     observe_copy,
     observe_service_account,
 )
 from regcred.core.source import SourceSecret
 from regcred.core.spec import (
-    CREDENTIAL_LABEL,
     GROUP,
     KIND,
     MANAGED_BY_LABEL,
@@ -47,31 +54,93 @@ from regcred.core.spec import (
 
 log = structlog.get_logger("regcred.kube")
 
+# Bounds on the re-read-and-retry loops after a refused write (then the work queue retries
+# the whole namespace with a backoff).
 SERVICE_ACCOUNT_ATTEMPTS = 5
+COPY_ATTEMPTS = 5
 LIST_PAGE = 500
 EVENT_NAMESPACE = "default"  # events about cluster-scoped objects live in "default", as for Nodes
 
 
-def connect(kubeconfig: str | None, threads: int) -> client.ApiClient:
-    """An API client (kubeconfig file, else in-cluster) keeping a connection per thread.
+SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+class ConfigurationError(Exception):
+    """No usable API configuration: a usage error, said in one line that names the file or
+    the missing piece (`regcred run` exits with it at once)."""
+
+
+def load_configuration(kubeconfig: str | None) -> client.Configuration:
+    """The API configuration from a kubeconfig file, else from the pod's service account."""
+    configuration = client.Configuration()
+    try:
+        if kubeconfig:
+            _check_kubeconfig(kubeconfig)
+            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        else:
+            _check_in_cluster()
+            config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException as error:
+        where = f"kubeconfig {kubeconfig}" if kubeconfig else "the in-cluster configuration"
+        first_line = (str(error).splitlines() or [type(error).__name__])[0]
+        raise ConfigurationError(f"{where} cannot be used: {first_line}") from None
+    return configuration
+
+
+def _check_kubeconfig(path: str) -> None:
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigurationError(f"kubeconfig {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        raise ConfigurationError(f"kubeconfig {path} cannot be read: {reason}") from None
+    try:
+        parsed = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigurationError(f"kubeconfig {path} is not valid YAML") from None
+    if not isinstance(parsed, dict) or not parsed.get("contexts"):
+        raise ConfigurationError(f"kubeconfig {path} defines no context")
+    if not parsed.get("current-context"):
+        raise ConfigurationError(
+            f"kubeconfig {path} has no current context; set one with kubectl config use-context")
+
+
+def _check_in_cluster() -> None:
+    if not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        raise ConfigurationError(
+            "no kubeconfig given (--kubeconfig, $REGCRED_KUBECONFIG or $KUBECONFIG) and not in a "
+            "cluster ($KUBERNETES_SERVICE_HOST is not set)")
+    if not SERVICE_ACCOUNT_TOKEN.exists():
+        raise ConfigurationError(
+            f"in-cluster start without a service-account token: {SERVICE_ACCOUNT_TOKEN} does not "
+            "exist (is automountServiceAccountToken off?)")
+
+
+def api_client(configuration: client.Configuration, threads: int) -> client.ApiClient:
+    """An API client keeping a connection per thread.
 
     The client's default pool holds 5 x cores connections, fewer than the threads that
     call the API at once during a fan-out; a full pool discards connections, and each new
     one costs a TLS handshake on both ends (a third of regcred's CPU in a 1,000-namespace
     sync, see bench/results/profiles/).
     """
-    configuration = client.Configuration()
-    if kubeconfig:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    else:
-        config.load_incluster_config(client_configuration=configuration)
     configuration.connection_pool_maxsize = threads
     return client.ApiClient(configuration)
 
 
+def connect(kubeconfig: str | None, threads: int) -> client.ApiClient:
+    """An API client from a kubeconfig file (else in-cluster); raises `ConfigurationError`."""
+    return api_client(load_configuration(kubeconfig), threads)
+
+
 class KubeError(Exception):
     """A failed API call: `status` is the HTTP code (0: no answer, e.g. the API server is
-    unreachable), `reason` the API's reason word (or the connection error's type)."""
+    unreachable), `reason` the API's reason word (or the connection error's type).
+
+    `api_error` makes the subclass that says what the failure means, so callers catch by
+    meaning (`ApiConflict`, `ApiNotFound`...) and never look at the reason word.
+    """
 
     def __init__(self, verb: str, what: str, status: int, reason: str) -> None:
         super().__init__(f"{verb} {what}: {status} {reason}")
@@ -84,36 +153,64 @@ class KubeError(Exception):
         return self.status in (0, 408, 409, 429) or self.status >= 500
 
 
-class NotOurs(Exception):
-    """A Secret with the target name exists and regcred does not own it."""
+class ApiUnavailable(KubeError):
+    """No answer, a timeout, throttling or a server error: try again later."""
+
+
+class ApiConflict(KubeError):
+    """409: the object changed since it was read, or exists already."""
+
+
+class ApiNotFound(KubeError):
+    """404 where the object was expected to exist."""
+
+
+class ApiInvalid(KubeError):
+    """422: the API refused the request body; for a guarded JSON Patch, a `test` op failed."""
+
+
+class ApiRefused(KubeError):
+    """Any other refusal (400, 401, 403...): trying again will not help."""
+
+
+def api_error(verb: str, what: str, status: int, reason: str) -> KubeError:
+    """The `KubeError` subclass for an HTTP status."""
+    kind: type[KubeError]
+    if status == 409:
+        kind = ApiConflict
+    elif status == 404:
+        kind = ApiNotFound
+    elif status == 422:
+        kind = ApiInvalid
+    elif status in (0, 408, 429) or status >= 500:
+        kind = ApiUnavailable
+    else:
+        kind = ApiRefused
+    return kind(verb, what, status, reason)
 
 
 @dataclass(frozen=True)
 class Applied:
-    """What applying one action did: whether it wrote, whether it rotated content, and the
-    object as written (reduced as the caches keep it), for the caches to take in at once."""
+    """What applying one action did: whether it wrote, whether it rotated content, the object
+    as written (reduced as the caches keep it, for them to take in at once), and, for a copy
+    the core found is not ours, why it was left alone."""
 
     wrote: bool
     rotated: bool = False
     written: ObservedCopy | ObservedServiceAccount | None = None
+    not_ours: str | None = None
 
 
 def _copy_written(response: Mapping[str, Any], rotated: bool = False) -> Applied:
     return Applied(wrote=True, rotated=rotated, written=observe_copy(response))
 
 
-def owned_by(body: Mapping[str, Any], credential: str, uid: str) -> bool:
-    """A Secret is ours if it names the credential in our label or points to it as owner."""
-    meta = body.get("metadata") or {}
-    if (meta.get("labels") or {}).get(CREDENTIAL_LABEL) == credential:
-        return True
-    return any(ref.get("uid") == uid for ref in meta.get("ownerReferences") or [])
-
-
 class Kube:
-    """Reads and writes the objects regcred manages, with the retries each one needs."""
+    """Performs the calls the core decided on; retries a refused write within a stated bound
+    (`COPY_ATTEMPTS`, `SERVICE_ACCOUNT_ATTEMPTS`), deciding each retry with the core."""
 
-    def __init__(self, api_client: client.ApiClient, *, on_error: Callable[[int], None] | None = None):
+    def __init__(self, api_client: client.ApiClient, *,
+                 on_error: Callable[[int], None] | None = None) -> None:
         self._core = client.CoreV1Api(api_client)
         self._custom = client.CustomObjectsApi(api_client)
         self._admission = client.AdmissionregistrationV1Api(api_client)
@@ -122,8 +219,7 @@ class Kube:
     # --- reads -------------------------------------------------------------------------
 
     def read_source(self, namespace: str, name: str) -> SourceSecret | None:
-        body = self._call("get", f"secret {namespace}/{name}", self._core.read_namespaced_secret,
-                          name, namespace, missing_ok=True)
+        body = self.read_secret(namespace, name)
         if body is None:
             return None
         meta = body.get("metadata") or {}
@@ -136,18 +232,18 @@ class Kube:
         )
 
     def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self._call("get", f"secret {namespace}/{name}", self._core.read_namespaced_secret,
-                          name, namespace, missing_ok=True)
+        body: dict[str, Any] | None = self._call(
+            "get", f"secret {namespace}/{name}", self._core.read_namespaced_secret,
+            name, namespace, missing_ok=True)
+        return body
 
     # --- actions -----------------------------------------------------------------------
 
-    def apply(self, action: Any) -> Applied:
-        """Carry out one planned action; raises `NotOurs` or `KubeError` when it cannot."""
+    def apply(self, action: Action) -> Applied:
+        """Carry out one planned action; raises `KubeError` when the API fails it."""
         match action:
-            case CreateCopy():
-                return self._create_copy(action)
-            case ReplaceCopy():
-                return self._replace_copy(action.manifest, action.resource_version, action.rotation)
+            case CreateCopy() | ReplaceCopy():
+                return self._write_copy(action)
             case DeleteCopy():
                 return self._delete_copy(action)
             case AddPullSecret():
@@ -156,51 +252,41 @@ class Kube:
             case RemovePullSecret():
                 return self._edit_pull_secrets(action.namespace, action.service_account,
                                                action.secret_name, action.observed, present=False)
-        raise TypeError(f"unknown action {type(action).__name__}")
+        assert_never(action)
 
-    def _create_copy(self, action: CreateCopy) -> Applied:
-        meta = action.manifest["metadata"]
-        what = f"secret {meta['namespace']}/{meta['name']}"
-        try:
-            return _copy_written(self._call("create", what, self._core.create_namespaced_secret,
-                                            meta["namespace"], action.manifest))
-        except KubeError as error:
-            if error.status != 409:
-                raise
-        # It exists although our watch did not show it: adopt it only if it is ours.
-        existing = self.read_secret(meta["namespace"], meta["name"])
-        if existing is None:
-            return self._create_copy(action)
-        owner = meta["ownerReferences"][0]
-        if not owned_by(existing, action.credential, owner["uid"]):
-            raise NotOurs(f"secret {meta['name']} exists and is not managed by regcred")
-        if not copy_differs(observe_copy(existing), action.manifest):
-            return Applied(wrote=False)  # our cache was behind: it is already right
-        return self._replace_copy(action.manifest, existing["metadata"]["resourceVersion"], False)
-
-    def _replace_copy(self, manifest: Mapping[str, Any], resource_version: str,
-                      rotation: bool) -> Applied:
-        meta = manifest["metadata"]
-        what = f"secret {meta['namespace']}/{meta['name']}"
-        body = {**manifest, "metadata": {**meta, "resourceVersion": resource_version}}
-        try:
-            return _copy_written(self._call("replace", what, self._core.replace_namespaced_secret,
-                                            meta["name"], meta["namespace"], body), rotation)
-        except KubeError as error:
-            if error.status not in (404, 409):
-                raise
-        # Someone wrote (or deleted) it since we looked: re-read and go again from there.
-        existing = self.read_secret(meta["namespace"], meta["name"])
-        owner = meta["ownerReferences"][0]
-        if existing is None:
-            return self._create_copy(CreateCopy(meta["namespace"], owner["name"], manifest))
-        if not owned_by(existing, owner["name"], owner["uid"]):
-            raise NotOurs(f"secret {meta['name']} exists and is not managed by regcred")
-        if not copy_differs(observe_copy(existing), manifest):
-            return Applied(wrote=False)  # our cache was behind: it is already right
-        body["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
-        return _copy_written(self._call("replace", what, self._core.replace_namespaced_secret,
-                                        meta["name"], meta["namespace"], body), rotation)
+    def _write_copy(self, action: CreateCopy | ReplaceCopy) -> Applied:
+        """Create or replace a copy; when the API refuses because the Secret is not what the
+        plan saw, re-read it and let the core say what to do (`next_copy_step`)."""
+        what = f"secret {action.namespace}/{action.secret_name}"
+        step: CopyStep = action
+        for _ in range(COPY_ATTEMPTS):
+            match step:
+                case AlreadyRight():
+                    return Applied(wrote=False)  # our cache was behind: it is already right
+                case NotOurs():
+                    return Applied(wrote=False, not_ours=step.message)
+                case CreateCopy():
+                    try:
+                        return _copy_written(self._call(
+                            "create", what, self._core.create_namespaced_secret,
+                            step.namespace, step.manifest))
+                    except ApiConflict:
+                        pass  # it exists although our watch did not show it
+                case ReplaceCopy():
+                    body = {**step.manifest,
+                            "metadata": {**step.manifest["metadata"],
+                                         "resourceVersion": step.resource_version}}
+                    try:
+                        return _copy_written(self._call(
+                            "replace", what, self._core.replace_namespaced_secret,
+                            step.secret_name, step.namespace, body), step.rotation)
+                    except (ApiConflict, ApiNotFound):
+                        pass  # someone wrote (or deleted) it since we looked
+                case _:
+                    assert_never(step)
+            existing = self.read_secret(action.namespace, action.secret_name)
+            step = next_copy_step(action, observe_copy(existing) if existing else None)
+        raise ApiConflict("write", what, 409, "Conflict")  # a busy Secret, not a bad write
 
     def _delete_copy(self, action: DeleteCopy) -> Applied:
         # Preconditions make the API refuse if the object was replaced or changed meanwhile.
@@ -209,9 +295,7 @@ class Kube:
             deleted = self._call("delete", f"secret {action.namespace}/{action.secret_name}",
                                  self._core.delete_namespaced_secret, action.secret_name,
                                  action.namespace, body=options, missing_ok=True)
-        except KubeError as error:
-            if error.status != 409:
-                raise
+        except ApiConflict:
             return Applied(wrote=False)  # changed meanwhile; its watch event re-plans it
         return Applied(wrote=deleted is not None)  # None: it was gone already
 
@@ -236,17 +320,14 @@ class Kube:
             try:
                 patched = self._call("patch", what, self._core.patch_namespaced_service_account,
                                      name, namespace, ops, missing_ok=True)
-                if patched is None:  # the ServiceAccount is gone
-                    return Applied(wrote=False)
-                return Applied(wrote=True, written=observe_service_account(patched))
-            except KubeError as error:
-                if error.status not in (409, 422):
-                    raise
-                if attempt == SERVICE_ACCOUNT_ATTEMPTS - 1:  # a busy list, not a bad patch
-                    raise KubeError("patch", what, 409, "Conflict") from None
+            except (ApiConflict, ApiInvalid):
                 log.debug("serviceaccount changed meanwhile, retrying", namespace=namespace,
                           service_account=name, attempt=attempt + 1)
-        return Applied(wrote=False)
+                continue
+            if patched is None:  # the ServiceAccount is gone
+                return Applied(wrote=False)
+            return Applied(wrote=True, written=observe_service_account(patched))
+        raise ApiConflict("patch", what, 409, "Conflict")  # a busy list, not a bad patch
 
     def list_namespaces(self) -> Iterator[dict[str, Any]]:
         return self._pages("namespaces", self._core.list_namespace)
@@ -349,16 +430,18 @@ class Kube:
     # --- admission (regcred/admission.py): live reads and the webhook's own objects -----
 
     def read_namespace(self, name: str) -> dict[str, Any] | None:
-        return self._call("get", f"namespace {name}", self._core.read_namespace, name, missing_ok=True)
+        body: dict[str, Any] | None = self._call("get", f"namespace {name}", self._core.read_namespace,
+                                                 name, missing_ok=True)
+        return body
 
     def list_credentials(self, *, from_watch_cache: bool = False) -> list[dict[str, Any]]:
         """Every RegistryCredential. `from_watch_cache`: as the API server's cache has them
         (resourceVersion 0), milliseconds behind at most; a consistent list of an idle
         resource waits for etcd's progress notification, about 100 ms (measured; too slow
         for the webhook, which asks on every ServiceAccount create)."""
-        extra = {"resource_version": "0"} if from_watch_cache else {}
-        page = self._call("list", "registrycredentials", self._custom.list_cluster_custom_object,
-                          GROUP, VERSION, PLURAL, **extra)
+        page: dict[str, Any] | None = self._call(
+            "list", "registrycredentials", self._custom.list_cluster_custom_object,
+            GROUP, VERSION, PLURAL, resource_version="0" if from_watch_cache else None)
         return list((page or {}).get("items") or [])
 
     def store_secret(self, body: Mapping[str, Any], resource_version: str | None) -> dict[str, Any]:
@@ -366,15 +449,21 @@ class Kube:
         concurrent writer makes it fail with 409 (`KubeError`), and the caller reads again."""
         meta = body["metadata"]
         what = f"secret {meta['namespace']}/{meta['name']}"
+        stored: dict[str, Any]
         if resource_version is None:
-            return self._call("create", what, self._core.create_namespaced_secret, meta["namespace"], body)
-        guarded = {**body, "metadata": {**meta, "resourceVersion": resource_version}}
-        return self._call("replace", what, self._core.replace_namespaced_secret,
-                          meta["name"], meta["namespace"], guarded)
+            stored = self._call("create", what, self._core.create_namespaced_secret,
+                                meta["namespace"], body)
+        else:
+            guarded = {**body, "metadata": {**meta, "resourceVersion": resource_version}}
+            stored = self._call("replace", what, self._core.replace_namespaced_secret,
+                                meta["name"], meta["namespace"], guarded)
+        return stored
 
     def read_webhook_configuration(self, name: str) -> dict[str, Any] | None:
-        return self._call("get", f"mutatingwebhookconfiguration {name}",
-                          self._admission.read_mutating_webhook_configuration, name, missing_ok=True)
+        body: dict[str, Any] | None = self._call(
+            "get", f"mutatingwebhookconfiguration {name}",
+            self._admission.read_mutating_webhook_configuration, name, missing_ok=True)
+        return body
 
     def create_webhook_configuration(self, body: Mapping[str, Any]) -> None:
         self._call("create", f"mutatingwebhookconfiguration {body['metadata']['name']}",
@@ -396,10 +485,10 @@ class Kube:
             if missing_ok and error.status == 404:
                 return None
             self._on_error(error.status or 0)
-            raise KubeError(verb, what, error.status or 0, _reason(error)) from None
+            raise api_error(verb, what, error.status or 0, _reason(error)) from None
         except (urllib3.exceptions.HTTPError, OSError) as error:  # no answer at all
             self._on_error(0)
-            raise KubeError(verb, what, 0, type(error).__name__) from None
+            raise api_error(verb, what, 0, type(error).__name__) from None
         finally:
             log.debug("api call", verb=verb, what=what,
                       ms=round((time.monotonic() - started) * 1000, 1))

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
+from structlog.typing import Processor
 
-_SHARED = [
+_SHARED: list[Processor] = [
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_log_level,
     structlog.stdlib.add_logger_name,
@@ -15,7 +18,7 @@ _SHARED = [
 ]
 
 
-def _kopf_object(logger: object, method: str, event: dict) -> dict:
+def _kopf_object(logger: object, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """kopf attaches the object it logs about as `k8s_ref`; lift it into our fields."""
     record = event.get("_record")
     ref = getattr(record, "k8s_ref", None) if record else None

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import wait_for
 from operator_process import OperatorProcess
-from scenario import OPERATOR_NAMESPACE, Cluster
+from scenario import OPERATOR_NAMESPACE, Cluster, unique
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -72,3 +74,40 @@ def peering(kubeconfig: str, crd_installed: None) -> None:
     subprocess.run([*kubectl, "wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev",
                     "--timeout=60s"], check=True, capture_output=True)
     subprocess.run([*kubectl, "apply", "--server-side", "-f", manifest], check=True, capture_output=True)
+
+
+@dataclass
+class Tenant:
+    """A label unique to one test; `tenant(n, **labels)` makes n namespaces carrying it and
+    returns them once their `default` ServiceAccounts exist (`with_service_account=False`:
+    at once, for tests of what happens when it appears later)."""
+
+    cluster: Cluster
+    make_namespaces: Callable[..., list[str]]
+    label: str
+
+    @property
+    def selector(self) -> dict[str, str]:
+        return {"tenant": self.label}
+
+    def __call__(self, count: int = 1, *, with_service_account: bool = True,
+                 **extra_labels: str) -> list[str]:
+        names = self.make_namespaces(count, labels={**self.selector, **extra_labels})
+        for namespace in names if with_service_account else ():
+            wait_for(lambda ns=namespace: self.cluster.pull_secrets(ns) is not None, timeout=60,
+                     message=f"default ServiceAccount in {namespace}")
+        return names
+
+
+@pytest.fixture
+def tenant(cluster: Cluster, fresh_namespaces: Callable[..., list[str]]) -> Tenant:
+    return Tenant(cluster, fresh_namespaces, unique("t"))
+
+
+@pytest.fixture
+def cleanup_namespaces(cluster: Cluster) -> Iterator[list[str]]:
+    """Namespaces a test made by hand, deleted after it."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        cluster.delete_namespace(name)

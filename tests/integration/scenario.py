@@ -9,9 +9,10 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from helpers import wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -19,6 +20,7 @@ GROUP, VERSION, PLURAL = "regcred.dev", "v1alpha1", "registrycredentials"
 OPERATOR_NAMESPACE = "regcred-system"
 PASSWORD_MARK = "pw-MARK-7f3a9c"
 MERGE = "application/merge-patch+json"
+SERVER = "registry.example.com"
 
 
 def unique(prefix: str) -> str:
@@ -154,6 +156,28 @@ class Cluster:
         events = self.core.list_event_for_all_namespaces(
             field_selector=f"involvedObject.name={name},involvedObject.kind=RegistryCredential")
         return list(events.items)
+
+
+def credential_spec(source: str, selector: Mapping[str, str], **overrides: Any) -> dict[str, Any]:
+    """A RegistryCredential spec for `SERVER`, reading Secret `source`, selecting by labels."""
+    spec = {"registries": [{"server": SERVER}], "sourceSecretRef": {"name": source},
+            "namespaceSelector": {"matchLabels": dict(selector)}}
+    spec.update(overrides)
+    return spec
+
+
+def create_synced(cluster: Cluster, selector: Mapping[str, str], namespaces: list[str],
+                  name: str | None = None, **overrides: Any) -> str:
+    """A CR (and its source Secret) selecting `selector`, waited on until every namespace in
+    `namespaces` has our entry on its default ServiceAccount and the CR is Ready."""
+    name = name or unique("cr")
+    cluster.put_source(name)
+    cluster.create_credential(name, credential_spec(name, selector, **overrides))
+    for namespace in namespaces:
+        wait_for(lambda ns=namespace: name in (cluster.pull_secrets(ns) or []), timeout=60,
+                 message=f"entry in {namespace}")
+    wait_for(lambda: cluster.ready(name).get("status") == "True", timeout=60, message=f"{name} Ready")
+    return name
 
 
 def _b64(text: str) -> str:

@@ -46,7 +46,7 @@ def test_one_replica_acts_and_the_other_takes_over(
                  message="the standby took over and onboarded the namespace")
         failover = time.monotonic() - killed
         assert acted(standby, second)
-        print(f"failover: {failover:.1f}s")  # recorded in the README (HA section)
+        print(f"failover: {failover:.1f}s")  # recorded in docs/operations.md (HA)
     finally:
         for replica in replicas:
             replica.stop()

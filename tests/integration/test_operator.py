@@ -8,54 +8,26 @@ repair seen here comes from watch events, not from the periodic safety net.
 from __future__ import annotations
 
 import pytest
-from scenario import OPERATOR_NAMESPACE, PASSWORD_MARK, Cluster, password, unique
+from scenario import (
+    OPERATOR_NAMESPACE,
+    PASSWORD_MARK,
+    SERVER,
+    create_synced,
+    credential_spec,
+    password,
+    unique,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("remove_new_credentials")]
-
-SERVER = "registry.example.com"
-
-
-@pytest.fixture
-def tenant(cluster: Cluster, fresh_namespaces):
-    """A label unique to this test, and a way to make namespaces carrying it."""
-    label = unique("t")
-
-    def make(count: int = 1, **extra_labels: str) -> list[str]:
-        return fresh_namespaces(count, labels={"tenant": label, **extra_labels})
-
-    make.label = label
-    return make
-
-
-def basic_spec(source: str, tenant_label: str, **overrides) -> dict:
-    spec = {
-        "registries": [{"server": SERVER}],
-        "sourceSecretRef": {"name": source},
-        "namespaceSelector": {"matchLabels": {"tenant": tenant_label}},
-    }
-    spec.update(overrides)
-    return spec
-
-
-def synced_credential(cluster: Cluster, tenant, wait_for, namespaces: list[str]) -> str:
-    """A CR selecting the test's tenant label, waited on until every namespace has our entry."""
-    name = unique("cr")
-    cluster.put_source(name)
-    cluster.create_credential(name, basic_spec(name, tenant.label))
-    for namespace in namespaces:
-        wait_for(lambda ns=namespace: cluster.pull_secrets(ns) == [name], message=f"entry in {namespace}")
-    wait_for(lambda: cluster.ready(name).get("status") == "True", message="Ready")
-    return name
 
 
 def test_copies_land_in_exactly_the_matching_namespaces(cluster, operator, tenant, wait_for):
     inside = tenant(2)
     outside = tenant(1, **{"regcred.dev/ignore": "true"})
-    wait_for(lambda: cluster.pull_secrets(inside[0]) is not None, message="default SA exists")
     cluster.set_pull_secrets(inside[0], ["theirs-a", "theirs-b"])
     name = unique("cr")
     secret = cluster.put_source(name)
-    cluster.create_credential(name, basic_spec(name, tenant.label))
+    cluster.create_credential(name, credential_spec(name, tenant.selector))
 
     for namespace in inside:
         wait_for(lambda ns=namespace: cluster.docker_password(ns, name, SERVER) == secret,
@@ -81,16 +53,16 @@ def test_late_namespace_is_onboarded_with_its_default_service_account(
         cluster, operator, tenant, wait_for):
     name = unique("cr")
     cluster.put_source(name)
-    cluster.create_credential(name, basic_spec(name, tenant.label))
+    cluster.create_credential(name, credential_spec(name, tenant.selector))
     wait_for(lambda: cluster.ready(name).get("status") == "True", message="Ready")
-    [late] = tenant(1)
+    [late] = tenant(1, with_service_account=False)
     wait_for(lambda: cluster.secret(late, name) is not None, message="copy in late namespace")
     wait_for(lambda: cluster.pull_secrets(late) == [name], message="entry on late default SA")
 
 
 def test_relabelled_namespace_is_cleaned_up_and_nothing_else(cluster, operator, tenant, wait_for):
     [namespace] = tenant(1)
-    name = synced_credential(cluster, tenant, wait_for, [namespace])
+    name = create_synced(cluster, tenant.selector, [namespace])
     cluster.set_pull_secrets(namespace, ["before", name, "after"])
     cluster.label_namespace(namespace, {"tenant": None})
     wait_for(lambda: cluster.secret(namespace, name) is None, message="copy removed")
@@ -100,7 +72,7 @@ def test_relabelled_namespace_is_cleaned_up_and_nothing_else(cluster, operator, 
 def test_rotation_updates_every_copy_and_leaves_service_accounts_alone(
         cluster, operator, tenant, wait_for):
     namespaces = tenant(3)
-    name = synced_credential(cluster, tenant, wait_for, namespaces)
+    name = create_synced(cluster, tenant.selector, namespaces)
     accounts = {ns: cluster.resource_version("serviceaccount", ns, "default") for ns in namespaces}
 
     rotated = password("rotated")
@@ -117,7 +89,7 @@ def test_drift_is_repaired_without_waiting_for_the_resync(cluster, operator, ten
     [namespace] = tenant(1)
     name = unique("cr")
     secret = cluster.put_source(name)
-    cluster.create_credential(name, basic_spec(name, tenant.label))
+    cluster.create_credential(name, credential_spec(name, tenant.selector))
     wait_for(lambda: cluster.pull_secrets(namespace) == [name], message="entry")
 
     cluster.core.delete_namespaced_secret(name, namespace)
@@ -139,7 +111,7 @@ def test_secret_we_do_not_own_is_left_alone_and_reported(cluster, operator, tena
     cluster.core.create_namespaced_secret(namespace, {
         "metadata": {"name": name}, "type": "Opaque", "data": {"mine": "eA=="}})
     cluster.put_source(name)
-    cluster.create_credential(name, basic_spec(name, tenant.label))
+    cluster.create_credential(name, credential_spec(name, tenant.selector))
     wait_for(lambda: cluster.ready(name).get("reason") == "Conflict", message="Conflict reported")
     failed = cluster.credential(name)["status"]["failedNamespaces"]
     assert failed == [{"namespace": namespace, "reason": "Conflict",
@@ -155,9 +127,9 @@ def test_two_credentials_claiming_one_name_the_first_keeps_it(cluster, operator,
     shared = unique("shared")
     cluster.put_source(first)
     cluster.put_source(second)
-    cluster.create_credential(first, basic_spec(first, tenant.label, target={"secretName": shared}))
+    cluster.create_credential(first, credential_spec(first, tenant.selector, target={"secretName": shared}))
     wait_for(lambda: cluster.secret(namespace, shared) is not None, message="first copy")
-    cluster.create_credential(second, basic_spec(second, tenant.label, target={"secretName": shared}))
+    cluster.create_credential(second, credential_spec(second, tenant.selector, target={"secretName": shared}))
     wait_for(lambda: cluster.ready(second).get("reason") == "Conflict", message="second in conflict")
     assert cluster.secret(namespace, shared)["metadata"]["labels"]["regcred.dev/credential"] == first
     assert cluster.ready(first).get("status") == "True"
@@ -167,7 +139,7 @@ def test_changed_credential_moves_copies_and_entries(cluster, operator, tenant, 
     keep, drop = tenant(1, tier="gold"), tenant(1, tier="silver")
     name = unique("cr")
     secret = cluster.put_source(name)
-    cluster.create_credential(name, basic_spec(name, tenant.label))
+    cluster.create_credential(name, credential_spec(name, tenant.selector))
     for namespace in keep + drop:
         wait_for(lambda ns=namespace: cluster.pull_secrets(ns) == [name], message="entry")
 
@@ -187,7 +159,7 @@ def test_changed_credential_moves_copies_and_entries(cluster, operator, tenant, 
 
 def test_deleted_credential_removes_copies_and_entries(cluster, operator, tenant, wait_for):
     [namespace] = tenant(1)
-    name = synced_credential(cluster, tenant, wait_for, [namespace])
+    name = create_synced(cluster, tenant.selector, [namespace])
     cluster.set_pull_secrets(namespace, ["theirs", name])
     cluster.delete_credential(name)
     wait_for(lambda: cluster.credential(name) is None, message="CR gone (finalizer released)")
@@ -197,7 +169,7 @@ def test_deleted_credential_removes_copies_and_entries(cluster, operator, tenant
 
 def test_credential_deleted_while_operator_is_down(cluster, operator, tenant, wait_for):
     [namespace] = tenant(1)
-    name = synced_credential(cluster, tenant, wait_for, [namespace])
+    name = create_synced(cluster, tenant.selector, [namespace])
     operator.stop()
     cluster.delete_credential(name)
     # Our finalizer holds the CR while we are away: remove it as the README tells users to.
@@ -229,7 +201,7 @@ def test_malformed_source_is_reported_and_writes_nothing(
         data = {"username": "cm9ib3Q=", "password": ""}
         reason = "EmptyValue"
     cluster.put_source(name, type_=type_, data=data)
-    cluster.create_credential(name, basic_spec(name, tenant.label))
+    cluster.create_credential(name, credential_spec(name, tenant.selector))
     wait_for(lambda: cluster.ready(name).get("reason") == reason, message=f"Ready=False {reason}")
     assert cluster.ready(name)["status"] == "False"
     assert cluster.secret(namespace, name) is None
@@ -238,11 +210,11 @@ def test_malformed_source_is_reported_and_writes_nothing(
 
 def test_missing_and_disallowed_sources(cluster, operator, tenant, wait_for):
     name = unique("cr")
-    cluster.create_credential(name, basic_spec(name, tenant.label))
+    cluster.create_credential(name, credential_spec(name, tenant.selector))
     wait_for(lambda: cluster.ready(name).get("reason") == "SourceNotFound", message="not found")
     other = unique("cr")
     cluster.create_credential(
-        other, basic_spec(name, tenant.label, sourceSecretRef={"name": "x", "namespace": "default"}))
+        other, credential_spec(name, tenant.selector, sourceSecretRef={"name": "x", "namespace": "default"}))
     wait_for(lambda: cluster.ready(other).get("reason") == "SourceNotAllowed", message="refused")
 
 
@@ -250,7 +222,7 @@ def test_suspend_stops_writes_and_resume_converges(cluster, operator, tenant, wa
     [namespace] = tenant(1)
     name = unique("cr")
     secret = cluster.put_source(name)
-    cluster.create_credential(name, basic_spec(name, tenant.label))
+    cluster.create_credential(name, credential_spec(name, tenant.selector))
     wait_for(lambda: cluster.docker_password(namespace, name, SERVER) == secret, message="copy")
     cluster.patch_credential(name, {"suspend": True})
     wait_for(lambda: cluster.ready(name).get("reason") == "Suspended", message="Suspended")
@@ -268,7 +240,7 @@ def test_suspend_stops_writes_and_resume_converges(cluster, operator, tenant, wa
 
 def test_restart_with_nothing_changed_writes_nothing(cluster, operator, tenant, wait_for):
     namespaces = tenant(2)
-    name = synced_credential(cluster, tenant, wait_for, namespaces)
+    name = create_synced(cluster, tenant.selector, namespaces)
 
     def versions() -> dict:
         seen = {"cr": cluster.credential(name)["metadata"]["resourceVersion"]}

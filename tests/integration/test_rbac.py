@@ -16,12 +16,11 @@ import pytest
 import yaml
 from operator_fixtures import REPO
 from operator_process import OperatorProcess, free_port
-from scenario import Cluster, password, unique
+from scenario import SERVER, Cluster, credential_spec, password, unique
 
 pytestmark = pytest.mark.integration
 
 USER = "system:serviceaccount:regcred-system:regcred"
-SERVER = "registry.example.com"
 # Needed, but only on paths this quiet run does not take.
 EXERCISED_ELSEWHERE = {
     # A guarded JSON patch refused (409/422) because the cached ServiceAccount was stale:
@@ -105,10 +104,7 @@ def test_the_operator_works_with_exactly_its_granted_permissions(
         cluster.put_source(name)
         cluster.core.create_namespaced_secret(drop, {"metadata": {"name": "unrelated"},
                                                      "data": {"x": "eA=="}})
-        cluster.create_credential(name, {
-            "registries": [{"server": SERVER}], "sourceSecretRef": {"name": name},
-            "namespaceSelector": {"matchLabels": {"tenant": label}},
-        })
+        cluster.create_credential(name, credential_spec(name, {"tenant": label}))
         for namespace in (keep, drop):
             wait_for(lambda ns=namespace: cluster.pull_secrets(ns) == [name], timeout=60,
                      message=f"synced {namespace}")
@@ -124,10 +120,8 @@ def test_the_operator_works_with_exactly_its_granted_permissions(
                                                       "data": {"x": "eA=="}})
         cluster.put_source(conflicted)
         # It also names kube-public: the webhook's namespaceSelector lets that through now.
-        cluster.create_credential(conflicted, {
-            "registries": [{"server": SERVER}], "sourceSecretRef": {"name": conflicted},
-            "namespaceSelector": {"matchLabels": {"tenant": conflicted}}, "namespaces": ["kube-public"],
-        })
+        cluster.create_credential(conflicted, credential_spec(conflicted, {"tenant": conflicted},
+                                                              namespaces=["kube-public"]))
         wait_for(lambda: cluster.ready(conflicted).get("reason") == "Conflict", message="conflict")
         wait_for(lambda: "kube-public" not in kubectl(
             kubeconfig, "get", "mutatingwebhookconfiguration", "regcred", "-o", "json"),

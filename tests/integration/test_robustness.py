@@ -18,6 +18,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,14 +28,13 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from operator_fixtures import audited_operator
 from operator_process import OperatorProcess
-from scenario import MERGE, PASSWORD_MARK, Cluster, password, unique
+from scenario import MERGE, PASSWORD_MARK, SERVER, Cluster, create_synced, credential_spec, password, unique
 from stress import FanOut, wait_until
 
 converge = wait_until  # (problems function, timeout, what): polls until no problem is left
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("remove_new_credentials")]
 
-SERVER = "registry.example.com"
 OPERATOR_USER = "regcred-robustness"
 OURS_ANNOTATION = "regcred.dev/image-pull-secrets"
 CONFLICT_STATUSES = (409, 422)
@@ -94,51 +94,6 @@ def programming_errors(log: str) -> list[str]:
 def operator(control_plane, crd_installed, tmp_path_factory) -> Iterator[OperatorProcess]:
     """`regcred run` under its own identity, so the audit log tells its writes from ours."""
     yield from audited_operator(control_plane, OPERATOR_USER, tmp_path_factory)
-
-
-@pytest.fixture
-def tenant(cluster: Cluster, fresh_namespaces, wait_for):
-    """A label unique to the test; `tenant(n, **labels)` makes n namespaces carrying it and
-    returns them once their `default` ServiceAccounts exist."""
-    label = unique("t")
-
-    def make(count: int = 1, **extra_labels: str) -> list[str]:
-        names = fresh_namespaces(count, labels={"tenant": label, **extra_labels})
-        for namespace in names:
-            wait_for(lambda ns=namespace: cluster.pull_secrets(ns) is not None, timeout=60,
-                     message=f"default ServiceAccount in {namespace}")
-        return names
-
-    make.label = label
-    return make
-
-
-@pytest.fixture
-def cleanup_namespaces(cluster: Cluster) -> Iterator[list[str]]:
-    """Namespaces a test made by hand, deleted after it."""
-    names: list[str] = []
-    yield names
-    for name in names:
-        cluster.delete_namespace(name)
-
-
-def spec_for(source: str, selector: dict[str, str], **overrides: Any) -> dict[str, Any]:
-    spec = {"registries": [{"server": SERVER}], "sourceSecretRef": {"name": source},
-            "namespaceSelector": {"matchLabels": selector}}
-    spec.update(overrides)
-    return spec
-
-
-def create_synced(cluster: Cluster, wait_for, selector: dict[str, str], namespaces: list[str],
-                  name: str | None = None, **overrides: Any) -> str:
-    name = name or unique("cr")
-    cluster.put_source(name)
-    cluster.create_credential(name, spec_for(name, selector, **overrides))
-    for namespace in namespaces:
-        wait_for(lambda ns=namespace: name in (cluster.pull_secrets(ns) or []), timeout=60,
-                 message=f"entry in {namespace}")
-    wait_for(lambda: cluster.ready(name).get("status") == "True", timeout=60, message=f"{name} Ready")
-    return name
 
 
 def regcred_writes(control_plane, since: str, user: str = OPERATOR_USER) -> list[dict[str, Any]]:
@@ -245,6 +200,85 @@ def _retry_until_up(action: Callable[[], Any], done: tuple[int, ...] = (), timeo
         time.sleep(0.2)  # retry pacing while the server is unavailable
 
 
+@dataclass
+class Outage:
+    """A CR synced to `namespaces`, a foreign entry (`bystander`) next to ours in the first
+    three, and what the test changes while regcred's watches reconnect."""
+
+    cluster: Cluster
+    name: str
+    namespaces: list[str]
+    bystander: str
+    late: str = ""
+
+    @property
+    def gone(self) -> str:  # its copy is deleted during the reconnect
+        return self.namespaces[0]
+
+    @property
+    def emptied(self) -> str:  # our entry is removed from its ServiceAccount
+        return self.namespaces[1]
+
+    @property
+    def relabelled(self) -> str:  # it stops matching
+        return self.namespaces[2]
+
+    @property
+    def expected(self) -> list[str]:
+        """The namespaces that must end with a copy and our entry."""
+        return [*(ns for ns in self.namespaces if ns != self.relabelled), self.late]
+
+    def change_everything(self, selector: dict[str, str], cleanup: list[str]) -> None:
+        """Namespace-level changes at once, while regcred's watches are still reconnecting."""
+        cluster = self.cluster
+        self.late = unique("late")
+        _retry_until_up(lambda: cluster.create_namespace(self.late, selector), done=(409,))
+        cleanup.append(self.late)
+        _retry_until_up(lambda: cluster.core.delete_namespaced_secret(self.name, self.gone), done=(404,))
+        _retry_until_up(lambda: cluster.set_pull_secrets(self.emptied, [self.bystander]))
+        _retry_until_up(lambda: cluster.label_namespace(self.relabelled, {"tenant": None}))
+
+    def problems(self, secret: str, labels: dict[str, str]) -> list[str]:
+        """What still differs from: every expected namespace with a copy holding `secret` and
+        `labels` and exactly its entries; the relabelled one cleaned up but for the bystander."""
+        cluster, name, found = self.cluster, self.name, []
+        for namespace in self.expected:
+            copy = cluster.secret(namespace, name)
+            if copy is None:
+                found.append(f"{namespace}: no copy")
+                continue
+            if cluster.docker_password(namespace, name, SERVER) != secret:
+                found.append(f"{namespace}: stale content")
+            if any(copy["metadata"]["labels"].get(k) != v for k, v in labels.items()):
+                found.append(f"{namespace}: CR change not applied")
+            entries = cluster.pull_secrets(namespace)
+            want = [self.bystander, name] if namespace in self.namespaces[:3] else [name]
+            if entries != want:
+                found.append(f"{namespace}: entries {entries}")
+        if cluster.secret(self.relabelled, name) is not None:
+            found.append(f"{self.relabelled}: copy not removed")
+        if cluster.pull_secrets(self.relabelled) != [self.bystander]:
+            found.append(f"{self.relabelled}: entries {cluster.pull_secrets(self.relabelled)}")
+        return found
+
+    def settled(self) -> bool:
+        status = (self.cluster.credential(self.name) or {}).get("status") or {}
+        return (self.cluster.ready(self.name).get("status") == "True"
+                and status.get("matchedNamespaces") == status.get("syncedNamespaces") == len(self.expected))
+
+    def assert_each_copy_rotated_once(self, control_plane, since: str) -> None:
+        """No needless writes, outage or not: each copy rotated once, no ServiceAccount touched
+        but the two we changed (a write lost with the API server is not counted by the audit)."""
+        writes = [(e["verb"], e["objectRef"]["resource"], e["objectRef"]["namespace"])
+                  for e in regcred_writes(control_plane, since)
+                  if e["objectRef"].get("namespace") in self.namespaces]
+        updates = Counter(ns for verb, resource, ns in writes if (verb, resource) == ("update", "secrets"))
+        assert max(updates.values()) == 1, f"copies written more than once: {updates.most_common(3)}"
+        accounts = {ns for verb, resource, ns in writes if resource == "serviceaccounts"}
+        assert accounts <= {self.emptied, self.relabelled}, \
+            f"ServiceAccounts written by a rotation: {accounts}"
+
+
 @pytest.mark.parametrize("component", ["kube-apiserver", "etcd"])
 def test_control_plane_restart_mid_fan_out_then_every_change_lands(
         control_plane, cluster, operator, tenant, wait_for, component, cleanup_namespaces):
@@ -253,15 +287,15 @@ def test_control_plane_restart_mid_fan_out_then_every_change_lands(
     reconnecting land (kopf retries a lost watch after 1, 2, 4, 7, 12, 20 s: with the API server
     down 12 s, the changes fall in that gap), and so do later ones.
 
-    Liveness semantics (README): /healthz says whether regcred's process and event loop are
-    alive, not whether the API server is reachable. During an outage it keeps answering 200:
-    restarting regcred would not bring the API back (and would turn an outage into a crash
+    Liveness semantics (docs/operations.md): /healthz says whether regcred's process and event
+    loop are alive, not whether the API server is reachable. During an outage it keeps answering
+    200: restarting regcred would not bring the API back (and would turn an outage into a crash
     loop); regcred reconnects by itself."""
     namespaces = tenant(40)
-    bystander = unique("theirs")
+    outage = Outage(cluster, "", namespaces, unique("theirs"))
     for namespace in namespaces[:3]:
-        cluster.set_pull_secrets(namespace, [bystander])
-    name = create_synced(cluster, wait_for, {"tenant": tenant.label}, namespaces)
+        cluster.set_pull_secrets(namespace, [outage.bystander])
+    outage.name = name = create_synced(cluster, tenant.selector, namespaces)
     probe = LivenessProbe(operator)
     probe.start()
 
@@ -274,63 +308,20 @@ def test_control_plane_restart_mid_fan_out_then_every_change_lands(
         wait_for(lambda: any(cluster.docker_password(ns, name, SERVER) == rotated for ns in namespaces),
                  interval=0.02, message="the rotation fan-out to start")
         control_plane.restart_apiserver(downtime=12, graceful=False)
+    outage.change_everything(tenant.selector, cleanup_namespaces)
 
-    # Namespace-level changes at once, while regcred's watches are still reconnecting.
-    late = unique("late")
-    _retry_until_up(lambda: cluster.create_namespace(late, {"tenant": tenant.label}), done=(409,))
-    cleanup_namespaces.append(late)
-    gone, emptied, relabelled = namespaces[0], namespaces[1], namespaces[2]
-    _retry_until_up(lambda: cluster.core.delete_namespaced_secret(name, gone), done=(404,))
-    _retry_until_up(lambda: cluster.set_pull_secrets(emptied, [bystander]))
-    _retry_until_up(lambda: cluster.label_namespace(relabelled, {"tenant": None}))
-    expected = [*(ns for ns in namespaces if ns != relabelled), late]
-
-    def problems(secret: str, labels: dict[str, str]) -> list[str]:
-        found = []
-        for namespace in expected:
-            copy = cluster.secret(namespace, name)
-            if copy is None:
-                found.append(f"{namespace}: no copy")
-                continue
-            if cluster.docker_password(namespace, name, SERVER) != secret:
-                found.append(f"{namespace}: stale content")
-            if any(copy["metadata"]["labels"].get(k) != v for k, v in labels.items()):
-                found.append(f"{namespace}: CR change not applied")
-            entries = cluster.pull_secrets(namespace)
-            want = [bystander, name] if namespace in namespaces[:3] else [name]
-            if entries != want:
-                found.append(f"{namespace}: entries {entries}")
-        if cluster.secret(relabelled, name) is not None:
-            found.append(f"{relabelled}: copy not removed")
-        if cluster.pull_secrets(relabelled) != [bystander]:
-            found.append(f"{relabelled}: entries {cluster.pull_secrets(relabelled)}")
-        return found
-
-    converge(lambda: problems(rotated, {}), 120,
+    converge(lambda: outage.problems(rotated, {}), 120,
              f"the interrupted rotation and the changes made during the reconnect after the {component} "
              "restart to land")
-    # No needless writes, outage or not: each copy rotated once, no ServiceAccount touched
-    # but the two we changed (a write lost with the API server is not counted by the audit).
-    writes = [(e["verb"], e["objectRef"]["resource"], e["objectRef"]["namespace"])
-              for e in regcred_writes(control_plane, since) if e["objectRef"].get("namespace") in namespaces]
-    updates = Counter(ns for verb, resource, ns in writes if (verb, resource) == ("update", "secrets"))
-    assert max(updates.values()) == 1, f"copies written more than once: {updates.most_common(3)}"
-    accounts = {ns for verb, resource, ns in writes if resource == "serviceaccounts"}
-    assert accounts <= {emptied, relabelled}, f"ServiceAccounts written by a rotation: {accounts}"
+    outage.assert_each_copy_rotated_once(control_plane, since)
 
     # And changes to the CR and its source after the restart.
     cluster.patch_credential(name, {"target": {"labels": {"after": "restart"}}})
     again = password("after-restart")
     cluster.rotate_source(name, again)
-    converge(lambda: problems(again, {"after": "restart"}), 60, "later changes to land")
-
-    def settled() -> bool:
-        status = (cluster.credential(name) or {}).get("status") or {}
-        return (cluster.ready(name).get("status") == "True"
-                and status.get("matchedNamespaces") == status.get("syncedNamespaces") == len(expected))
-
-    wait_for(settled, timeout=60, message=f"Ready with every namespace synced: "
-                                          f"{(cluster.credential(name) or {}).get('status')}")
+    converge(lambda: outage.problems(again, {"after": "restart"}), 60, "later changes to land")
+    wait_for(outage.settled, timeout=60, message=f"Ready with every namespace synced: "
+                                                 f"{(cluster.credential(name) or {}).get('status')}")
     probe.stop()
     assert not probe.exited, "regcred exited during the control plane restart"
     assert alive(operator)
@@ -427,7 +418,7 @@ def test_polite_foreign_writer_and_regcred_both_end_exactly_right(cluster, opera
     live: set[str] = set()
 
     def create(name: str) -> None:
-        cluster.create_credential(name, spec_for(name, {"tenant": tenant.label, credentials[name]: "yes"}))
+        cluster.create_credential(name, credential_spec(name, {**tenant.selector, credentials[name]: "yes"}))
         live.add(name)
 
     writer.start()
@@ -470,7 +461,7 @@ def test_rude_foreign_writer_cannot_keep_our_entries_out(cluster, operator, tena
     """A rude writer rewrites whole lists from fresh reads, so it drops entries regcred has just
     added; regcred puts them back. regcred only adds while it runs: a rude writer can also
     resurrect an entry regcred has just removed, which regcred then cannot tell from a foreign
-    one and leaves alone (documented in the README)."""
+    one and leaves alone (documented in docs/guarantees.md, Known limits)."""
     namespaces = tenant(5)
     seed = random.randrange(1 << 32)
     rng = random.Random(seed)
@@ -482,7 +473,7 @@ def test_rude_foreign_writer_cannot_keep_our_entries_out(cluster, operator, tena
     writer.start()
     try:
         for index, name in enumerate(names):
-            cluster.create_credential(name, spec_for(name, {"tenant": tenant.label, f"k{index}": "yes"}))
+            cluster.create_credential(name, credential_spec(name, {**tenant.selector, f"k{index}": "yes"}))
         for namespace in namespaces:
             for index in rng.sample(range(len(names)), 2):
                 _pace(writer, wait_for, writes=2)
@@ -518,7 +509,7 @@ def test_a_sync_sends_one_request_per_change_and_none_bound_to_fail(
     namespaces = tenant(40)
     events_before = operator.metric_sum("regcred_watch_events_total")
     since = datetime.now(UTC).isoformat()
-    create_synced(cluster, wait_for, {"tenant": tenant.label}, namespaces)
+    create_synced(cluster, tenant.selector, namespaces)
     wait_for(lambda: operator.metric_sum("regcred_watch_events_total") - events_before >= 80,
              timeout=60, message="the watch events of the 80 writes")
     requests = Counter(
@@ -539,7 +530,7 @@ def test_namespaces_deleted_mid_sync_neither_block_nor_fail_the_credential(
     namespaces = tenant(24)
     name = unique("cr")
     cluster.put_source(name)
-    cluster.create_credential(name, spec_for(name, {"tenant": tenant.label}))
+    cluster.create_credential(name, credential_spec(name, tenant.selector))
     wait_for(lambda: any(cluster.secret(ns, name) for ns in namespaces), interval=0.02,
              message="the first fan-out to start")
     doomed, kept = namespaces[::2], namespaces[1::2]
@@ -591,7 +582,7 @@ def test_credential_deleted_while_regcred_is_down_is_cleaned_up_when_it_returns(
         cluster.core.create_namespaced_service_account(namespace, {"metadata": {"name": "builder"}})
         cluster.set_pull_secrets(namespace, ["first"], account="builder")
         cluster.set_pull_secrets(namespace, ["first"])
-    name = create_synced(cluster, wait_for, {"tenant": tenant.label}, namespaces,
+    name = create_synced(cluster, tenant.selector, namespaces,
                          serviceAccounts=["default", "builder"])
     for namespace in namespaces:
         wait_for(lambda ns=namespace: cluster.pull_secrets(ns, "builder") == ["first", name],
@@ -616,20 +607,20 @@ def test_credential_deleted_while_regcred_is_down_is_cleaned_up_when_it_returns(
 
 def test_readme_finalizer_removal_when_regcred_is_gone_for_good(
         cluster, operator, tenant, wait_for, kubeconfig):
-    """The README's command, run literally; the garbage collector then removes the copies, and
-    a regcred that comes back later removes its entries and nothing else."""
+    """The command docs/operations.md gives, run literally; the garbage collector then removes
+    the copies, and a regcred that comes back later removes its entries and nothing else."""
     namespaces = tenant(2)
     for namespace in namespaces:
         cluster.set_pull_secrets(namespace, ["first"])
-    name = create_synced(cluster, wait_for, {"tenant": tenant.label}, namespaces)
+    name = create_synced(cluster, tenant.selector, namespaces)
     for namespace in namespaces:
         guarded_edit(cluster.core, namespace, lambda current: [*current, "last"])
     operator.stop()
     try:
         cluster.delete_credential(name)
-        readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+        operations = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
         command = """kubectl patch regcred NAME --type=merge -p '{"metadata":{"finalizers":null}}'"""
-        assert command in readme, "the README must give the finalizer removal command"
+        assert command in operations, "docs/operations.md must give the finalizer removal command"
         subprocess.run(["kubectl", "--kubeconfig", kubeconfig, "patch", "regcred", name, "--type=merge",
                         "-p", '{"metadata":{"finalizers":null}}'], check=True, capture_output=True)
         wait_for(lambda: cluster.credential(name) is None, message="CR gone")
@@ -649,18 +640,18 @@ def test_many_credentials_deleted_at_once_none_stays_on_our_finalizer(
     """Healthy, suspended, refused and conflicted CRs, one copy held by somebody else's
     finalizer, all deleted at once: every CR goes while regcred is healthy."""
     namespaces = tenant(4)
-    healthy = [create_synced(cluster, wait_for, {"tenant": tenant.label}, namespaces) for _ in range(8)]
+    healthy = [create_synced(cluster, tenant.selector, namespaces) for _ in range(8)]
     suspended = healthy[:2]
     for name in suspended:
         cluster.patch_credential(name, {"suspend": True})
     missing = unique("missing")
-    cluster.create_credential(missing, spec_for(missing, {"tenant": tenant.label}))
+    cluster.create_credential(missing, credential_spec(missing, tenant.selector))
     refused = unique("refused")
-    cluster.create_credential(refused, spec_for(refused, {"tenant": tenant.label},
+    cluster.create_credential(refused, credential_spec(refused, tenant.selector,
                                                 sourceSecretRef={"name": "x", "namespace": "default"}))
     clash = unique("clash")
     cluster.put_source(clash)
-    cluster.create_credential(clash, spec_for(clash, {"tenant": tenant.label},
+    cluster.create_credential(clash, credential_spec(clash, tenant.selector,
                                               target={"secretName": healthy[-1]}))
     for name in suspended:
         wait_for(lambda n=name: cluster.ready(n).get("reason") == "Suspended", message="suspended")

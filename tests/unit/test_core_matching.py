@@ -1,4 +1,4 @@
-"""Namespace and ServiceAccount matching (SPEC "Namespace matching", README "Which namespaces")."""
+"""Namespace and ServiceAccount matching (SPEC "Namespace matching", docs/user-guide.md)."""
 
 from __future__ import annotations
 

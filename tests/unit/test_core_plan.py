@@ -21,13 +21,17 @@ from core_builders import (
 
 from regcred.core.plan import (
     AddPullSecret,
+    AlreadyRight,
     CreateCopy,
     DeleteCopy,
     NamespacePlan,
+    NotOurs,
     ObservedServiceAccount,
     RemovePullSecret,
     ReplaceCopy,
     desired_copy,
+    is_ours,
+    next_copy_step,
     observe_copy,
     observe_service_account,
     plan_namespace,
@@ -693,3 +697,41 @@ def test_holder_that_stops_matching_hands_over_in_two_passes():
     assert w.converge() == 2
     assert w.copies["pull"]["metadata"]["labels"]["regcred.dev/credential"] == "b-claimant"
     assert w.pull_secrets() == ["pull"]
+
+
+# --- after a refused write: what the Secret as it is now calls for (plan.next_copy_step) ---------
+
+
+def _refused_create() -> CreateCopy:
+    return CreateCopy("team-a", "harbor", desired_copy(credential("harbor"), "team-a"))
+
+
+def test_after_a_refused_write_an_absent_secret_is_created():
+    assert next_copy_step(_refused_create(), None) == _refused_create()
+
+
+def test_after_a_refused_write_a_secret_not_ours_is_left_alone():
+    foreign = observe_copy({"metadata": {"name": "harbor", "namespace": "team-a"}, "type": "Opaque"})
+    step = next_copy_step(_refused_create(), foreign)
+    assert step == NotOurs("secret harbor exists and is not managed by regcred")
+
+
+def test_after_a_refused_write_our_secret_as_desired_needs_nothing():
+    assert next_copy_step(_refused_create(), observed(credential("harbor"), "team-a")) == AlreadyRight()
+
+
+def test_after_a_refused_write_our_outdated_secret_is_replaced_at_its_version():
+    stale = observed(credential("harbor", password="old"), "team-a")
+    manifest = _refused_create().manifest
+    replace_step = next_copy_step(ReplaceCopy("team-a", "harbor", "1", True, manifest), stale)
+    assert replace_step == ReplaceCopy("team-a", "harbor", stale.resource_version, True, manifest)
+    create_step = next_copy_step(_refused_create(), stale)
+    assert isinstance(create_step, ReplaceCopy) and not create_step.rotation
+
+
+def test_a_secret_owned_by_the_credential_uid_is_ours_without_the_label():
+    copy = observed(credential("harbor"), "team-a")
+    assert is_ours(copy, "harbor", "uid-other")
+    unlabelled = observe_copy(live_copy(credential("harbor"), "team-a", labels={}))
+    assert is_ours(unlabelled, "other-name", "uid-harbor")
+    assert not is_ours(unlabelled, "other-name", "uid-other")

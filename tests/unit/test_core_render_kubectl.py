@@ -2,7 +2,7 @@
 
 kubectl runs offline here (`--dry-run=client`). It takes one --docker-server per call,
 so multi-server renderings are checked as the sorted concatenation of kubectl's entries.
-A missing kubectl is a failure, not a skip: this is the contract the README promises.
+A missing kubectl is a failure, not a skip: this is the contract docs/guarantees.md promises.
 """
 
 from __future__ import annotations

@@ -1,183 +1,153 @@
 """Error paths of the reconciler: what it records when the API refuses or fails.
 
-The Kubernetes layer is replaced by a stub here, and only here: these are the failure
+The Kubernetes layer is replaced by a fake here (tests/unit/fakes.py): these are the failure
 paths a real API server will not produce on demand. Happy paths run against the real
 control plane in tests/integration.
 """
 
 from __future__ import annotations
 
-import base64
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import pytest
+from fakes import CREDENTIAL, NAMESPACE, PASSWORD, Api, Wired, World
 
-from regcred.core import plan
-from regcred.core.matching import NamespaceInfo
-from regcred.core.plan import AddPullSecret, CreateCopy, ObservedServiceAccount
-from regcred.core.source import SourceSecret
-from regcred.kube import Applied, KubeError, NotOurs
-from regcred.metrics import Metrics
-from regcred.reconciler import Reconciler
-from regcred.settings import Settings
+from regcred.core.plan import (
+    AddPullSecret,
+    CreateCopy,
+    DeleteCopy,
+    ObservedCopy,
+    ObservedServiceAccount,
+    RemovePullSecret,
+)
+from regcred.kube import ApiConflict, ApiRefused, ApiUnavailable, Applied, KubeError
 
-PASSWORD = "s3cr3t-Pa55-XYZ"
-NAMESPACE = "team-a"
-
-
-class World:
-    """An in-memory cache: one namespace, its default ServiceAccount, one CR."""
-
-    def __init__(self) -> None:
-        self.credential = {
-            "metadata": {"name": "harbor", "uid": "uid-1", "generation": 1,
-                         "creationTimestamp": "2024-01-01T00:00:00Z"},
-            "spec": {"registries": [{"server": "harbor.example.com"}],
-                     "sourceSecretRef": {"name": "robot"}},
-        }
-
-    def namespace_names(self) -> list[str]:
-        return [NAMESPACE]
-
-    def namespace(self, name: str) -> NamespaceInfo | None:
-        return NamespaceInfo(name) if name == NAMESPACE else None
-
-    def copies(self, namespace: str) -> list[Any]:
-        return []
-
-    def service_accounts(self, namespace: str) -> list[ObservedServiceAccount]:
-        return [ObservedServiceAccount(namespace, "default", resource_version="1")]
-
-    def credential_bodies(self) -> list[dict[str, Any]]:
-        return [self.credential]
-
-    def credential_body(self, name: str) -> dict[str, Any] | None:
-        return self.credential if name == "harbor" else None
-
-    def wrote(self, written: Any, planned_from: str | None) -> None:
-        """Stays as it is: every sync here plans from the same observed state."""
-
-
-class Kube:
-    """Serves the source Secret; every write raises `error` (or succeeds if None)."""
-
-    def __init__(self, error: Exception | None) -> None:
-        self.error = error
-        self.applied: list[Any] = []
-        self.statuses: list[dict[str, Any]] = []
-        self.events: list[tuple[str, str, str]] = []
-
-    def read_source(self, namespace: str, name: str) -> SourceSecret:
-        data = {"username": base64.b64encode(b"robot").decode(),
-                "password": base64.b64encode(PASSWORD.encode()).decode()}
-        return SourceSecret(namespace, name, "kubernetes.io/basic-auth", "7", data)
-
-    def apply(self, action: Any) -> Applied:
-        self.applied.append(action)
-        if self.error is not None and isinstance(action, CreateCopy):
-            raise self.error
-        return Applied(wrote=True)
-
-    def patch_status(self, name: str, status: dict[str, Any]) -> None:
-        self.statuses.append(status)
-
-    def post_event(self, credential: str, uid: str, kind: str, reason: str, message: str) -> None:
-        self.events.append((kind, reason, message))
+NOT_OURS = Applied(wrote=False, not_ours="secret harbor exists and is not managed by regcred")
 
 
 @pytest.fixture
-def reconcile():
-    """`reconcile(error)`: a full sync of the one CR with writes failing as given."""
-    made: list[Reconciler] = []
+def reconcile() -> Iterator[Callable[..., Wired]]:
+    """`reconcile(error=..., applied=...)`: a full sync of the one CR with copy writes failing
+    (or answered) as given."""
+    made: list[Wired] = []
 
-    def run(error: Exception | None) -> tuple[Kube, Reconciler]:
-        kube = Kube(error)
-        settings = Settings(operator_namespace="regcred-system",
-                            source_namespaces=frozenset({"regcred-system"}), workers=2)
-        reconciler = Reconciler(kube, World(), settings, Metrics(),
-                                clock=lambda: "2024-01-02T00:00:00Z")
-        made.append(reconciler)
-        reconciler.sync_credential("harbor")
-        return kube, reconciler
+    def run(error: Exception | None = None, applied: Applied | None = None) -> Wired:
+        wired = Wired(Api(error, applied))
+        made.append(wired)
+        wired.reconciler.sync_credential(CREDENTIAL)
+        return wired
 
     yield run
-    for reconciler in made:
-        reconciler.shutdown()
+    for wired in made:
+        wired.close()
 
 
 @pytest.mark.parametrize(
-    ("error", "reason"),
+    ("error", "applied", "reason"),
     [
-        (KubeError("create", "secret team-a/harbor", 500, "InternalError"), "ApiError"),
-        (KubeError("create", "secret team-a/harbor", 403, "Forbidden"), "ApiError"),
-        (NotOurs("secret harbor exists and is not managed by regcred"), "Conflict"),
+        (ApiUnavailable("create", "secret team-a/harbor", 500, "InternalError"), None, "ApiError"),
+        (ApiRefused("create", "secret team-a/harbor", 403, "Forbidden"), None, "ApiError"),
+        (None, NOT_OURS, "Conflict"),
     ],
 )
-def test_a_failed_copy_is_reported_and_its_entry_not_added(reconcile, error, reason):
-    kube, _ = reconcile(error)
-    assert not any(isinstance(action, AddPullSecret) for action in kube.applied)
-    status = kube.statuses[-1]
+def test_a_failed_copy_is_reported_and_its_entry_not_added(reconcile, error, applied, reason):
+    api = reconcile(error, applied).api
+    assert not any(isinstance(action, AddPullSecret) for action in api.actions)
+    status = api.statuses[-1]
     assert status["conditions"][0]["status"] == "False"
     assert status["conditions"][0]["reason"] == reason
     assert status["failedNamespaces"][0]["namespace"] == NAMESPACE
     assert (status["matchedNamespaces"], status["syncedNamespaces"]) == (1, 0)
-    assert kube.events and kube.events[0][:2] == ("Warning", reason)
+    assert api.events and api.events[0][:2] == ("Warning", reason)
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [(ApiUnavailable("create", "x", 503, "ServiceUnavailable"), True),
+     (ApiConflict("create", "x", 409, "Conflict"), True),
+     (ApiRefused("create", "x", 403, "Forbidden"), False)],
+)
+def test_only_a_transient_failure_asks_for_a_retry(error: KubeError, transient: bool):
+    wired = Wired(Api(error))
+    try:
+        assert wired.reconciler.sync_credential(CREDENTIAL).transient is transient
+    finally:
+        wired.close()
+
+
+def test_an_unreadable_source_is_reported_retried_and_keeps_the_copies_frozen(reconcile):
+    wired = reconcile()
+    wired.api.actions.clear()
+    wired.api.source_error = ApiUnavailable("get", "secret regcred-system/robot", 0, "MaxRetryError")
+    outcome = wired.reconciler.sync_credential(CREDENTIAL)
+    assert outcome.transient
+    ready = wired.api.statuses[-1]["conditions"][0]
+    assert (ready["status"], ready["reason"]) == ("False", "SourceUnreadable")
+    assert wired.api.statuses[-1]["sourceResourceVersion"] == "7"  # the version last rendered
+    assert not any(isinstance(action, CreateCopy) for action in wired.api.actions[1:])
 
 
 def test_a_refused_create_is_remembered_until_the_next_resync(reconcile):
-    kube, reconciler = reconcile(NotOurs("secret harbor exists and is not managed by regcred"))
-    kube.applied.clear()
-    reconciler.sync_namespace(NAMESPACE)
-    assert not any(isinstance(action, CreateCopy) for action in kube.applied)
-    reconciler.sync_credential("harbor", resync=True)
-    assert any(isinstance(action, CreateCopy) for action in kube.applied)
+    wired = reconcile(applied=NOT_OURS)
+    wired.api.actions.clear()
+    wired.reconciler.sync_namespace(NAMESPACE)
+    assert not any(isinstance(action, CreateCopy) for action in wired.api.actions)
+    wired.reconciler.forget_foreign(CREDENTIAL)
+    wired.reconciler.sync_credential(CREDENTIAL)
+    assert any(isinstance(action, CreateCopy) for action in wired.api.actions)
 
 
 def test_success_after_failure_clears_the_failure(reconcile):
-    kube, reconciler = reconcile(KubeError("create", "secret team-a/harbor", 500, "InternalError"))
-    kube.error = None
-    reconciler.sync_credential("harbor")
-    assert kube.statuses[-1]["conditions"][0]["status"] == "True"
-    assert kube.statuses[-1]["failedNamespaces"] == []
+    wired = reconcile(ApiUnavailable("create", "secret team-a/harbor", 500, "InternalError"))
+    wired.api.error = None
+    wired.reconciler.sync_credential(CREDENTIAL)
+    assert wired.api.statuses[-1]["conditions"][0]["status"] == "True"
+    assert wired.api.statuses[-1]["failedNamespaces"] == []
+
+
+def test_reading_credentials_has_no_side_effects_and_a_sync_asks_for_unsynced_ones():
+    wired = Wired(Api())
+    try:
+        wired.reconciler.credentials()
+        wired.reconciler.credentials_using_source("regcred-system", "robot")
+        assert wired.requested == []
+        wired.reconciler.sync_namespace(NAMESPACE)
+        assert wired.requested == [CREDENTIAL]
+        wired.reconciler.sync_credential(CREDENTIAL)
+        wired.requested.clear()
+        wired.reconciler.sync_namespace(NAMESPACE)
+        assert wired.requested == []
+    finally:
+        wired.close()
 
 
 def test_no_secret_material_reaches_status_or_events(reconcile):
-    kube, _ = reconcile(KubeError("create", "secret team-a/harbor", 500, "InternalError"))
-    assert PASSWORD not in repr(kube.statuses)
-    assert PASSWORD not in repr(kube.events)
-    assert PASSWORD not in repr(kube.applied)
+    api = reconcile(ApiUnavailable("create", "secret team-a/harbor", 500, "InternalError")).api
+    assert PASSWORD not in repr(api.statuses)
+    assert PASSWORD not in repr(api.events)
+    assert PASSWORD not in repr(api.actions)
 
 
 class ResumedWorld(World):
     """What a replica resuming after a pause sees: a copy and an entry of CR "newer", created
     while it was paused, whose body kopf has not listed into the index yet."""
 
-    def copies(self, namespace: str) -> list[Any]:
-        return [plan.ObservedCopy(namespace, "newer", "newer", ("uid-2",), "digest", "meta", "uid-c", "5")]
+    def copies(self, namespace: str) -> list[ObservedCopy]:
+        return [ObservedCopy(namespace, "newer", "newer", ("uid-newer",), "digest", "meta", "uid-c", "5")]
 
     def service_accounts(self, namespace: str) -> list[ObservedServiceAccount]:
         return [ObservedServiceAccount(namespace, "default", ("newer",), frozenset({"newer"}), "1")]
 
 
-class ListingKube(Kube):
-    def __init__(self, live: list[str]) -> None:
-        super().__init__(None)
-        self.live = live
-
-    def list_credentials(self, from_watch_cache: bool = False) -> list[dict[str, Any]]:
-        return [{"metadata": {"name": name}} for name in self.live]
-
-
-@pytest.mark.parametrize(("live", "undone"), [(["harbor", "newer"], False), (["harbor"], True)])
+@pytest.mark.parametrize(("live", "undone"), [([CREDENTIAL, "newer"], False), ([CREDENTIAL], True)])
 def test_nothing_is_undone_for_a_cr_the_index_has_not_seen_yet(live, undone):
-    kube = ListingKube(live)
-    settings = Settings(operator_namespace="regcred-system",
-                        source_namespaces=frozenset({"regcred-system"}), workers=2)
-    reconciler = Reconciler(kube, ResumedWorld(), settings, Metrics())
+    api = Api()
+    api.live_credentials = live
+    wired = Wired(api, ResumedWorld())
     try:
-        outcome = reconciler.sync_namespace(NAMESPACE)
+        outcome = wired.reconciler.sync_namespace(NAMESPACE)
     finally:
-        reconciler.shutdown()
-    removals = [a for a in kube.applied if isinstance(a, plan.DeleteCopy | plan.RemovePullSecret)]
+        wired.close()
+    removals = [a for a in api.actions if isinstance(a, DeleteCopy | RemovePullSecret)]
     assert bool(removals) is undone
     assert outcome.transient is not undone  # deferred: tried again once kopf has listed the CRs

@@ -60,7 +60,8 @@ def admission_credentials(
             spec = parse(body)
         except InvalidInput:
             continue
-        ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+        ready: Mapping[str, Any] = next(
+            (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
         rendered = ready.get("status") == "True" or ready.get("reason") in NAMESPACE_FAILURE_REASONS
         current = status.get("observedGeneration") == spec.generation == ready.get("observedGeneration")
         if spec.suspend or not rendered or not current:

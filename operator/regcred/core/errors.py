@@ -1,4 +1,9 @@
-"""The one error type of the pure core: bad input a user can fix."""
+"""Why a RegistryCredential is not Ready: bad input a user can fix, or a source that could
+not be read. Kept apart by type, so no decision is ever taken on a reason string."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
 
 
 class InvalidInput(ValueError):
@@ -11,3 +16,16 @@ class InvalidInput(ValueError):
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+@dataclass(frozen=True)
+class SourceUnreadable:
+    """The API failed when the source Secret was read: not the user's input. The CR shows it
+    as not Ready, its copies stay as they are, and the read is retried with a backoff."""
+
+    message: str
+    reason: str = "SourceUnreadable"
+
+
+# What keeps a credential from rendering, as its Ready condition reports it.
+Problem = InvalidInput | SourceUnreadable

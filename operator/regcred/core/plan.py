@@ -51,6 +51,20 @@ class Credential:
         return self.spec is not None and self.config is not None and not self.spec.suspend
 
     @property
+    def valid_spec(self) -> CredentialSpec:
+        """The spec of a credential known to be valid (every matched one is)."""
+        if self.spec is None:
+            raise ValueError(f"credential {self.name} has no valid spec")
+        return self.spec
+
+    @property
+    def content(self) -> RenderedConfig:
+        """What every copy of an active credential holds."""
+        if self.config is None:
+            raise ValueError(f"credential {self.name} is not rendered")
+        return self.config
+
+    @property
     def seniority(self) -> tuple[str, str]:
         """Older credentials win a contested Secret name; the name breaks ties."""
         return (self.spec.created if self.spec else "", self.name)
@@ -92,7 +106,7 @@ class CreateCopy:
 
     @property
     def secret_name(self) -> str:
-        return self.manifest["metadata"]["name"]
+        return str(self.manifest["metadata"]["name"])
 
 
 @dataclass(frozen=True)
@@ -105,7 +119,7 @@ class ReplaceCopy:
 
     @property
     def secret_name(self) -> str:
-        return self.manifest["metadata"]["name"]
+        return str(self.manifest["metadata"]["name"])
 
 
 @dataclass(frozen=True)
@@ -135,7 +149,21 @@ class RemovePullSecret:
     observed: ObservedServiceAccount | None = field(default=None, compare=False, repr=False)
 
 
+@dataclass(frozen=True)
+class AlreadyRight:
+    """The Secret is ours and already as desired: nothing to write."""
+
+
+@dataclass(frozen=True)
+class NotOurs:
+    """A Secret with the target name exists and regcred does not own it: leave it alone."""
+
+    message: str
+
+
 SecretAction = CreateCopy | ReplaceCopy | DeleteCopy
+# What to do about a copy once the API refused a write of it (see `next_copy_step`).
+CopyStep = CreateCopy | ReplaceCopy | AlreadyRight | NotOurs
 ServiceAccountAction = AddPullSecret | RemovePullSecret
 Action = SecretAction | ServiceAccountAction
 
@@ -181,7 +209,7 @@ def plan_namespace(
         if current is None:
             secret_actions.append(CreateCopy(namespace.name, winner.name, manifest))
         elif copy_differs(current, manifest):
-            rotation = current.data_digest != winner.config.digest
+            rotation = current.data_digest != winner.content.digest
             secret_actions.append(
                 ReplaceCopy(namespace.name, winner.name, current.resource_version, rotation, manifest)
             )
@@ -192,13 +220,13 @@ def plan_namespace(
                 DeleteCopy(copy.namespace, copy.name, copy.credential, copy.uid, copy.resource_version)
             )
 
-    kept = {c.spec.secret_name for c in matched if not c.active}
+    kept = {c.valid_spec.secret_name for c in matched if not c.active}
     kept |= {name for name, holder in holders.items() if holder and not holder.active}
     sa_actions: list[ServiceAccountAction] = []
     for account in sorted(service_accounts, key=lambda sa: sa.name):
         wanted = {
             name for name, winner in desired.items()
-            if service_account_matches(winner.spec, account.name)
+            if service_account_matches(winner.valid_spec, account.name)
         }
         for name in sorted(wanted - set(account.pull_secrets)):
             sa_actions.append(AddPullSecret(namespace.name, account.name, name, desired[name].name, account))
@@ -222,7 +250,7 @@ def _assign_secret_names(
     """Decide which active credential gets each Secret name; everyone else is in conflict."""
     claims: dict[str, list[Credential]] = {}
     for credential in sorted((c for c in matched if c.active), key=lambda c: c.seniority):
-        claims.setdefault(credential.spec.secret_name, []).append(credential)
+        claims.setdefault(credential.valid_spec.secret_name, []).append(credential)
     desired: dict[str, Credential] = {}
     conflicts: dict[str, str] = {}
     for secret_name, claimants in claims.items():
@@ -243,6 +271,28 @@ def _assign_secret_names(
     return desired, conflicts
 
 
+def is_ours(copy: ObservedCopy, credential: str, uid: str) -> bool:
+    """A Secret is ours if it names the credential in our label or points to it as owner."""
+    return copy.credential == credential or uid in copy.owner_uids
+
+
+def next_copy_step(action: CreateCopy | ReplaceCopy, existing: ObservedCopy | None) -> CopyStep:
+    """The write of `action` was refused because the Secret is not what the plan saw (it
+    exists although the cache showed none, or it changed or vanished since): decide from the
+    Secret as it is now. Absent: create it. Not ours: leave it alone. Ours and right (the cache
+    was behind): nothing. Ours and different: replace it at its current version (adopt it)."""
+    if existing is None:
+        return CreateCopy(action.namespace, action.credential, action.manifest)
+    owner_uid = action.manifest["metadata"]["ownerReferences"][0]["uid"]
+    if not is_ours(existing, action.credential, owner_uid):
+        return NotOurs(f"secret {action.secret_name} exists and is not managed by regcred")
+    if not copy_differs(existing, action.manifest):
+        return AlreadyRight()
+    rotation = action.rotation if isinstance(action, ReplaceCopy) else False
+    return ReplaceCopy(action.namespace, action.credential, existing.resource_version, rotation,
+                       action.manifest)
+
+
 def _holder(copy: ObservedCopy, credentials: Mapping[str, Credential]) -> Credential | None:
     holder = credentials.get(copy.credential)
     if holder is not None:
@@ -261,7 +311,7 @@ def copy_differs(current: ObservedCopy, manifest: Mapping[str, Any]) -> bool:
 
 def desired_copy(credential: Credential, namespace: str) -> dict[str, Any]:
     """The Secret manifest every copy of `credential` has in `namespace`."""
-    spec = credential.spec
+    spec = credential.valid_spec
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -286,7 +336,7 @@ def desired_copy(credential: Credential, namespace: str) -> dict[str, Any]:
                 }
             ],
         },
-        "data": {DOCKERCONFIGJSON_KEY: credential.config.encoded},
+        "data": {DOCKERCONFIGJSON_KEY: credential.content.encoded},
     }
 
 

@@ -6,11 +6,11 @@ something really changed, so an idle resync produces an identical status: no wri
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from regcred.core.errors import InvalidInput
+from regcred.core.errors import Problem
 
 MAX_FAILED_NAMESPACES = 20
 MAX_MESSAGE = 512  # the CRD caps status messages; one long API error must not fail the write
@@ -30,15 +30,20 @@ def build_status(
     generation: int,
     previous: Mapping[str, Any],
     now: str,
-    problem: InvalidInput | None = None,
+    problem: Problem | None = None,
     suspended: bool = False,
     matched: int = 0,
     failures: tuple[Failure, ...] = (),
     source_resource_version: str | None = None,
     wrote: bool = False,
     rotated: bool = False,
+    extra_conditions: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """The whole status; `previous` is the current status so timestamps survive idle passes."""
+    """The whole status; `previous` is the current status so timestamps survive idle passes.
+
+    `extra_conditions` are conditions other than Ready (type, status, reason, message), such
+    as a credential check's; they follow Ready, and keep their transition time the same way.
+    """
     synced = matched - len(failures)
     if problem is not None:
         ready, reason, message = "False", problem.reason, problem.message
@@ -56,21 +61,15 @@ def build_status(
     else:
         ready, reason, message = "True", "Synced", f"{synced}/{matched} namespaces"
 
-    condition = {
-        "type": "Ready",
-        "status": ready,
-        "reason": reason,
-        "message": message[:MAX_MESSAGE],
-        "observedGeneration": generation,
-        "lastTransitionTime": now,
-    }
-    old = next((c for c in previous.get("conditions") or [] if c.get("type") == "Ready"), None)
-    if old and old.get("status") == ready and old.get("lastTransitionTime"):
-        condition["lastTransitionTime"] = old["lastTransitionTime"]
+    ready_condition = {"type": "Ready", "status": ready, "reason": reason, "message": message}
+    conditions = [
+        _condition(wanted, generation, previous, now)
+        for wanted in (ready_condition, *extra_conditions)
+    ]
 
     status: dict[str, Any] = {
         "observedGeneration": generation,
-        "conditions": [condition],
+        "conditions": conditions,
         "matchedNamespaces": matched,
         "syncedNamespaces": synced,
         "failedNamespaces": [
@@ -86,6 +85,23 @@ def build_status(
     if last_rotation:
         status["lastRotationTime"] = last_rotation
     return status
+
+
+def _condition(wanted: Mapping[str, Any], generation: int, previous: Mapping[str, Any],
+               now: str) -> dict[str, Any]:
+    """A metav1.Condition; its transition time moves only when its status does."""
+    condition = {
+        "type": wanted["type"],
+        "status": wanted["status"],
+        "reason": wanted["reason"],
+        "message": str(wanted["message"])[:MAX_MESSAGE],
+        "observedGeneration": generation,
+        "lastTransitionTime": now,
+    }
+    old = next((c for c in previous.get("conditions") or [] if c.get("type") == wanted["type"]), None)
+    if old and old.get("status") == condition["status"] and old.get("lastTransitionTime"):
+        condition["lastTransitionTime"] = old["lastTransitionTime"]
+    return condition
 
 
 def status_differs(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:

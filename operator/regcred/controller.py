@@ -1,0 +1,139 @@
+"""The controller: what happened becomes work in one queue, and workers turn work into syncs.
+
+Every way into regcred lands here and becomes a typed key in one `WorkQueue`:
+- a namespace, ServiceAccount or copy changed -> `NamespaceKey`;
+- a CR was created, changed or resumed, or its source Secret changed -> `CredentialKey`;
+- the periodic resync -> `CredentialKey` and a periodic `CacheCheckKey`; a re-listed watch ->
+  a `CacheCheckKey` a second later.
+`settings.workers` threads drain the queue. A key that failed transiently comes back after its
+backoff; one that succeeded has its backoff reset. Deleting a CR is the one synchronous call:
+kopf's finalizer waits for its result.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Protocol, assert_never
+
+import structlog
+
+from regcred.cachecheck import CacheChecker, CheckableCaches, LiveUids
+from regcred.kube import KubeError
+from regcred.ledger import Ledger, StatusPublisher, StatusWriter
+from regcred.metrics import Metrics
+from regcred.reconciler import Api, Reconciler, World
+from regcred.settings import Settings
+from regcred.workqueue import CacheCheckKey, CredentialKey, Key, NamespaceKey, WorkQueue
+
+log = structlog.get_logger("regcred.controller")
+
+RELIST_CHECK_DELAY = 1.0  # after a re-list, give the listing a moment before checking
+
+
+class Controller:
+    def __init__(self, queue: WorkQueue[Key], reconciler: Reconciler, checker: CacheChecker,
+                 workers: int) -> None:
+        self._queue = queue
+        self.reconciler = reconciler
+        self._checker = checker
+        self._workers = [
+            threading.Thread(target=self._work, name=f"regcred-worker-{index}", daemon=True)
+            for index in range(workers)
+        ]
+
+    # --- what happened ------------------------------------------------------------------------
+
+    def namespace_changed(self, namespace: str) -> None:
+        """Never blocks, so kopf can call it from its event loop."""
+        self._queue.add(NamespaceKey(namespace))
+
+    def credential_changed(self, name: str) -> None:
+        self._queue.add(CredentialKey(name))
+
+    def source_changed(self, namespace: str, name: str) -> None:
+        for credential in self.reconciler.credentials_using_source(namespace, name):
+            self.credential_changed(credential)
+
+    def resync(self, name: str) -> None:
+        """The periodic safety net: look again at conflicts, the caches and every namespace."""
+        self.reconciler.forget_foreign(name)
+        self._queue.add(CacheCheckKey(periodic=True))
+        self._queue.add(CredentialKey(name))
+
+    def relisted(self) -> None:
+        """A watch was listed again: entries deleted in the gap may linger in the caches."""
+        self._queue.add_after(CacheCheckKey(), RELIST_CHECK_DELAY)
+
+    def credential_deleted(self, name: str) -> None:
+        """Remove the CR's copies and entries now; raises `CleanupIncomplete` if some remain."""
+        self.reconciler.forget_credential(name)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for worker in self._workers:
+            worker.start()
+
+    def shutdown(self) -> None:
+        self._queue.shutdown()
+        self.reconciler.shutdown()
+
+    # --- the workers ------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while (key := self._queue.get()) is not None:
+            self.process(key)
+
+    def process(self, key: Key) -> None:
+        """Run one key, then retry it later if it failed transiently, or reset its backoff."""
+        try:
+            transient = self._run(key)
+        except Exception:  # never lose a key, nor a worker, to an unexpected error
+            log.exception("sync failed", key=repr(key))
+            transient = True
+        finally:
+            self._queue.done(key)
+        if not transient:
+            self._queue.forget(key)
+            return
+        delay = self._queue.retry_later(key)
+        log.info("retrying after a transient API failure", key=repr(key), seconds=delay)
+
+    def _run(self, key: Key) -> bool:
+        """Whether `key` failed in a way worth retrying soon."""
+        match key:
+            case NamespaceKey(name):
+                outcome = self.reconciler.sync_namespace(name)
+                self.reconciler.publish_changed(outcome)
+                return outcome.transient
+            case CredentialKey(name):
+                return self.reconciler.sync_credential(name).transient
+            case CacheCheckKey(periodic):
+                try:
+                    result = self._checker.check(periodic=periodic)
+                except KubeError as error:
+                    log.warning("cannot check the caches", error=str(error))
+                    return error.transient
+                for namespace in result.stale_namespaces:
+                    self._queue.add(NamespaceKey(namespace))
+                return False
+        assert_never(key)
+
+
+class ObservedState(World, CheckableCaches, Protocol):
+    """What the controller reads (`Caches`): the reconciler's view and the cache check's."""
+
+
+class ApiCalls(Api, StatusWriter, LiveUids, Protocol):
+    """What the controller calls (`Kube`): reconciling, publishing status, the cache check."""
+
+
+def build(kube: ApiCalls, caches: ObservedState, settings: Settings, metrics: Metrics) -> Controller:
+    """Wire the operator: one queue, the ledger and its publisher, the reconciler, the check."""
+    queue: WorkQueue[Key] = WorkQueue()
+    ledger = Ledger()
+    publisher = StatusPublisher(kube, caches, ledger, metrics)
+    reconciler = Reconciler(kube, caches, settings, metrics, ledger, publisher,
+                            request_credential_sync=lambda name: queue.add(CredentialKey(name)))
+    checker = CacheChecker(caches, kube, min_interval=settings.resync_seconds / 2)
+    return Controller(queue, reconciler, checker, settings.workers)

@@ -1,0 +1,318 @@
+"""`Kube`'s conflict and retry paths, against a fake of the official client's CoreV1Api.
+
+A real API server will not produce these races on demand (a Secret replaced between our
+read and our write, a ServiceAccount that changes under every patch), so the client is faked
+here, and only here; the happy paths run against the real control plane.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import urllib3
+from core_builders import PASSWORD, PatchTestFailed, credential, json_patch, sa_body
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from regcred.core.plan import (
+    AddPullSecret,
+    CreateCopy,
+    DeleteCopy,
+    RemovePullSecret,
+    ReplaceCopy,
+    desired_copy,
+    observe_service_account,
+)
+from regcred.kube import (
+    COPY_ATTEMPTS,
+    SERVICE_ACCOUNT_ATTEMPTS,
+    ApiConflict,
+    ApiRefused,
+    ApiUnavailable,
+    Kube,
+    api_error,
+)
+
+NAMESPACE = "team-a"
+
+
+class Response:
+    def __init__(self, body: Any) -> None:
+        self.data = json.dumps(body).encode() if body is not None else b""
+
+
+def refusal(status: int, reason: str) -> ApiException:
+    error = ApiException(status=status, reason=reason)
+    error.body = json.dumps({"kind": "Status", "reason": reason, "message": f"it has {PASSWORD}"})
+    return error
+
+
+class FakeCore:
+    """Secrets and ServiceAccounts of one namespace, with resourceVersions, preconditions and
+    guarded JSON Patches as the API server checks them. `meddle(verb, name)` runs before each
+    write, to play a concurrent writer."""
+
+    def __init__(self) -> None:
+        self.secrets: dict[str, dict[str, Any]] = {}
+        self.accounts: dict[str, dict[str, Any]] = {}
+        self.calls: list[str] = []
+        self.version = 100
+        self.meddle: Callable[[str, str], None] = lambda verb, name: None
+
+    def bump(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.version += 1
+        body["metadata"]["resourceVersion"] = str(self.version)
+        body["metadata"].setdefault("uid", f"uid-{body['metadata']['name']}")
+        return body
+
+    def create_namespaced_secret(self, namespace: str, body: dict[str, Any], **_: Any) -> Response:
+        self.calls.append("create")
+        name = body["metadata"]["name"]
+        self.meddle("create", name)
+        if name in self.secrets:
+            raise refusal(409, "AlreadyExists")
+        self.secrets[name] = self.bump(copy.deepcopy(body))
+        return Response(self.secrets[name])
+
+    def replace_namespaced_secret(self, name: str, namespace: str, body: dict[str, Any],
+                                  **_: Any) -> Response:
+        self.calls.append("replace")
+        self.meddle("replace", name)
+        if name not in self.secrets:
+            raise refusal(404, "NotFound")
+        if body["metadata"]["resourceVersion"] != self.secrets[name]["metadata"]["resourceVersion"]:
+            raise refusal(409, "Conflict")
+        uid = self.secrets[name]["metadata"]["uid"]
+        self.secrets[name] = self.bump(copy.deepcopy(body))
+        self.secrets[name]["metadata"]["uid"] = uid
+        return Response(self.secrets[name])
+
+    def read_namespaced_secret(self, name: str, namespace: str, **_: Any) -> Response:
+        self.calls.append("get")
+        if name not in self.secrets:
+            raise refusal(404, "NotFound")
+        return Response(self.secrets[name])
+
+    def delete_namespaced_secret(self, name: str, namespace: str, body: dict[str, Any],
+                                 **_: Any) -> Response:
+        self.calls.append("delete")
+        if name not in self.secrets:
+            raise refusal(404, "NotFound")
+        wanted = body["preconditions"]
+        meta = self.secrets[name]["metadata"]
+        if (meta["uid"], meta["resourceVersion"]) != (wanted["uid"], wanted["resourceVersion"]):
+            raise refusal(409, "Conflict")
+        del self.secrets[name]
+        return Response({"kind": "Status", "status": "Success"})
+
+    def read_namespaced_service_account(self, name: str, namespace: str, **_: Any) -> Response:
+        self.calls.append("get-sa")
+        if name not in self.accounts:
+            raise refusal(404, "NotFound")
+        return Response(self.accounts[name])
+
+    def patch_namespaced_service_account(self, name: str, namespace: str, ops: list[Any],
+                                         **_: Any) -> Response:
+        self.calls.append("patch-sa")
+        self.meddle("patch", name)
+        if name not in self.accounts:
+            raise refusal(404, "NotFound")
+        try:
+            patched = json_patch(self.accounts[name], ops)
+        except PatchTestFailed:
+            raise refusal(422, "Invalid") from None
+        self.accounts[name] = self.bump(patched)
+        return Response(self.accounts[name])
+
+
+@pytest.fixture
+def core() -> FakeCore:
+    return FakeCore()
+
+
+@pytest.fixture
+def errors() -> list[int]:
+    return []
+
+
+@pytest.fixture
+def kube(core: FakeCore, errors: list[int]) -> Kube:
+    made = Kube(client.ApiClient(client.Configuration()), on_error=errors.append)
+    made._core = core  # the one seam: everything above the client is the real code
+    return made
+
+
+HARBOR = credential("harbor")
+
+
+def manifest(cred=HARBOR) -> dict[str, Any]:
+    return desired_copy(cred, NAMESPACE)
+
+
+def stored(core: FakeCore, body: dict[str, Any]) -> dict[str, Any]:
+    core.secrets[body["metadata"]["name"]] = core.bump(copy.deepcopy(body))
+    return core.secrets[body["metadata"]["name"]]
+
+
+# --- copies ---------------------------------------------------------------------------------
+
+
+def test_a_create_writes_once(kube, core):
+    applied = kube.apply(CreateCopy(NAMESPACE, "harbor", manifest()))
+    assert (applied.wrote, core.calls) == (True, ["create"])
+    assert applied.written.resource_version == core.secrets["harbor"]["metadata"]["resourceVersion"]
+
+
+def test_a_create_over_our_own_up_to_date_copy_writes_nothing(kube, core):
+    stored(core, manifest())
+    applied = kube.apply(CreateCopy(NAMESPACE, "harbor", manifest()))
+    assert (applied.wrote, applied.not_ours, core.calls) == (False, None, ["create", "get"])
+
+
+def test_a_create_over_a_secret_not_ours_leaves_it_alone(kube, core):
+    foreign = stored(core, {"metadata": {"name": "harbor"}, "type": "Opaque", "data": {"x": "eA=="}})
+    before = copy.deepcopy(foreign)
+    applied = kube.apply(CreateCopy(NAMESPACE, "harbor", manifest()))
+    assert applied.wrote is False
+    assert applied.not_ours == "secret harbor exists and is not managed by regcred"
+    assert core.secrets["harbor"] == before
+    assert core.calls == ["create", "get"]
+
+
+def test_a_create_over_our_outdated_copy_adopts_it_with_a_replace(kube, core):
+    stored(core, manifest(credential("harbor", password="old")))
+    applied = kube.apply(CreateCopy(NAMESPACE, "harbor", manifest()))
+    assert (applied.wrote, applied.rotated) == (True, False)
+    assert core.calls == ["create", "get", "replace"]
+    assert core.secrets["harbor"]["data"] == manifest()["data"]
+
+
+def test_a_copy_labelled_by_us_but_stripped_of_its_owner_is_still_ours(kube, core):
+    body = manifest(credential("harbor", password="old"))
+    body["metadata"]["ownerReferences"] = []
+    stored(core, body)
+    assert kube.apply(CreateCopy(NAMESPACE, "harbor", manifest())).wrote
+
+
+def test_a_replace_from_a_stale_version_re_reads_and_keeps_the_rotation(kube, core):
+    current = stored(core, manifest(credential("harbor", password="old")))
+    stale = str(int(current["metadata"]["resourceVersion"]) - 1)
+    applied = kube.apply(ReplaceCopy(NAMESPACE, "harbor", stale, True, manifest()))
+    assert (applied.wrote, applied.rotated) == (True, True)
+    assert core.calls == ["replace", "get", "replace"]
+
+
+def test_a_replace_of_a_copy_deleted_meanwhile_creates_it(kube, core):
+    applied = kube.apply(ReplaceCopy(NAMESPACE, "harbor", "7", True, manifest()))
+    assert applied.wrote
+    assert core.calls == ["replace", "get", "create"]
+
+
+def test_a_replace_of_a_copy_somebody_else_took_over_leaves_it_alone(kube, core):
+    stored(core, {"metadata": {"name": "harbor", "labels": {"app": "theirs"}}, "type": "Opaque"})
+    applied = kube.apply(ReplaceCopy(NAMESPACE, "harbor", "1", False, manifest()))
+    assert applied.not_ours is not None
+    assert core.calls == ["replace", "get"]
+
+
+def test_a_copy_changing_under_every_write_gives_up_after_the_stated_bound(kube, core):
+    stored(core, manifest(credential("harbor", password="old")))
+
+    def rewrite(verb: str, name: str) -> None:  # somebody replaces it before each of our writes
+        if name in core.secrets:
+            core.bump(core.secrets[name])
+
+    core.meddle = rewrite
+    with pytest.raises(ApiConflict) as raised:
+        kube.apply(CreateCopy(NAMESPACE, "harbor", manifest()))
+    assert raised.value.transient
+    writes = [call for call in core.calls if call in ("create", "replace")]
+    assert len(writes) == COPY_ATTEMPTS
+
+
+def test_a_delete_of_a_copy_changed_meanwhile_is_refused_and_writes_nothing(kube, core):
+    current = stored(core, manifest())
+    applied = kube.apply(DeleteCopy(NAMESPACE, "harbor", "harbor", current["metadata"]["uid"], "1"))
+    assert applied.wrote is False
+    assert "harbor" in core.secrets
+
+
+def test_a_delete_of_a_copy_gone_already_writes_nothing(kube, core):
+    assert kube.apply(DeleteCopy(NAMESPACE, "harbor", "harbor", "uid", "1")).wrote is False
+
+
+# --- ServiceAccounts --------------------------------------------------------------------------
+
+
+def account(core: FakeCore, **kwargs: Any) -> dict[str, Any]:
+    core.accounts["default"] = sa_body(namespace=NAMESPACE, **kwargs)
+    return core.accounts["default"]
+
+
+def test_an_entry_added_from_a_stale_cache_is_re_read_and_added_once(kube, core):
+    cached = observe_service_account(account(core, pull_secrets=["theirs"]))
+    core.bump(core.accounts["default"])  # somebody wrote since our cache saw it
+    applied = kube.apply(AddPullSecret(NAMESPACE, "default", "harbor", "harbor", cached))
+    assert applied.wrote
+    assert core.calls == ["patch-sa", "get-sa", "patch-sa"]
+    assert [ref["name"] for ref in core.accounts["default"]["imagePullSecrets"]] == ["theirs", "harbor"]
+
+
+def test_a_service_account_busy_under_every_patch_gives_up_after_the_stated_bound(kube, core):
+    account(core)
+    core.meddle = lambda verb, name: core.bump(core.accounts[name])
+    with pytest.raises(ApiConflict):
+        kube.apply(AddPullSecret(NAMESPACE, "default", "harbor", "harbor"))
+    assert core.calls.count("patch-sa") == SERVICE_ACCOUNT_ATTEMPTS
+
+
+def test_an_entry_on_a_service_account_gone_meanwhile_writes_nothing(kube, core):
+    assert kube.apply(AddPullSecret(NAMESPACE, "default", "harbor", "harbor")).wrote is False
+    assert kube.apply(RemovePullSecret(NAMESPACE, "default", "harbor")).wrote is False
+
+
+def test_an_entry_already_there_needs_no_patch(kube, core):
+    cached = observe_service_account(account(core, pull_secrets=["harbor"], ours=["harbor"]))
+    assert kube.apply(AddPullSecret(NAMESPACE, "default", "harbor", "harbor", cached)).wrote is False
+    assert core.calls == []
+
+
+# --- errors by meaning -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "transient"),
+    [(0, ApiUnavailable, True), (500, ApiUnavailable, True), (429, ApiUnavailable, True),
+     (409, ApiConflict, True), (403, ApiRefused, False), (400, ApiRefused, False)],
+)
+def test_a_failed_call_is_typed_by_what_it_means(status, kind, transient):
+    error = api_error("get", "secret a/b", status, "Whatever")
+    assert isinstance(error, kind)
+    assert error.transient is transient
+
+
+def test_a_refused_call_is_counted_and_its_message_holds_no_response_body(kube, core, errors):
+    core.create_namespaced_secret = lambda *a, **k: (_ for _ in ()).throw(refusal(403, "Forbidden"))
+    with pytest.raises(ApiRefused) as raised:
+        kube.apply(CreateCopy(NAMESPACE, "harbor", manifest()))
+    assert str(raised.value) == "create secret team-a/harbor: 403 Forbidden"
+    assert PASSWORD not in str(raised.value)
+    assert errors == [403]
+
+
+def test_no_answer_is_unavailable_with_status_zero(kube, core, errors):
+    def unreachable(*args: Any, **kwargs: Any) -> None:
+        raise urllib3.exceptions.MaxRetryError(None, "/api", "connection refused")
+
+    core.read_namespaced_secret = unreachable
+    with pytest.raises(ApiUnavailable) as raised:
+        kube.read_source("regcred-system", "robot")
+    assert (raised.value.status, raised.value.reason, errors) == (0, "MaxRetryError", [0])
+
+
+def test_a_missing_source_is_none_not_an_error(kube):
+    assert kube.read_source("regcred-system", "robot") is None
