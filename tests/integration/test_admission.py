@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from helpers import wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from operator_process import OperatorProcess, free_port
@@ -59,7 +60,7 @@ def no_webhook(kube) -> Iterator[None]:
 
 
 @pytest.fixture
-def start_regcred(kubeconfig, crd_installed, kube, no_webhook, tmp_path, wait_for,
+def start_regcred(kubeconfig, crd_installed, kube, no_webhook, tmp_path,
                   ) -> Iterator[Callable[..., OperatorProcess]]:
     """Factory: `start_regcred(admission=True, port=None, env=None)` runs `regcred run`; with
     admission, waits until the API server's webhook configuration points at it."""
@@ -85,7 +86,7 @@ def start_regcred(kubeconfig, crd_installed, kube, no_webhook, tmp_path, wait_fo
 
 
 @pytest.fixture
-def credential(cluster: Cluster, wait_for) -> Callable[..., tuple[str, str]]:
+def credential(cluster: Cluster) -> Callable[..., tuple[str, str]]:
     """Factory: a Ready CR matching namespaces labelled tenant=<label>; returns (name, label)."""
 
     def make(**spec: Any) -> tuple[str, str]:
@@ -138,7 +139,7 @@ def pods_without(cluster: Cluster, namespace: str, secret: str) -> tuple[int, in
     return len(pods), sum(secret not in names(pod.spec.image_pull_secrets) for pod in pods)
 
 
-def burst(cluster: Cluster, kube, fresh_namespaces, wait_for, secret: str, label: str) -> tuple[int, int]:
+def burst(cluster: Cluster, kube, fresh_namespaces, secret: str, label: str) -> tuple[int, int]:
     """ROUNDS times: a namespace and a Deployment of REPLICAS applied together, as GitOps or
     `kubectl apply -f tenant/` does. Returns (Pods, Pods without our entry)."""
     apps = client.AppsV1Api(kube)
@@ -163,10 +164,10 @@ def report(capsys, text: str) -> None:
 # --- the race ---------------------------------------------------------------------------------
 
 def test_burst_with_admission_every_pod_carries_the_pull_secret(
-        cluster, kube, start_regcred, credential, fresh_namespaces, wait_for, capsys):
+        cluster, kube, start_regcred, credential, fresh_namespaces, capsys):
     start_regcred()
     name, label = credential()
-    pods, missing = burst(cluster, kube, fresh_namespaces, wait_for, name, label)
+    pods, missing = burst(cluster, kube, fresh_namespaces, name, label)
     report(capsys, f"admission on: {missing} of {pods} Pods without the pull secret "
                    f"({ROUNDS} rounds of a namespace + a Deployment of {REPLICAS})")
     assert pods == ROUNDS * REPLICAS
@@ -174,10 +175,10 @@ def test_burst_with_admission_every_pod_carries_the_pull_secret(
 
 
 def test_burst_without_admission_shows_the_race(
-        cluster, kube, start_regcred, credential, fresh_namespaces, wait_for, capsys):
+        cluster, kube, start_regcred, credential, fresh_namespaces, capsys):
     start_regcred(admission=False)
     name, label = credential()
-    pods, missing = burst(cluster, kube, fresh_namespaces, wait_for, name, label)
+    pods, missing = burst(cluster, kube, fresh_namespaces, name, label)
     report(capsys, f"admission off: {missing} of {pods} Pods without the pull secret "
                    f"({ROUNDS} rounds of a namespace + a Deployment of {REPLICAS})")
     assert pods == ROUNDS * REPLICAS
@@ -191,7 +192,7 @@ def namespaces_labelled(cluster: Cluster, label: str) -> list[str]:
 
 
 def test_a_custom_service_account_and_its_deployment_applied_together(
-        cluster, kube, start_regcred, credential, fresh_namespaces, wait_for):
+        cluster, kube, start_regcred, credential, fresh_namespaces):
     start_regcred()
     name, label = credential(serviceAccounts=["*"])
     [namespace] = fresh_namespaces(1, labels={"tenant": label})
@@ -223,7 +224,7 @@ def test_entries_given_in_the_manifest_stay_first_and_in_order(
 
 
 def test_a_dry_run_create_returns_the_mutation_and_writes_nothing(
-        cluster, start_regcred, credential, fresh_namespaces, wait_for):
+        cluster, start_regcred, credential, fresh_namespaces):
     process = start_regcred()
     name, label = credential(serviceAccounts=["*"])
     [namespace] = fresh_namespaces(1, labels={"tenant": label})
@@ -235,7 +236,7 @@ def test_a_dry_run_create_returns_the_mutation_and_writes_nothing(
 
 
 def test_unmatched_namespaces_and_kube_system_are_left_alone(
-        cluster, kube, start_regcred, credential, fresh_namespaces, wait_for):
+        cluster, kube, start_regcred, credential, fresh_namespaces):
     start_regcred()
     _, label = credential(serviceAccounts=["*"])
     [unmatched] = fresh_namespaces(1, labels={"tenant": "someone-else"})
@@ -272,7 +273,7 @@ def test_unmatched_namespaces_and_kube_system_are_left_alone(
 # --- regcred down ---------------------------------------------------------------------------
 
 def test_with_regcred_down_service_accounts_are_still_created_and_repaired_later(
-        cluster, start_regcred, credential, fresh_namespaces, wait_for, capsys):
+        cluster, start_regcred, credential, fresh_namespaces, capsys):
     process = start_regcred()
     name, label = credential(serviceAccounts=["*"])
     [namespace] = fresh_namespaces(1, labels={"tenant": label})
@@ -304,7 +305,7 @@ def resumptions(process: OperatorProcess) -> int:
 
 
 def test_ha_the_paused_standby_admits_while_it_takes_over(
-        cluster, start_regcred, credential, peering, fresh_namespaces, wait_for, capsys):
+        cluster, start_regcred, credential, peering, fresh_namespaces, capsys):
     port = free_port()  # both listen on it (SO_REUSEPORT), as both sit behind one Service
     replicas = [start_regcred(port=port, env={"REGCRED_PEERING": "regcred"}) for _ in range(2)]
     name, label = credential()
