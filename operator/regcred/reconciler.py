@@ -157,6 +157,7 @@ class Reconciler:
         started = time.monotonic()
         outcome = NamespaceOutcome()
         with self._namespace_locks[namespace]:
+            indexed = self._indexed_names()  # before the plan's read: the index only grows meanwhile
             credentials = self.credentials()
             for name in self.unsynced(credentials):
                 self._request_credential_sync(name)
@@ -169,7 +170,7 @@ class Reconciler:
                 self._world.service_accounts(namespace),
                 foreign,
             )
-            if _undoes(plan) and self._index_misses_credentials():
+            if _undoes(plan) and self._index_missed_credentials(indexed):
                 plan = _without_undoing(plan)
                 outcome.transient = True  # again shortly, once kopf has listed the CRs
             failures = {
@@ -214,18 +215,21 @@ class Reconciler:
         self._metrics.observe_reconcile("namespace", bool(failures), time.monotonic() - started)
         return outcome
 
-    def _index_misses_credentials(self) -> bool:
-        """Whether a live CR is missing from kopf's index. A replica resuming after a pause
-        handles namespace events before kopf has listed the CRs again (kopf arms its index
-        gate only once per process), so a CR created meanwhile looks deleted; checked before
-        any copy is deleted or entry removed (rare), never on the path that only adds."""
+    def _indexed_names(self) -> set[str]:
+        return {(body.get("metadata") or {}).get("name", "") for body in self._world.credential_bodies()}
+
+    def _index_missed_credentials(self, indexed: set[str]) -> bool:
+        """Whether a live CR was missing from kopf's index when the plan read it (`indexed`).
+        A replica resuming after a pause handles namespace events before kopf has listed the
+        CRs again (kopf arms its index gate only once per process), so a CR created meanwhile
+        looks deleted; checked before any copy is deleted or entry removed (rare), never on
+        the path that only adds."""
         try:
-            live = {(body.get("metadata") or {}).get("name")
+            live = {(body.get("metadata") or {}).get("name", "")
                     for body in self._kube.list_credentials(from_watch_cache=True)}
         except KubeError:
             return True
-        return not live <= {(body.get("metadata") or {}).get("name")
-                            for body in self._world.credential_bodies()}
+        return not live <= indexed
 
     def _take_in(self, action: Action, applied: Applied) -> None:
         """Hand what a write wrote to the caches at once, so that the next plan sees it."""

@@ -304,15 +304,37 @@ def resumptions(process: OperatorProcess) -> int:
     return process.log().count("Resuming operations after the pause")
 
 
+def peers(cluster: Cluster) -> dict[str, int]:
+    """kopf's peering entries of "regcred": peer id -> priority."""
+    body = cluster.custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", "regcred")
+    return {peer: int(entry.get("priority", 0)) for peer, entry in (body.get("status") or {}).items()
+            if isinstance(entry, dict)}
+
+
+def acting(process: OperatorProcess) -> bool:
+    """Whether kopf's peering lets `process` act now: its last word on it was a resumption."""
+    lines = [line for line in process.log().splitlines()
+             if "Resuming operations after the pause" in line or "Pausing operations" in line]
+    return bool(lines) and "Resuming operations" in lines[-1]
+
+
 def test_ha_the_paused_standby_admits_while_it_takes_over(
         cluster, start_regcred, credential, peering, fresh_namespaces, capsys):
     port = free_port()  # both listen on it (SO_REUSEPORT), as both sit behind one Service
-    replicas = [start_regcred(port=port, env={"REGCRED_PEERING": "regcred"}) for _ in range(2)]
+    # One at a time, each with its own entry in the peering object; the higher priority acts.
+    replicas, priorities = [], []
+    for _ in range(2):
+        before = peers(cluster)
+        replicas.append(start_regcred(port=port, env={"REGCRED_PEERING": "regcred"}))
+        [(_, priority)] = wait_for(lambda b=before: list(peers(cluster).items() - b.items()),
+                                   message="its peering entry")
+        priorities.append(priority)
+    active, standby = replicas if priorities[0] > priorities[1] else replicas[::-1]
+    wait_for(lambda: acting(active) and not acting(standby), timeout=60, message="one replica acts")
     name, label = credential()
     [probe] = fresh_namespaces(1, labels={"tenant": label})
     wait_for(lambda: cluster.pull_secrets(probe) == [name], timeout=60, message="synced")
-    [active] = [r for r in replicas if '"applied"' in r.log() and probe in r.log()]
-    [standby] = [r for r in replicas if r is not active]
+    assert acting(active) and not acting(standby)
     paused_at = resumptions(standby)
 
     active.kill()

@@ -7,10 +7,11 @@ control plane in tests/integration.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import pytest
-from fakes import CREDENTIAL, NAMESPACE, PASSWORD, Api, Wired, World
+from fakes import CREDENTIAL, NAMESPACE, PASSWORD, Api, Wired, World, credential_body
 
 from regcred.core.plan import (
     AddPullSecret,
@@ -151,3 +152,30 @@ def test_nothing_is_undone_for_a_cr_the_index_has_not_seen_yet(live, undone):
     removals = [a for a in api.actions if isinstance(a, DeleteCopy | RemovePullSecret)]
     assert bool(removals) is undone
     assert outcome.transient is not undone  # deferred: tried again once kopf has listed the CRs
+
+
+class IndexedDuringThePlan(ResumedWorld):
+    """kopf's index takes in "newer" right after the plan has read the CRs (its relist is
+    under way while the namespace syncs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def credential_bodies(self) -> list[Mapping[str, Any]]:
+        self.reads += 1
+        if self.reads > 2:
+            self.bodies["newer"] = credential_body("newer")
+        return super().credential_bodies()
+
+
+def test_a_cr_indexed_while_the_plan_was_made_still_defers_the_undoing():
+    api = Api()
+    api.live_credentials = [CREDENTIAL, "newer"]
+    wired = Wired(api, IndexedDuringThePlan())
+    try:
+        outcome = wired.reconciler.sync_namespace(NAMESPACE)
+    finally:
+        wired.close()
+    assert not [a for a in api.actions if isinstance(a, DeleteCopy | RemovePullSecret)]
+    assert outcome.transient
