@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -70,7 +70,7 @@ class Api(Protocol):
 
     def read_source(self, namespace: str, name: str) -> SourceSecret | None: ...
     def apply(self, action: Action) -> Applied: ...
-    def list_credentials(self, *, from_watch_cache: bool = False) -> list[dict[str, Any]]: ...
+    def list_credentials(self, *, from_watch_cache: bool = False) -> Iterable[Mapping[str, Any]]: ...
 
 
 @dataclass
@@ -111,6 +111,12 @@ class Reconciler:
         self._namespace_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
 
     # --- what the planner sees (reads only) --------------------------------------------------
+
+    def rendered(self, name: str) -> RenderedConfig | None:
+        """The content last rendered for `name` (what its copies hold), None if none is."""
+        with self._lock:
+            config = self._configs.get(name)
+        return config[1] if config else None
 
     def parse(self, body: Mapping[str, Any]) -> CredentialSpec:
         return parse_credential(
