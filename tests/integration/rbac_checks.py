@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from operator_process import OperatorProcess
+from operator_process import OperatorProcess, free_port
 from scenario import SERVER, Cluster, credential_spec, password, unique
+
+# regcred registers its MutatingWebhookConfiguration itself, under this name (admission.py).
+WEBHOOK_CONFIGURATION = "regcred"
 
 # Needed, but only on paths the quiet scenario below does not take.
 EXERCISED_ELSEWHERE = {
@@ -55,6 +58,21 @@ def token_kubeconfig(admin_kubeconfig: str, control_plane: Any, namespace: str, 
     return str(path)
 
 
+def loopback_admission_args() -> list[str]:
+    """`regcred run` flags for the webhook of an operator running on this host, as the
+    deployed one runs it: it listens on loopback and registers that URL for the API server."""
+    port = free_port()
+    return ["--admission=true", f"--admission-listen=127.0.0.1:{port}",
+            f"--admission-url=https://127.0.0.1:{port}"]
+
+
+def remove_webhook_configuration(admin_kubeconfig: str) -> None:
+    """Delete regcred's webhook configuration: the next operator creates it anew (the
+    `create` verb), and none is left pointing at a stopped test operator."""
+    kubectl(admin_kubeconfig, "delete", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION,
+            "--ignore-not-found")
+
+
 def granted(roles: Iterable[dict]) -> set[Permission]:
     """Every permission that the ClusterRoles and Roles among `roles` grant."""
     rules = [rule for doc in roles if doc["kind"] in ("ClusterRole", "Role") for rule in doc["rules"]]
@@ -85,10 +103,12 @@ def deprecated_requests(control_plane: Any, who: Callable[[dict], bool]) -> list
 
 
 def exercise_every_permission(cluster: Cluster, fresh_namespaces: Callable[..., list[str]],
-                              wait_for: Callable[..., Any], source_namespace: str) -> None:
-    """The core scenarios, quietly: sync, rotate, stop matching, a conflict, delete. Between
-    them they need every verb the operator is granted (EXERCISED_ELSEWHERE aside).
-    The operator must already run, with `source_namespace` as its own namespace."""
+                              wait_for: Callable[..., Any], source_namespace: str,
+                              admin_kubeconfig: str) -> None:
+    """The core scenarios, quietly: sync, rotate, stop matching, a conflict, a webhook update,
+    delete. Between them they need every verb the operator is granted (EXERCISED_ELSEWHERE
+    aside). The operator must already run, with `source_namespace` as its own namespace and
+    the admission webhook on."""
     label = unique("rbac")
     keep, drop = fresh_namespaces(2, labels={"tenant": label})
     name = unique("cr")
@@ -110,8 +130,13 @@ def exercise_every_permission(cluster: Cluster, fresh_namespaces: Callable[..., 
     cluster.core.create_namespaced_secret(other, {"metadata": {"name": conflicted},
                                                   "data": {"x": "eA=="}})
     cluster.put_source(conflicted, namespace=source_namespace)
-    cluster.create_credential(conflicted, credential_spec(conflicted, {"tenant": conflicted}))
+    # It also names kube-public: the webhook's namespaceSelector lets that through now.
+    cluster.create_credential(conflicted, credential_spec(conflicted, {"tenant": conflicted},
+                                                          namespaces=["kube-public"]))
     wait_for(lambda: cluster.ready(conflicted).get("reason") == "Conflict", message="conflict")
+    wait_for(lambda: "kube-public" not in kubectl(
+        admin_kubeconfig, "get", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION, "-o", "json"),
+        message="webhook namespaceSelector updated")
     cluster.delete_credential(name)
     cluster.delete_credential(conflicted)
     wait_for(lambda: cluster.credential(name) is None, message="CR deleted")

@@ -18,9 +18,12 @@ from kubernetes.client.exceptions import ApiException
 from operator_fixtures import REPO
 from operator_process import OperatorProcess
 from rbac_checks import (
+    WEBHOOK_CONFIGURATION,
     assert_exactly_granted,
     deprecated_requests,
     exercise_every_permission,
+    loopback_admission_args,
+    remove_webhook_configuration,
     service_account_user,
     token_kubeconfig,
 )
@@ -30,7 +33,8 @@ pytestmark = pytest.mark.integration
 
 CHART = str(REPO / "charts" / "regcred")
 WRITES = {"create", "update", "patch", "delete"}
-HOST_PORT_FLAGS = ("--metrics-port", "--health-port")  # the test process picks free ones
+# The operator runs on this host: it picks free ports, and its webhook listens on loopback.
+HOST_FLAGS = ("--metrics-port", "--health-port", "--admission-listen")
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class Release:
     name: str  # also the name of every object (the chart's fullname)
     namespace: str
     kubeconfig: str  # authenticates as the release's ServiceAccount
+    admin_kubeconfig: str
 
     @property
     def user(self) -> str:
@@ -61,18 +66,22 @@ def release(helm, kubeconfig: str, kube, control_plane, tmp_path_factory) -> Ite
     helm("install", name, CHART, "--namespace", namespace, "--create-namespace", kubeconfig=kubeconfig)
     token = token_kubeconfig(kubeconfig, control_plane, namespace, name,
                              tmp_path_factory.mktemp("helm") / "release.kubeconfig")
-    yield Release(name, namespace, token)
+    yield Release(name, namespace, token, kubeconfig)
     helm("uninstall", name, "--namespace", namespace, kubeconfig=kubeconfig, check=False)
+    remove_webhook_configuration(kubeconfig)
     Cluster(kube).delete_namespace(namespace)
 
 
 def release_operator(kube, release: Release, log_path: Path) -> OperatorProcess:
-    """`regcred run` as the release's pods run it: the Deployment's args, the SA's token."""
+    """`regcred run` as the release's pods run it: the Deployment's args, the SA's token.
+    Its webhook configuration is registered afresh (a previous operator's is removed)."""
     deployment = client.AppsV1Api(kube).read_namespaced_deployment(release.name, release.namespace)
     [container] = deployment.spec.template.spec.containers
-    args = [arg for arg in container.args if not arg.startswith(HOST_PORT_FLAGS)]
+    args = [arg for arg in container.args if not arg.startswith(HOST_FLAGS)]
+    remove_webhook_configuration(release.admin_kubeconfig)
     return OperatorProcess(release.kubeconfig, log_path, namespace=release.namespace,
-                           extra_env={"POD_NAMESPACE": release.namespace}, extra_args=args).start()
+                           extra_env={"POD_NAMESPACE": release.namespace},
+                           extra_args=[*args, *loopback_admission_args()]).start()
 
 
 def installed_roles(kube, release: Release) -> list[dict]:
@@ -129,7 +138,8 @@ def test_installed_the_operator_works_with_exactly_the_charts_permissions(
     assert deprecated_requests(control_plane, helm_made) == [], "the chart uses a deprecated API"
     process = release_operator(kube, release, tmp_path / "regcred.log")
     try:
-        exercise_every_permission(cluster, fresh_namespaces, wait_for, release.namespace)
+        exercise_every_permission(cluster, fresh_namespaces, wait_for, release.namespace,
+                                  release.admin_kubeconfig)
     finally:
         process.stop()
     assert_exactly_granted(control_plane, release.user, installed_roles(kube, release), process)
@@ -212,6 +222,7 @@ def test_uninstall_leaves_the_crds_the_credentials_and_their_copies(
                               release.namespace),
             "PodDisruptionBudget": (client.PolicyV1Api(kube).read_namespaced_pod_disruption_budget,
                                     release.name, release.namespace),
+            "Service": (core.read_namespaced_service, f"{release.name}-webhook", release.namespace),
             "ClusterKopfPeering": (custom.get_cluster_custom_object, "kopf.dev", "v1", "clusterkopfpeerings",
                                    release.name),
         }
@@ -219,6 +230,10 @@ def test_uninstall_leaves_the_crds_the_credentials_and_their_copies(
             wait_for(lambda r=read, a=args: not exists(r, *a), message=f"{kind} removed by helm uninstall")
         for crd in ("registrycredentials.regcred.dev", "clusterkopfpeerings.kopf.dev"):
             assert exists(extensions.read_custom_resource_definition, crd), f"{crd} was deleted"
+        # What regcred made itself, not Helm: its webhook configuration and certificate Secret.
+        assert exists(client.AdmissionregistrationV1Api(kube).read_mutating_webhook_configuration,
+                      WEBHOOK_CONFIGURATION)
+        assert exists(core.read_namespaced_secret, f"{release.name}-webhook-tls", release.namespace)
         assert exists(core.read_namespace, release.namespace)
         credential = cluster.credential(name)
         assert credential is not None and credential["metadata"].get("finalizers")

@@ -16,6 +16,8 @@ from rbac_checks import (
     assert_exactly_granted,
     exercise_every_permission,
     kubectl,
+    loopback_admission_args,
+    remove_webhook_configuration,
     service_account_user,
     token_kubeconfig,
 )
@@ -47,13 +49,17 @@ def operator_kubeconfig(kubeconfig: str, crd_installed: None, control_plane, bun
 
 
 def test_the_operator_works_with_exactly_its_granted_permissions(
-        cluster: Cluster, operator_kubeconfig, control_plane, bundle, fresh_namespaces, tmp_path,
-        wait_for):
+        cluster: Cluster, kubeconfig, operator_kubeconfig, control_plane, bundle, fresh_namespaces,
+        tmp_path, wait_for):
+    # With the admission webhook, as manifests/ runs it, calling back over loopback.
+    remove_webhook_configuration(kubeconfig)
     process = OperatorProcess(operator_kubeconfig, tmp_path / "regcred.log",
-                              extra_env={"REGCRED_PEERING": "regcred"}).start()
+                              extra_env={"REGCRED_PEERING": "regcred"},
+                              extra_args=loopback_admission_args()).start()
     try:
-        exercise_every_permission(cluster, fresh_namespaces, wait_for, OPERATOR_NAMESPACE)
+        exercise_every_permission(cluster, fresh_namespaces, wait_for, OPERATOR_NAMESPACE, kubeconfig)
     finally:
         process.stop()
+        remove_webhook_configuration(kubeconfig)
     assert_exactly_granted(control_plane, service_account_user(OPERATOR_NAMESPACE, ACCOUNT),
                            bundle, process)

@@ -45,7 +45,8 @@ def test_default_values_are_the_bundle(template):
     documents = template()
     kinds = sorted(doc["kind"] for doc in documents)
     assert kinds == sorted(["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
-                            "Deployment", "NetworkPolicy", "PodDisruptionBudget", "ClusterKopfPeering"])
+                            "Deployment", "NetworkPolicy", "PodDisruptionBudget", "ClusterKopfPeering",
+                            "Service"])  # the admission webhook's
     assert only(documents, "Deployment")["spec"]["replicas"] == 2
     assert "--peering=regcred" in container(documents)["args"]
 
@@ -62,7 +63,7 @@ def test_the_deployment_args_are_regcred_flags_carrying_the_values(template):
     assert (settings.metrics_port, settings.health_port) == (9191, 8181)
     assert settings.peering == "regcred"
     ports = {port["name"]: port["containerPort"] for port in regcred["ports"]}
-    assert ports == {"metrics": 9191, "health": 8181}
+    assert ports == {"metrics": 9191, "health": 8181, "webhook": 9443}
 
 
 def test_source_namespaces_default_to_the_release_namespace(helm):
@@ -74,7 +75,7 @@ def test_source_namespaces_default_to_the_release_namespace(helm):
 def test_metrics_off_turns_the_port_off(template):
     regcred = container(template("--set", "metrics.enabled=false"))
     assert "--metrics-port=0" in regcred["args"]
-    assert [port["name"] for port in regcred["ports"]] == ["health"]
+    assert "metrics" not in [port["name"] for port in regcred["ports"]]
 
 
 def test_scheduling_security_and_metadata_values_reach_the_pods(template):
@@ -123,7 +124,8 @@ def test_service_monitor_needs_its_crd(helm, template):
     documents = template("--set", "metrics.serviceMonitor.enabled=true",
                          "--api-versions", SERVICE_MONITOR_API)
     monitor = only(documents, "ServiceMonitor")
-    service = only(documents, "Service")
+    [service] = [doc for doc in documents if doc["kind"] == "Service" and doc["metadata"]["name"].endswith(
+        "-metrics")]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert service["spec"]["ports"][0]["port"] == 9090
     message = refusal(helm, "--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.enabled=false",
@@ -131,9 +133,23 @@ def test_service_monitor_needs_its_crd(helm, template):
     assert "metrics.enabled" in message
 
 
-def test_admission_is_off_and_refused_on_until_the_webhook_is_in_the_chart(helm, template):
-    assert not [doc for doc in template() if "Webhook" in doc["kind"]]
-    assert "admission.enabled" in refusal(helm, "--set", "admission.enabled=true")
+def test_admission_switches_the_webhook_and_everything_it_needs(template):
+    on, off = template(), template("--set", "admission.enabled=false", "--set", "admission.port=9555")
+    service = only(on, "Service")
+    assert service["metadata"]["name"] == "regcred-webhook"
+    assert service["spec"]["selector"] == only(on, "Deployment")["spec"]["selector"]["matchLabels"]
+    settings = settings_from(build_parser().parse_args(["run", *container(on)["args"]]))
+    assert settings.admission is not None
+    assert (settings.admission.listen_port, settings.admission.service) == (9443, "regcred-webhook")
+    assert settings.admission.tls_secret == "regcred-webhook-tls"
+    assert "admissionregistration.k8s.io" in str(only(on, "ClusterRole")["rules"])
+
+    assert "Service" not in {doc["kind"] for doc in off}
+    assert settings_from(build_parser().parse_args(["run", *container(off)["args"]])).admission is None
+    assert "webhook" not in {port["name"] for port in container(off)["ports"]}
+    assert "admissionregistration.k8s.io" not in str(only(off, "ClusterRole")["rules"])
+    ingress = only(off, "NetworkPolicy")["spec"]["ingress"]
+    assert {port["port"] for rule in ingress for port in rule["ports"]} == {9090, 8080}
 
 
 def test_the_namespace_object_only_when_asked(template):
