@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import wait_for
+import helpers
 from operator_process import OperatorProcess
 from scenario import OPERATOR_NAMESPACE, Cluster, unique
 
@@ -83,7 +83,7 @@ class Tenant:
                  **extra_labels: str) -> list[str]:
         names = self.make_namespaces(count, labels={**self.selector, **extra_labels})
         for namespace in names if with_service_account else ():
-            wait_for(lambda ns=namespace: self.cluster.pull_secrets(ns) is not None, timeout=60,
+            helpers.wait_for(lambda ns=namespace: self.cluster.pull_secrets(ns) is not None, timeout=60,
                      message=f"default ServiceAccount in {namespace}")
         return names
 
