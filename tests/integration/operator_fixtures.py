@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import helpers
+import pytest
 from operator_process import OperatorProcess
 from scenario import OPERATOR_NAMESPACE, Cluster, unique
 
