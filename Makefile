@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test demo lint typecheck unit controlplane clean manifests bench
+.PHONY: test demo lint typecheck unit controlplane node-deps clean manifests bench
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,13 +21,18 @@ typecheck: $(VENV)/.installed
 unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit -q
 
-test: lint typecheck
+# Debian packages of the test node and registry (containerd, runc, CNI plugins,
+# docker-registry, busybox-static): installed when missing if root, else named.
+node-deps:
+	python3 scripts/nodedeps.py
+
+test: lint typecheck node-deps
 	$(PY) -m pytest tests -q
 
 controlplane: $(VENV)/.installed
 	$(PY) scripts/controlplane.py build
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.installed node-deps
 	$(PY) scripts/demo.py
 
 bench: $(VENV)/.installed

@@ -35,7 +35,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -373,7 +373,51 @@ class Component:
             process.wait()
 
 
-class ControlPlane:
+class RunContext:
+    """Something started in a run dir of its own: a context manager whose exit stops it
+    (keeping the logs when the block raised), and paths inside the run dir."""
+
+    dir: Path | None = None
+    kept_logs: Path | None = None
+    error_type: type[ControlPlaneError] = ControlPlaneError
+
+    def start(self) -> Any:
+        raise NotImplementedError
+
+    def stop(self, failed: bool = False) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        return self.start()
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.stop(failed=exc is not None and not isinstance(exc, KeyboardInterrupt))
+
+    @contextlib.contextmanager
+    def _stopped_on_failure(self, why: Callable[[], str] = lambda: "") -> Iterator[None]:
+        """Around a start: on any failure stop (keeping the logs unless it was Ctrl-C) and
+        re-raise as `error_type`, with `why()` and where the logs are."""
+        try:
+            yield
+        except BaseException as error:
+            detail = why() if isinstance(error, ControlPlaneError) else ""
+            self.stop(failed=not isinstance(error, KeyboardInterrupt))
+            if isinstance(error, ControlPlaneError) and self.kept_logs:
+                raise self.error_type(f"{error}{detail}; logs kept in {self.kept_logs}") from error
+            raise
+
+    def _path(self, relative: str) -> Path:
+        if self.dir is None:
+            raise ControlPlaneError(f"{type(self).__name__} not started")
+        return self.dir / relative
+
+    @property
+    def log_dir(self) -> Path:
+        """Where the processes' logs go (kept on failure, see `keep_logs`)."""
+        return self._path("logs")
+
+
+class ControlPlane(RunContext):
     """etcd + kube-apiserver + kube-controller-manager on loopback, in a temp dir.
 
     Use as a context manager. On an exception (or `stop(failed=True)`) the process logs are
@@ -417,39 +461,18 @@ class ControlPlane:
         """Metadata-level audit events (JSON lines): who did which verb on what."""
         return self._path("logs/audit.jsonl")
 
-    @property
-    def log_dir(self) -> Path:
-        return self._path("logs")
-
-    def _path(self, relative: str) -> Path:
-        if self.dir is None:
-            raise ControlPlaneError("control plane not started")
-        return self.dir / relative
-
-    def __enter__(self) -> ControlPlane:
-        return self.start()
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self.stop(failed=exc is not None and not isinstance(exc, KeyboardInterrupt))
-
     def start(self) -> ControlPlane:
         started = time.monotonic()
         binaries = self.binaries = self.binaries or ensure_binaries()
         _remove_orphaned_dirs()
-        self.dir = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
-        (self.dir / "owner.pid").write_text(str(os.getpid()))
+        self.dir = make_run_dir(TEMP_PREFIX)
         atexit.register(self.stop)
-        try:
+        with self._stopped_on_failure():
             self._configure(binaries)
             for name in BINARIES:
                 self.start_component(name)
             wait_until(self._default_service_account, self.start_timeout,
                        "the `default` ServiceAccount (kube-controller-manager working)")
-        except BaseException as error:
-            self.stop(failed=not isinstance(error, KeyboardInterrupt))
-            if isinstance(error, ControlPlaneError) and self.kept_logs:
-                raise ControlPlaneError(f"{error}; logs kept in {self.kept_logs}") from error
-            raise
         log(f"control plane ready in {time.monotonic() - started:.1f}s at {self.server}")
         return self
 
@@ -459,6 +482,9 @@ class ControlPlane:
         pki = Certificates(self.dir / "pki")
         admin_cert, admin_key = pki.issue("admin", ("system:masters",))
         kcm_cert, kcm_key = pki.issue("kube-controller-manager", ("system:masters",))
+        # How the API server authenticates to a node's kubelet (`kubectl logs`, scripts/node.py).
+        kubelet_client_cert, kubelet_client_key = pki.issue("kube-apiserver-kubelet-client",
+                                                            ("system:masters",))
         self.pki = pki
         self.etcd_port, self.etcd_peer_port, self.port = free_port(), free_port(), free_port()
         self.server = f"https://127.0.0.1:{self.port}"
@@ -489,6 +515,11 @@ class ControlPlane:
                         "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
                         "--service-cluster-ip-range", "10.0.0.0/24",
                         "--authorization-mode", "Node,RBAC",
+                        "--kubelet-client-certificate", str(kubelet_client_cert),
+                        "--kubelet-client-key", str(kubelet_client_key),
+                        "--kubelet-certificate-authority", str(pki.ca),
+                        # A node's name is `localhost`: reach it there, never on another address.
+                        "--kubelet-preferred-address-types", "Hostname",
                         "--enable-priority-and-fairness=false", "--profiling=false",
                         # Loopback can't be an Endpoints address; nothing runs in-cluster anyway.
                         "--endpoint-reconciler-type", "none",
@@ -518,7 +549,11 @@ class ControlPlane:
 
     def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
         """GET `path` as the admin; returns (status, body) for any HTTP status."""
-        request = urllib.request.Request(self.server + path)
+        return self.request("GET", path, timeout)
+
+    def request(self, method: str, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+        """`method` on `path` as the admin, no body; returns (status, body) for any status."""
+        request = urllib.request.Request(self.server + path, method=method)
         try:
             with urllib.request.urlopen(request, context=self.ssl_context(), timeout=timeout) as response:
                 return response.status, response.read()
@@ -604,16 +639,42 @@ class ControlPlane:
         self.dir = None
 
 
-def _remove_orphaned_dirs() -> None:
-    """Remove temp dirs of control planes whose owner was SIGKILLed (its processes died with
-    it, see `_die_with_parent`, but nothing could remove its files)."""
-    for directory in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*"):
+def make_run_dir(prefix: str) -> Path:
+    """A fresh temp dir that records its owner (pid and start time), so a later run can tell
+    a dead run's leftovers from a live run's files (see `orphaned_run_dirs`)."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    (directory / "owner.pid").write_text(f"{os.getpid()} {_process_start_time(os.getpid())}")
+    return directory
+
+
+def _process_start_time(pid: int) -> str:
+    """Field 22 of /proc/PID/stat: tells a live owner from a reused pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def orphaned_run_dirs(prefix: str) -> list[Path]:
+    """Temp dirs made by `make_run_dir(prefix)` whose owner is gone (SIGKILLed: its processes
+    died with it, see `_die_with_parent`, but nothing could remove its files)."""
+    orphans = []
+    for directory in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
         try:
-            os.kill(int((directory / "owner.pid").read_text()), 0)
-        except ProcessLookupError:
-            shutil.rmtree(directory, ignore_errors=True)
+            pid, _, started = (directory / "owner.pid").read_text().partition(" ")
+            alive = Path(f"/proc/{int(pid)}").exists() and (
+                not started or _process_start_time(int(pid)) == started.strip())
         except (OSError, ValueError):
-            pass  # no pid file yet, or not ours to judge
+            continue  # no pid file yet, or not ours to judge
+        if not alive:
+            orphans.append(directory)
+    return orphans
+
+
+def _remove_orphaned_dirs() -> None:
+    """A control plane's processes die with their owner; only its files are left to remove."""
+    for directory in orphaned_run_dirs(TEMP_PREFIX):
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def keep_logs(source: Path) -> Path:
@@ -633,7 +694,7 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
 
 
 @contextlib.contextmanager
-def _interruptible() -> Iterator[None]:
+def interruptible() -> Iterator[None]:
     """SIGINT, SIGTERM and SIGHUP all raise KeyboardInterrupt, so `finally` blocks clean up
     (SIGINT explicitly too: a shell starts background jobs with it ignored)."""
     signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -645,30 +706,12 @@ def _interruptible() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("build", help="build or reuse the binaries and print their paths")
-    commands.add_parser("up", help="start a control plane and keep it up until Ctrl-C or SIGTERM")
-    commands.add_parser("env", help="print `export KUBEBUILDER_ASSETS=...` for the cached binaries")
-    args = parser.parse_args(argv)
+def run_command(command: Callable[[], None]) -> int:
+    """A CLI command's exit code: 0; 130 after Ctrl-C, SIGTERM or SIGHUP (everything it
+    started cleaned up by its `with` blocks); 1 with the message on a ControlPlaneError."""
     try:
-        with _interruptible():
-            if args.command == "build":
-                started = time.monotonic()
-                for name, path in ensure_binaries().items():
-                    print(f"{name}: {path}")
-                log(f"binaries ready in {time.monotonic() - started:.1f}s")
-            elif args.command == "env":
-                print(f"export KUBEBUILDER_ASSETS={ensure_binaries(build=False)[APISERVER].parent}")
-            else:
-                with ControlPlane() as plane:
-                    print(f"export KUBECONFIG={plane.kubeconfig}", flush=True)
-                    log("running; Ctrl-C or SIGTERM stops it and removes everything")
-                    while True:
-                        for component in plane.components.values():
-                            component.check_running()
-                        time.sleep(1)
+        with interruptible():
+            command()
     except KeyboardInterrupt:
         log("stopped")
         return 130
@@ -676,6 +719,40 @@ def main(argv: list[str] | None = None) -> int:
         log(f"error: {error}")
         return 1
     return 0
+
+
+def keep_running(components: Iterable[Component]) -> None:
+    """`up`: until interrupted, failing as soon as one of `components` exits."""
+    log("running; Ctrl-C or SIGTERM stops it and removes everything")
+    watched = list(components)
+    while True:
+        for component in watched:
+            component.check_running()
+        time.sleep(1)  # a liveness check, not synchronisation
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("build", help="build or reuse the binaries and print their paths")
+    commands.add_parser("up", help="start a control plane and keep it up until Ctrl-C or SIGTERM")
+    commands.add_parser("env", help="print `export KUBEBUILDER_ASSETS=...` for the cached binaries")
+    args = parser.parse_args(argv)
+
+    def command() -> None:
+        if args.command == "build":
+            started = time.monotonic()
+            for name, path in ensure_binaries().items():
+                print(f"{name}: {path}")
+            log(f"binaries ready in {time.monotonic() - started:.1f}s")
+        elif args.command == "env":
+            print(f"export KUBEBUILDER_ASSETS={ensure_binaries(build=False)[APISERVER].parent}")
+        else:
+            with ControlPlane() as plane:
+                print(f"export KUBECONFIG={plane.kubeconfig}", flush=True)
+                keep_running(plane.components.values())
+
+    return run_command(command)
 
 
 if __name__ == "__main__":

@@ -3,22 +3,32 @@
 
 Builds (or reuses) the control plane, installs the CRD, starts `regcred run`, then shows
 the jobs users hire regcred for: declare once, onboard a late namespace, rotate, and
-leave other people's things alone. Everything is torn down at the end (or on Ctrl-C);
-`--keep` leaves it running and prints the KUBECONFIG to explore it.
+leave other people's things alone. It ends with the seed tutorials' check on a real node
+(containerd + kubelet, scripts/node.py) and a private registry (scripts/registry.py): a Pod
+with the private image prints SUCCESS in an onboarded namespace and shows ErrImagePull with
+the registry's 401 in an unmatched one; then a rotation and a fresh Pod. Where the node
+cannot run (not root, packages missing) it says so in one line and shows the rest.
+Everything is torn down at the end (or on Ctrl-C); `--keep` leaves it running (the node
+too) and prints the KUBECONFIG to explore it.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
+import secrets
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from controlplane import ControlPlane, wait_until
+import images
+from controlplane import ControlPlane, interruptible, wait_until
+from node import NODE_NAME, Node
+from registry import Registry
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE_PASSWORD, ROTATED_PASSWORD = "demo-password-1", "demo-password-2"
@@ -57,20 +67,120 @@ class Demo:
         except subprocess.CalledProcessError:
             return ""
 
-    def copy_password(self, namespace: str) -> str:
-        raw = self.jsonpath("secret", "harbor-prod", "-n", namespace,
+    def copy_password(self, namespace: str, secret: str = "harbor-prod",
+                      server: str = "harbor.example.com") -> str:
+        raw = self.jsonpath("secret", secret, "-n", namespace,
                             "-o", "jsonpath={.data.\\.dockerconfigjson}")
         if not raw:
             return ""
-        return json.loads(base64.b64decode(raw))["auths"]["harbor.example.com"]["password"]
+        return json.loads(base64.b64decode(raw))["auths"].get(server, {}).get("password", "")
+
+    def registry_password(self, namespace: str, server: str) -> str:
+        return self.copy_password(namespace, "private-registry", server)
 
 
 def say(text: str) -> None:
     print(f"\n=== {text}")
 
 
+PULL_CREDENTIAL = """
+apiVersion: regcred.dev/v1alpha1
+kind: RegistryCredential
+metadata:
+  name: private-registry
+spec:
+  registries:
+    - server: {server}
+  sourceSecretRef:
+    name: registry-robot
+  namespaces: ["team-*"]
+"""
+
+PULL_POD = """
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+  nodeName: {node}
+  hostNetwork: true
+  restartPolicy: Never
+  automountServiceAccountToken: false
+  containers:
+    - name: app
+      image: {image}
+      imagePullPolicy: Always
+"""
+
+
+def source_secret(password: str) -> str:
+    """The source Secret as a manifest on stdin, so the password is never on a command line."""
+    return json.dumps({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/basic-auth",
+                       "metadata": {"name": "registry-robot", "namespace": "regcred-system"},
+                       "stringData": {"username": "robot", "password": password}})
+
+
+def run_pod(demo: Demo, namespace: str, name: str, image: str) -> str:
+    """Create the seeds' Pod and wait until it ran or its pull was refused; returns which."""
+    manifest = PULL_POD.format(name=name, node=NODE_NAME, image=image)
+    if name == "pull-check" and namespace == "team-a":
+        print(manifest.rstrip())  # the seeds' Pod, shown once
+    demo.kubectl("apply", "-n", namespace, "-f", "-", stdin=manifest)
+
+    def outcome() -> str:
+        phase = demo.jsonpath("pod", name, "-n", namespace, "-o", "jsonpath={.status.phase}")
+        waiting = demo.jsonpath("pod", name, "-n", namespace, "-o",
+                                "jsonpath={.status.containerStatuses[0].state.waiting.reason}")
+        return phase if phase in ("Succeeded", "Failed") else (
+            waiting if waiting in ("ErrImagePull", "ImagePullBackOff") else "")
+
+    return wait_until(outcome, 90, f"pod {namespace}/{name} to run or be refused")
+
+
+def pulls_on_a_real_node(demo: Demo, control_plane: ControlPlane, stack: contextlib.ExitStack) -> None:
+    """The seed tutorials' check: SUCCESS from a private image, and the 401 next to it."""
+    reason = Node.unavailable_reason()
+    if reason:
+        say(f"Pulls on a real node: skipped, {reason}")
+        return
+    say("Pulls on a real node: containerd + kubelet, and a private registry (TLS, htpasswd)")
+    node = stack.enter_context(Node(control_plane))
+    password = secrets.token_urlsafe(18)
+    registry = stack.enter_context(Registry(control_plane.pki, {"robot": password}))
+    node.trust_registry(registry.host, registry.ca)
+    image = registry.push(images.success_image(), "team/success", "1", "robot")
+    demo.kubectl("get", "nodes", "-o", "wide")
+    print(f"private image {image}; anonymous GET /v2/ -> {registry.status('/v2/', None)}")
+
+    say("The registry's credentials as a source Secret, and a RegistryCredential for team-*")
+    demo.kubectl("apply", "-f", "-", stdin=source_secret(password))
+    demo.kubectl("apply", "-f", "-", stdin=PULL_CREDENTIAL.format(server=registry.host))
+    wait_until(lambda: "private-registry" in demo.jsonpath(
+        "serviceaccount", "default", "-n", "team-a", "-o", "jsonpath={.imagePullSecrets}"),
+        60, "team-a onboarded for the registry")
+
+    say("The seeds' check in team-a (onboarded): the Pod prints SUCCESS")
+    print(f"pod pull-check: {run_pod(demo, 'team-a', 'pull-check', image)}")
+    demo.kubectl("logs", "pull-check", "-n", "team-a")
+
+    say("The same Pod in `other` (not matched): ErrImagePull, the registry said 401")
+    print(f"pod pull-check: {run_pod(demo, 'other', 'pull-check', image)}")
+    demo.kubectl("get", "events", "-n", "other", "--field-selector",
+                 "involvedObject.name=pull-check,reason=Failed", "-o", "custom-columns=REASON:.reason,"
+                 "MESSAGE:.message")
+
+    say("Rotation for real: the registry's password changes, then the source Secret follows")
+    rotated = secrets.token_urlsafe(18)
+    registry.set_password("robot", rotated)
+    print(f"old password at the registry: GET /v2/ -> {registry.status('/v2/', ('robot', password))}")
+    demo.kubectl("apply", "-f", "-", stdin=source_secret(rotated))
+    wait_until(lambda: demo.registry_password("team-a", registry.host) == rotated, 60, "rotation")
+    print(f"a fresh pod, pull-after-rotation: {run_pod(demo, 'team-a', 'pull-after-rotation', image)}")
+    demo.kubectl("logs", "pull-after-rotation", "-n", "team-a")
+
+
 def run(keep: bool) -> None:
-    with ControlPlane() as control_plane:
+    with ControlPlane() as control_plane, contextlib.ExitStack() as node_and_registry:
         control_plane.put_kubectl_first_on_path()
         demo = Demo(control_plane.kubeconfig)
         say("Install the CRD and the operator's namespace")
@@ -141,6 +251,7 @@ def run(keep: bool) -> None:
             demo.kubectl("get", "serviceaccounts", "-A", "-o",
                          "custom-columns=NAMESPACE:.metadata.namespace,NAME:.metadata.name,"
                          "PULL-SECRETS:.imagePullSecrets[*].name")
+            pulls_on_a_real_node(demo, control_plane, node_and_registry)
             if keep:
                 demo.kubectl("apply", "-f", "-", stdin=CREDENTIAL)
                 say(f"Still running. export KUBECONFIG={control_plane.kubeconfig}  (Ctrl-C to stop)")
@@ -149,7 +260,7 @@ def run(keep: bool) -> None:
             operator.terminate()
             operator.wait(20)
             log.close()
-    say("Done: control plane and regcred stopped, temp files removed")
+    say("Done: node, registry, control plane and regcred stopped, temp files removed")
 
 
 def main() -> int:
@@ -157,7 +268,8 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep everything running at the end")
     args = parser.parse_args()
     try:
-        run(args.keep)
+        with interruptible():  # Ctrl-C, SIGTERM and SIGHUP all tear everything down
+            run(args.keep)
     except KeyboardInterrupt:
         return 130
     return 0

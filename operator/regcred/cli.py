@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 
 from regcred import __version__
+from regcred.doctor import add_parser as add_doctor_parser
+from regcred.doctor import run_doctor
 from regcred.settings import Settings, operator_namespace
 
 _OPTIONS = [
@@ -45,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for flag, env, default, text in _OPTIONS:
         run.add_argument(flag, default=os.environ.get(env, default), help=f"{text} [{env}]")
+    add_doctor_parser(commands)
     return parser
 
 
@@ -76,7 +79,12 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse: 2 on usage errors, 0 for --help
+        return int(exit_.code or 0)
+    if args.command == "doctor":
+        return run_doctor(args)
     settings = settings_from(args)
     return run(settings)
 
@@ -84,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(settings: Settings) -> int:
     """Start the operator; a configuration regcred cannot use is a usage error (exit 2, one
     line), an API server that is down or refusing is not (kopf keeps retrying and says so)."""
+    # kopf's own login reads $KUBECONFIG, like our client does; set it before anything
+    # imports `kubernetes`, whose default kubeconfig location is read at import time.
+    if settings.kubeconfig:
+        os.environ["KUBECONFIG"] = settings.kubeconfig
     from regcred.kube import ConfigurationError, load_configuration
 
     try:
@@ -91,8 +103,6 @@ def run(settings: Settings) -> int:
     except ConfigurationError as error:
         print(f"regcred: {error}", file=sys.stderr)
         return 2
-    if settings.kubeconfig:  # kopf's own login reads $KUBECONFIG, like our client does
-        os.environ["KUBECONFIG"] = settings.kubeconfig
 
     import kopf
 
@@ -119,6 +129,11 @@ def run(settings: Settings) -> int:
         memo=SharedMemo(settings=settings, metrics=metrics, api_configuration=api_configuration),
     )
     return 0
+
+
+def kubectl_plugin() -> int:
+    """`kubectl-regcred`: kubectl runs it for `kubectl regcred ...` with the words after it."""
+    return main(sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from regcred.ledger import Ledger, StatusPublisher, StatusWriter
 from regcred.metrics import Metrics
 from regcred.reconciler import Api, Reconciler, World
 from regcred.settings import Settings
+from regcred.verification import Verification
 from regcred.workqueue import CacheCheckKey, CredentialKey, Key, NamespaceKey, WorkQueue
 
 log = structlog.get_logger("regcred.controller")
@@ -32,10 +33,11 @@ RELIST_CHECK_DELAY = 1.0  # after a re-list, give the listing a moment before ch
 
 class Controller:
     def __init__(self, queue: WorkQueue[Key], reconciler: Reconciler, checker: CacheChecker,
-                 workers: int) -> None:
+                 workers: int, verification: Verification | None = None) -> None:
         self._queue = queue
         self.reconciler = reconciler
         self._checker = checker
+        self._verification = verification
         self._workers = [
             threading.Thread(target=self._work, name=f"regcred-worker-{index}", daemon=True)
             for index in range(workers)
@@ -77,6 +79,8 @@ class Controller:
     def shutdown(self) -> None:
         self._queue.shutdown()
         self.reconciler.shutdown()
+        if self._verification is not None:
+            self._verification.shutdown()
 
     # --- the workers ------------------------------------------------------------------------
 
@@ -136,4 +140,12 @@ def build(kube: ApiCalls, caches: ObservedState, settings: Settings, metrics: Me
     reconciler = Reconciler(kube, caches, settings, metrics, ledger, publisher,
                             request_credential_sync=lambda name: queue.add(CredentialKey(name)))
     checker = CacheChecker(caches, kube, min_interval=settings.resync_seconds / 2)
-    return Controller(queue, reconciler, checker, settings.workers)
+    # spec.verify: checks at the registries on threads of their own; its results join the
+    # status at each publish, and a finished check publishes again.
+    verification = Verification(kube, metrics, rendered=reconciler.rendered,
+                                exists=lambda name: caches.credential_body(name) is not None,
+                                republish=lambda name: publisher.publish(name, wrote=False),
+                                # an active replica publishes every CR at least once per resync
+                                stale_after=2 * settings.resync_seconds + 60)
+    publisher.extend(verification)
+    return Controller(queue, reconciler, checker, settings.workers, verification)

@@ -134,6 +134,37 @@ def connect(kubeconfig: str | None, threads: int) -> client.ApiClient:
     return api_client(load_configuration(kubeconfig), threads)
 
 
+def connect_like_kubectl(kubeconfig: str | None, context: str | None) -> tuple[client.ApiClient, str]:
+    """An API client and the default namespace, found the way kubectl finds them (for
+    `regcred doctor`): the given kubeconfig, else $KUBECONFIG (a list of files), else
+    ~/.kube/config, else in-cluster. Raises `ConfigurationError` saying what is wrong."""
+    configuration = client.Configuration()
+    try:
+        if kubeconfig and not context:
+            _check_kubeconfig(kubeconfig)
+        config.load_kube_config(config_file=kubeconfig, context=context,
+                                client_configuration=configuration)
+        contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
+        chosen = next((c for c in contexts if c["name"] == context), None) if context else active
+        namespace = ((chosen or {}).get("context") or {}).get("namespace") or "default"
+    except config.ConfigException as error:
+        if kubeconfig or context or os.environ.get("KUBECONFIG") or not _in_cluster():
+            first_line = (str(error).splitlines() or [type(error).__name__])[0]
+            raise ConfigurationError(f"no usable kubeconfig: {first_line}") from None
+        config.load_incluster_config(client_configuration=configuration)
+        namespace = SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+    except OSError as error:
+        raise ConfigurationError(f"cannot read the kubeconfig: {error.strerror}") from None
+    return client.ApiClient(configuration), namespace
+
+
+SERVICE_ACCOUNT_NAMESPACE = SERVICE_ACCOUNT_TOKEN.with_name("namespace")
+
+
+def _in_cluster() -> bool:
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and SERVICE_ACCOUNT_NAMESPACE.exists()
+
+
 class KubeError(Exception):
     """A failed API call: `status` is the HTTP code (0: no answer, e.g. the API server is
     unreachable), `reason` the API's reason word (or the connection error's type).
@@ -339,16 +370,59 @@ class Kube:
         return self._pages("managed secrets", self._core.list_secret_for_all_namespaces,
                            label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")
 
+    # --- read-only listings for `regcred doctor`: one paged list per kind -----------------
+
+    def list_pods(self, namespace: str | None, label_selector: str | None = None,
+                  ) -> Iterator[dict[str, Any]]:
+        selector = {"label_selector": label_selector} if label_selector else {}
+        return self._scoped_pages("pods", namespace, self._core.list_namespaced_pod,
+                                  self._core.list_pod_for_all_namespaces, **selector)
+
+    def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        body: dict[str, Any] | None = self._call("get", f"pod {namespace}/{name}",
+                                                 self._core.read_namespaced_pod, name, namespace,
+                                                 missing_ok=True)
+        return body
+
+    def list_secrets(self, namespace: str | None) -> Iterator[dict[str, Any]]:
+        return self._scoped_pages("secrets", namespace, self._core.list_namespaced_secret,
+                                  self._core.list_secret_for_all_namespaces)
+
+    def list_service_accounts_in(self, namespace: str | None) -> Iterator[dict[str, Any]]:
+        return self._scoped_pages("serviceaccounts", namespace,
+                                  self._core.list_namespaced_service_account,
+                                  self._core.list_service_account_for_all_namespaces)
+
+    def list_pod_warnings(self, namespace: str | None, pod: str | None = None,
+                          ) -> Iterator[dict[str, Any]]:
+        """Warning events about Pods (the kubelet's pull failures among them)."""
+        selector = "involvedObject.kind=Pod,type=Warning"
+        if pod:
+            selector += f",involvedObject.name={pod}"
+        return self._scoped_pages("events", namespace, self._core.list_namespaced_event,
+                                  self._core.list_event_for_all_namespaces, field_selector=selector)
+
+    def list_credentials(self) -> Iterator[dict[str, Any]]:
+        return self._pages("registrycredentials", self._custom.list_cluster_custom_object,
+                           GROUP, VERSION, PLURAL)
+
+    def _scoped_pages(self, what: str, namespace: str | None, namespaced: Callable[..., Any],
+                      cluster_wide: Callable[..., Any], **kwargs: Any) -> Iterator[dict[str, Any]]:
+        if namespace is None:
+            return self._pages(what, cluster_wide, **kwargs)
+        return self._pages(f"{what} in {namespace}", namespaced, namespace, **kwargs)
+
     def live_uids(self) -> set[str]:
         """uids of every namespace and every regcred-managed Secret, read from the API now."""
         return {item["metadata"]["uid"] for item in chain(self.list_namespaces(), self.list_copies())}
 
-    def _pages(self, what: str, method: Callable[..., Any], **kwargs: Any) -> Iterator[dict[str, Any]]:
+    def _pages(self, what: str, method: Callable[..., Any], *args: Any,
+               **kwargs: Any) -> Iterator[dict[str, Any]]:
         """The items of a listing, fetched a page at a time so that a large cluster is never
         held in memory whole."""
         token = None
         while True:
-            page = self._call("list", what, method, limit=LIST_PAGE, _continue=token, **kwargs)
+            page = self._call("list", what, method, *args, limit=LIST_PAGE, _continue=token, **kwargs)
             yield from page.get("items") or []
             token = (page.get("metadata") or {}).get("continue")
             if not token:

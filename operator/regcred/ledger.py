@@ -7,7 +7,9 @@ it last rendered. Namespace syncs record into it; the status is computed from it
 `StatusPublisher`: computes a credential's status from the ledger with the pure
 `core.status.build_status`, writes it only when it differs from what the CR shows, and posts
 an Event on news (a new reason for not being Ready, a rotation). Conditions other than Ready
-(a credential check's, say) come in through `set_condition`, and are published with Ready.
+(a credential check's, say) come in through `set_condition`, and are published with Ready;
+a `StatusExtension` (regcred/verification.py) adds conditions and fields computed at each
+publish.
 """
 
 from __future__ import annotations
@@ -107,6 +109,14 @@ class StatusWriter(Protocol):
     def post_event(self, credential: str, uid: str, kind: str, reason: str, message: str) -> None: ...
 
 
+class StatusExtension(Protocol):
+    """Extra status computed at publish time: conditions (type, status, reason, message) that
+    follow Ready, and top-level fields (a None value removes a field: merge-patch semantics)."""
+
+    def status_for(self, name: str, body: Mapping[str, Any], previous: Mapping[str, Any],
+                   ) -> tuple[tuple[Mapping[str, Any], ...], Mapping[str, Any]]: ...
+
+
 class CredentialBodies(Protocol):
     def credential_body(self, name: str) -> Mapping[str, Any] | None: ...
 
@@ -125,6 +135,10 @@ class StatusPublisher:
         # One computation and write at a time per CR: two publishes racing could otherwise
         # let the one computed from an older ledger land last, and stay.
         self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._extension: StatusExtension | None = None
+
+    def extend(self, extension: StatusExtension) -> None:
+        self._extension = extension
 
     def set_condition(self, credential: str, condition: Mapping[str, Any]) -> None:
         """Publish `condition` (type, status, reason, message) next to Ready from now on."""
@@ -153,6 +167,8 @@ class StatusPublisher:
             previous = self._published.get(name) or dict(body.get("status") or {})
             extra = tuple(self._conditions.get(name, {}).values())
         failures = tuple(f for f in entries.values() if f)
+        conditions, fields = self._extension.status_for(name, body, previous) if self._extension \
+            else ((), {})
         status = build_status(
             generation=int(meta.get("generation") or 0),
             previous=previous,
@@ -164,8 +180,9 @@ class StatusPublisher:
             source_resource_version=self._ledger.source_version(name),
             wrote=wrote,
             rotated=rotated > 0,
-            extra_conditions=extra,
+            extra_conditions=(*extra, *conditions),
         )
+        status.update(fields)
         self._metrics.set_copies(name, len(entries) - len(failures))
         if not status_differs(status, previous):
             return

@@ -40,6 +40,12 @@ class Metrics:
             ["code"], registry=self.registry,
         )
 
+        self.verification = Gauge(
+            "regcred_registry_verification",
+            "1 for the result of the last credential check at each registry (spec.verify).",
+            ["credential", "registry", "result"], registry=self.registry,
+        )
+
     def serve(self, port: int) -> None:
         start_http_server(port, registry=self.registry)
 
@@ -60,7 +66,22 @@ class Metrics:
     def api_error(self, code: int) -> None:
         self.api_errors.labels(str(code)).inc()
 
+    def registry_verification(self, credential: str, registry: str, result: str | None, *,
+                              previous: str | None = None) -> None:
+        """Show `result` for the registry (None: no result any more), dropping the previous one."""
+        if previous is not None and previous != result:
+            with contextlib.suppress(KeyError):
+                self.verification.remove(credential, registry, previous)
+        if result is not None:
+            self.verification.labels(credential, registry, result).set(1)
+
     def forget(self, credential: str) -> None:
         for gauge in (self.copies, self.last_sync):
             with contextlib.suppress(KeyError):
                 gauge.remove(credential)
+        for family in self.verification.collect():
+            for sample in family.samples:
+                if sample.labels.get("credential") == credential:
+                    with contextlib.suppress(KeyError):
+                        self.verification.remove(credential, sample.labels["registry"],
+                                                 sample.labels["result"])

@@ -109,6 +109,12 @@ class Reconciler:
 
     # --- what the planner sees (reads only) --------------------------------------------------
 
+    def rendered(self, name: str) -> RenderedConfig | None:
+        """The content last rendered for `name` (what its copies hold), None if none is."""
+        with self._lock:
+            config = self._configs.get(name)
+        return config[1] if config else None
+
     def parse(self, body: Mapping[str, Any]) -> CredentialSpec:
         return parse_credential(
             body,

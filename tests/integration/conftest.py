@@ -29,10 +29,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Everything under tests/integration is an integration test (`-m "not integration"`)."""
+    """Everything under tests/integration is an integration test (`-m "not integration"`);
+    tests on the node are also `node` (`-m "not node"` where containerd cannot run)."""
     for item in items:
         if HERE in Path(item.fspath).resolve().parents:
             item.add_marker(pytest.mark.integration)
+    mark_node_tests(items)
 
 
 # --- the control plane --------------------------------------------------------------------------
@@ -98,4 +100,7 @@ def wait_for() -> Callable[..., object]:
 
 # --- the operator -------------------------------------------------------------------------------
 # Fixtures that run the real operator live in operator_fixtures.py and build on the ones above.
+# The node, the private registry and the private image: node_fixtures.py.
+from node_fixtures import *  # noqa: E402, F403
+from node_fixtures import mark_node_tests  # noqa: E402
 from operator_fixtures import *  # noqa: E402, F403

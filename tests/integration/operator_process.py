@@ -25,8 +25,10 @@ class OperatorProcess:
 
     def __init__(self, kubeconfig: str, log_path: Path, *, namespace: str = "regcred-system",
                  source_namespaces: str | None = None, resync_seconds: float = 600,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, kubeconfig_in_env: bool = True) -> None:
         self.kubeconfig = kubeconfig
+        # False: only `--kubeconfig` says where the cluster is (no $KUBECONFIG, no ~/.kube).
+        self.kubeconfig_in_env = kubeconfig_in_env
         self.log_path = log_path
         self.namespace = namespace
         self.source_namespaces = source_namespaces or namespace
@@ -38,6 +40,9 @@ class OperatorProcess:
 
     def start(self, timeout: float = 60) -> OperatorProcess:
         env = {**os.environ, **self.extra_env, "KUBECONFIG": self.kubeconfig}
+        if not self.kubeconfig_in_env:
+            del env["KUBECONFIG"]
+            env["HOME"] = str(self.log_path.parent)
         command = [
             sys.executable, "-m", "regcred.cli", "run",
             "--kubeconfig", self.kubeconfig,

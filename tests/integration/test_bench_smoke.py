@@ -22,3 +22,12 @@ def test_bench_smoke_produces_every_section(tmp_path: Path):
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["sections"] == ["idle", "machine", "memory_mb", "onboarding", "onboarding_raw",
                                    "onboarding_requests_per_namespace", "restart", "sizes"]
+
+
+def test_doctor_bench_smoke():
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "doctor.py"), "--smoke"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    summary = json.loads(result.stdout)
+    assert (summary["pods"], summary["images"]) == (20, 40)
+    assert summary["findings"] == summary["in_memory_findings"] > 0

@@ -141,7 +141,10 @@ def test_spec_fields_match_the_contract(schema):
         "excludeNamespaces",
         "serviceAccounts",
         "suspend",
+        "verify",
     }
+    assert set(prop(schema, "spec.verify")["properties"]) == {
+        "enabled", "intervalSeconds", "timeoutSeconds", "caBundle"}
     assert set(prop(schema, "spec.target")["properties"]) == {"secretName", "labels", "annotations"}
     assert set(prop(schema, "spec.sourceSecretRef")["properties"]) == {"name", "namespace"}
     assert set(prop(schema, "spec.namespaceSelector")["properties"]) == {
@@ -153,6 +156,10 @@ def test_spec_fields_match_the_contract(schema):
 def test_defaults(schema):
     assert prop(schema, "spec.serviceAccounts")["default"] == ["default"]
     assert prop(schema, "spec.suspend")["default"] is False
+    assert prop(schema, "spec.verify.enabled")["default"] is False
+    assert prop(schema, "spec.verify.intervalSeconds")["default"] == 3600
+    assert prop(schema, "spec.verify.intervalSeconds")["minimum"] == 10
+    assert prop(schema, "spec.verify.timeoutSeconds")["default"] == 5
     # A schema default only applies when the field is absent, so [] stays [].
     assert prop(schema, "spec.serviceAccounts").get("minItems", 0) == 0
 
@@ -194,6 +201,7 @@ def test_status_fields(schema):
         "sourceResourceVersion",
         "lastSyncTime",
         "lastRotationTime",
+        "registries",
         "kopf",
     }
     conditions = status["properties"]["conditions"]
@@ -203,6 +211,8 @@ def test_status_fields(schema):
     assert cond["properties"]["status"]["enum"] == ["True", "False", "Unknown"]
     assert cond["properties"]["lastTransitionTime"]["format"] == "date-time"
     assert status["properties"]["failedNamespaces"]["maxItems"] == 20
+    assert set(prop(schema, "status.registries.[]")["required"]) == {"server", "result"}
+    assert prop(schema, "status.registries.[].lastCheckTime")["format"] == "date-time"
     for field in ("lastSyncTime", "lastRotationTime"):
         assert status["properties"][field]["format"] == "date-time"
 
