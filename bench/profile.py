@@ -3,6 +3,7 @@
 
     python bench/profile.py memory --namespaces 5000   # RSS and a tracemalloc report, N x 3 CRs
     python bench/profile.py sync --namespaces 1000     # py-spy stacks and CPU split of one initial sync
+    python bench/profile.py onboarding --namespaces 50 # where the time from a new namespace to its copy goes
 
 Each run starts its own control plane and `regcred run` and writes its report to
 `bench/results/profiles/<commit>-<kind>.txt` (the sync profile also keeps py-spy's
@@ -12,6 +13,7 @@ collapsed stacks next to it, for a flame graph).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -21,7 +23,19 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from run import REPO, USER, Bench, ControlPlane, OperatorProcess, cpu_seconds, machine, restart, rss_mb
+from run import (
+    REPO,
+    USER,
+    Bench,
+    ControlPlane,
+    OperatorProcess,
+    cpu_seconds,
+    free_port,
+    machine,
+    percentiles,
+    restart,
+    rss_mb,
+)
 
 PROFILES = REPO / "bench" / "results" / "profiles"
 TRACING = Path(__file__).resolve().parent / "tracing"
@@ -111,6 +125,61 @@ def sync(namespaces: int, out: Path) -> list[str]:
     return lines
 
 
+ONBOARDING_STEPS = [  # (from, to, what the interval is)
+    ("created", "watch_event", "namespace POST sent -> kopf has the watch event"),
+    ("watch_event", "enqueued", "kopf: event -> regcred's handler (worker spawn, index gate)"),
+    ("enqueued", "sync", "regcred: queued -> a pool thread starts the sync"),
+    ("sync", "post", "regcred: plan (caches, core) -> the copy's POST starts"),
+    ("post", "post_done", "the copy's POST (API server + etcd)"),
+    ("created", "post_done", "total: namespace POST sent -> copy created"),
+]
+
+
+def onboarding(namespaces: int, admission: bool) -> list[str]:
+    """Where the time goes from a new namespace to its copy: `namespaces` labelled namespaces
+    created one at a time (each after the previous one's copy exists), every step timed inside
+    regcred by bench/tracing/sitecustomize.py."""
+    trace = Path(tempfile.mkdtemp()) / "onboarding.jsonl"
+    env = {"PYTHONPATH": f"{TRACING}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "REGCRED_ONBOARDING_TRACE": str(trace)}
+    if admission:
+        port = free_port()
+        env.update({"REGCRED_ADMISSION": "true", "REGCRED_ADMISSION_LISTEN": f"127.0.0.1:{port}",
+                    "REGCRED_ADMISSION_URL": f"https://127.0.0.1:{port}"})
+    created: dict[str, float] = {}
+    with ControlPlane() as plane:
+        bench = Bench(plane)
+        bench.install()
+        operator = start(plane, LOGS / "profile-onboarding.log", env)
+        try:
+            bench.credential("traced", {"traced": "yes"})
+            Bench.poll(lambda: bench.ready("traced"), 60, "CR Ready")
+            for index in range(namespaces):
+                name = f"traced-{index:04d}"
+                created[name] = time.time()
+                bench.core.create_namespace({"metadata": {"name": name, "labels": {"traced": "yes"}}})
+                Bench.poll(lambda n=name: bench.core.list_namespaced_secret(
+                    n, label_selector="regcred.dev/credential=traced").items, 30, name, interval=0.005)
+        finally:
+            operator.stop()
+    steps: dict[str, dict[str, float]] = {name: {"created": t} for name, t in created.items()}
+    for line in trace.read_text().splitlines():
+        record = json.loads(line)
+        if record["namespace"] in steps:
+            steps[record["namespace"]].setdefault(record["step"], record["t"])
+    lines = [f"{namespaces} namespaces, one at a time, admission {'on' if admission else 'off'}, "
+             f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", "",
+             "milliseconds   p50     p95     max   step"]
+    for start_step, end_step, what in ONBOARDING_STEPS:
+        values = [1000 * (s[end_step] - s[start_step]) for s in steps.values()
+                  if start_step in s and end_step in s]
+        if values:
+            numbers = percentiles(values)
+            lines.append(f"            {numbers['p50']:6.1f}  {numbers['p95']:6.1f}  "
+                         f"{numbers['max']:6.1f}   {what}")
+    return lines
+
+
 def summarize(stacks: Path, top: int = 40) -> list[str]:
     """Top functions by own and by inclusive samples, from py-spy's collapsed stacks."""
     own: Counter[str] = Counter()
@@ -134,7 +203,7 @@ def summarize(stacks: Path, top: int = 40) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("kind", choices=("memory", "sync"))
+    parser.add_argument("kind", choices=("memory", "sync", "onboarding"))
     parser.add_argument("--namespaces", type=int, default=1000)
     parser.add_argument("--credentials", type=int, default=3, help="memory: CRs to sync")
     parser.add_argument("--no-trace", action="store_true", help="memory: RSS only, no tracemalloc")
@@ -142,12 +211,15 @@ def main() -> int:
                         help='memory: restart regcred with this environment ("" for none) and '
                              "measure again; repeatable")
     parser.add_argument("--label", default="", help="appended to the report's name")
+    parser.add_argument("--admission", action="store_true", help="onboarding: with --admission true")
     args = parser.parse_args()
     stamp = machine()
     PROFILES.mkdir(parents=True, exist_ok=True)
     out = PROFILES / f"{stamp['commit']}-{args.kind}-{args.namespaces}{args.label}.txt"
     if args.kind == "memory":
         lines = memory(args.namespaces, args.credentials, not args.no_trace, args.restart)
+    elif args.kind == "onboarding":
+        lines = onboarding(args.namespaces, args.admission)
     else:
         lines = sync(args.namespaces, out)
     text = "\n".join([f"{args.kind} profile, machine {stamp}", *lines]) + "\n"

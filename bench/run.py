@@ -11,6 +11,11 @@ namespace and per rotated copy. Prints a table and writes
 
     python bench/run.py            # N = 100, 1000, 5000; about 15 minutes on 2 cores
     python bench/run.py --smoke    # N = 20, seconds; CI runs this so the bench keeps working
+    python bench/run.py --onboarding-only --onboard 50   # onboarding, admission off and on
+
+Onboarding is measured twice: with the watch path only, and with `--admission true`, where
+the ServiceAccount should be born with its entry; the latter also reports the webhook's
+latency from the API server's `apiserver_admission_webhook_admission_duration_seconds`.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "scripts"), str(REPO / "tests" / "integration")]
 from controlplane import ControlPlane  # noqa: E402
 from kubernetes import client, watch  # noqa: E402
-from operator_process import OperatorProcess  # noqa: E402
+from operator_process import OperatorProcess, free_port  # noqa: E402
 
 from regcred.kube import connect  # noqa: E402
 
@@ -41,6 +46,7 @@ USER = "regcred-bench"
 SOURCE_NAMESPACE = "regcred-system"
 WRITE_VERBS = {"create", "update", "patch", "delete"}
 WORKERS = 16
+WEBHOOK = "serviceaccounts.regcred.dev"  # regcred/admission.py WEBHOOK_NAME
 
 
 class Bench:
@@ -89,6 +95,12 @@ class Bench:
             "spec": {"registries": [{"server": f"{name}.example.com"}],
                      "sourceSecretRef": {"name": "robot"},
                      "namespaceSelector": {"matchLabels": selector}}})
+
+    def ready(self, name: str) -> bool:
+        body = self.custom.get_cluster_custom_object("regcred.dev", "v1alpha1",
+                                                     "registrycredentials", name)
+        conditions = (body.get("status") or {}).get("conditions") or []
+        return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
     def synced(self, name: str) -> int:
         body = self.custom.get_cluster_custom_object("regcred.dev", "v1alpha1",
@@ -154,7 +166,8 @@ class Bench:
             list(pool.map(lambda n: put(n, "b"), namespaces))
         return time.monotonic() - started
 
-    def onboarding(self, count: int) -> dict[str, list[float]]:
+    def onboarding(self, count: int, credential: str = "onboard",
+                   prefix: str = "onboard-") -> dict[str, list[float]]:
         """Create namespaces one by one; watch copies and ServiceAccounts for our results."""
         seen: dict[str, dict[str, float]] = {}
         stop = threading.Event()
@@ -166,12 +179,12 @@ class Bench:
                 obj, now = event["object"], time.monotonic()
                 connected[key].set()
                 namespace = obj.metadata.namespace
-                if not namespace.startswith("onboard-"):
+                if not namespace.startswith(prefix):
                     continue
                 record = seen.setdefault(namespace, {})
                 if key == "account":
                     record.setdefault("account", now)
-                    if any(ref.name == "onboard" for ref in obj.image_pull_secrets or []):
+                    if any(ref.name == credential for ref in obj.image_pull_secrets or []):
                         record.setdefault("entry", now)
                 else:
                     record.setdefault("copy", now)
@@ -182,16 +195,17 @@ class Bench:
             threading.Thread(target=follow, args=(self.core.list_service_account_for_all_namespaces,
                                                   "account"), daemon=True),
             threading.Thread(target=follow, args=(self.core.list_secret_for_all_namespaces, "copy"),
-                             kwargs={"label_selector": "regcred.dev/credential=onboard"}, daemon=True),
+                             kwargs={"label_selector": f"regcred.dev/credential={credential}"}, daemon=True),
         ]
         for thread in threads:
             thread.start()
         # bench-onboard matches too: its copy shows the CR is synced and both watches are live.
-        self.credential("onboard", {"onboard": "yes"})
+        self.credential(credential, {"onboard": "yes"})
         self.poll(lambda: all(event.is_set() for event in connected.values()), 60, "watches")
+        self.poll(lambda: self.ready(credential), 60, f"{credential} Ready")  # the webhook uses it then
         created: dict[str, float] = {}
         for i in range(count):
-            name = f"onboard-{i:04d}"
+            name = f"{prefix}{i:04d}"
             before = time.monotonic()
             self.core.create_namespace({"metadata": {"name": name, "labels": {"onboard": "yes"}}})
             created[name] = before
@@ -203,6 +217,29 @@ class Bench:
             "namespace_to_entry": [seen[n]["entry"] - t for n, t in created.items()],
             "account_to_entry": [seen[n]["entry"] - seen[n]["account"] for n in created],
         }
+
+    def service_account_creates(self, count: int, namespace: str = "bench-onboard") -> list[float]:
+        """Seconds each of `count` ServiceAccount creates takes, as a client sees it."""
+        durations = []
+        for _ in range(count):
+            started = time.monotonic()
+            account = self.core.create_namespaced_service_account(
+                namespace, {"metadata": {"generateName": "timed-"}})
+            durations.append(time.monotonic() - started)
+            self.core.delete_namespaced_service_account(account.metadata.name, namespace)
+        return durations
+
+    def webhook_histogram(self) -> dict[float, float]:
+        """The API server's cumulative `apiserver_admission_webhook_admission_duration_seconds`
+        buckets for regcred's webhook (upper bound -> count)."""
+        buckets: dict[float, float] = {}
+        for line in self.plane.metrics().splitlines():
+            if (line.startswith("apiserver_admission_webhook_admission_duration_seconds_bucket")
+                    and f'name="{WEBHOOK}"' in line):
+                bound = line.split('le="', 1)[1].split('"', 1)[0]
+                key = float("inf") if bound == "+Inf" else float(bound)
+                buckets[key] = buckets.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+        return buckets
 
     # --- counting ----------------------------------------------------------------------
 
@@ -221,6 +258,19 @@ class Bench:
             key = f"{verb} {resource}"
             counts[key] = counts.get(key, 0) + 1
         return counts
+
+    def webhooks(self) -> list[dict[str, Any]]:
+        configurations = client.AdmissionregistrationV1Api(self.core.api_client)
+        return [w.to_dict() for c in configurations.list_mutating_webhook_configuration().items
+                for w in c.webhooks or []]
+
+    def delete_webhooks(self) -> None:
+        configurations = client.AdmissionregistrationV1Api(self.core.api_client)
+        try:
+            configurations.delete_mutating_webhook_configuration("regcred")
+        except client.exceptions.ApiException as error:
+            if error.status != 404:
+                raise
 
     @staticmethod
     def poll(check: Any, timeout: float, what: str, interval: float = 0.1) -> None:
@@ -281,6 +331,53 @@ def percentiles(values: list[float]) -> dict[str, float]:
             "max": ordered[-1]}
 
 
+def histogram_percentiles(before: dict[float, float], after: dict[float, float]) -> dict[str, Any]:
+    """p50/p95 of the observations between two snapshots of a cumulative histogram, linearly
+    interpolated inside the bucket (as PromQL's histogram_quantile does); the buckets are
+    coarse (5 ms, 25 ms, 100 ms...), so the result says which bucket more than how deep in it."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1] if counts else 0.0
+    result: dict[str, Any] = {"samples": int(total), "buckets_s": bounds[:-1]}
+    for name, q in (("p50", 0.5), ("p95", 0.95)):
+        rank, lower, below = q * total, 0.0, 0.0
+        for bound, count in zip(bounds, counts, strict=True):
+            if count >= rank and total:
+                upper = bound if bound != float("inf") else lower
+                result[name] = lower + (upper - lower) * ((rank - below) / max(count - below, 1e-9))
+                break
+            lower, below = bound, count
+    return result
+
+
+def admission_rows(bench: Bench, plane: ControlPlane, log_dir: Path, onboard: int) -> dict[str, Any]:
+    """Onboarding with `--admission true`, and what the webhook adds to a ServiceAccount create
+    (the API server's own histogram, and as a client sees it, with the webhook and without)."""
+    without = bench.service_account_creates(onboard)
+    port = free_port()
+    identity = plane.user_kubeconfig(USER, ("system:masters",))
+    operator = OperatorProcess(str(identity), log_dir / "regcred-admission.log", resync_seconds=600,
+                               extra_env={"REGCRED_ADMISSION": "true",
+                                          "REGCRED_ADMISSION_LISTEN": f"127.0.0.1:{port}",
+                                          "REGCRED_ADMISSION_URL": f"https://127.0.0.1:{port}"}).start()
+    try:
+        Bench.poll(lambda: WEBHOOK in json.dumps(bench.webhooks()), 60, "webhook registered")
+        before = bench.webhook_histogram()
+        onboarding = bench.onboarding(onboard, credential="onboard-admission", prefix="admit-")
+        with_webhook = bench.service_account_creates(onboard)
+        after = bench.webhook_histogram()
+    finally:
+        operator.stop()
+        bench.delete_webhooks()
+    rows: dict[str, Any] = {key: percentiles(values) for key, values in onboarding.items()}
+    rows["samples"] = onboard
+    rows["webhook_duration_s"] = histogram_percentiles(before, after)
+    rows["service_account_create_s"] = {"without_webhook": percentiles(without),
+                                        "with_webhook": percentiles(with_webhook)}
+    rows["raw"] = onboarding
+    return rows
+
+
 def run(sizes: list[int], onboard: int, idle_seconds: float, resync: float, memory_sizes: list[int],
         log_dir: Path) -> dict[str, Any]:
     results: dict[str, Any] = {"sizes": {}, "memory_mb": {}, "restart": {}}
@@ -330,6 +427,27 @@ def run(sizes: list[int], onboard: int, idle_seconds: float, resync: float, memo
             results["onboarding_raw"] = onboarding
         finally:
             operator.stop()
+        results["onboarding_admission"] = admission_rows(bench, plane, log_dir, onboard)
+    return results
+
+
+def run_onboarding(onboard: int, log_dir: Path) -> dict[str, Any]:
+    """Only the onboarding rows, admission off then on (`--onboarding-only`): a few minutes
+    at most, for a shared machine."""
+    results: dict[str, Any] = {}
+    with ControlPlane() as plane:
+        bench = Bench(plane)
+        bench.install()
+        identity = plane.user_kubeconfig(USER, ("system:masters",))
+        operator = OperatorProcess(str(identity), log_dir / "regcred.log", resync_seconds=600).start()
+        try:
+            onboarding = bench.onboarding(onboard)
+        finally:
+            operator.stop()
+        results["onboarding"] = {key: percentiles(values) for key, values in onboarding.items()}
+        results["onboarding"]["samples"] = onboard
+        results["onboarding_raw"] = onboarding
+        results["onboarding_admission"] = admission_rows(bench, plane, log_dir, onboard)
     return results
 
 
@@ -344,7 +462,7 @@ def machine() -> dict[str, Any]:
 def report(results: dict[str, Any], smoke: bool) -> None:
     print("\n| N | initial sync (s) | rotation (s) | ceiling (s) | ratio | requests/copy rotated |")
     print("|---|---|---|---|---|---|")
-    for size, entry in results["sizes"].items():
+    for size, entry in results.get("sizes", {}).items():
         print(f"| {size} | {entry['initial_sync_s']:.2f} | {entry['rotation_s']:.2f} | "
               f"{entry['ceiling_s']:.2f} | {entry['ratio_to_ceiling']:.2f} | "
               f"{entry['rotation_requests_per_copy']:.2f} |")
@@ -353,6 +471,25 @@ def report(results: dict[str, Any], smoke: bool) -> None:
         values = onboarding[key]
         print(f"onboarding {key}: p50 {values['p50'] * 1000:.0f} ms, p95 {values['p95'] * 1000:.0f} ms,"
               f" max {values['max'] * 1000:.0f} ms")
+    admission = results["onboarding_admission"]
+    for key in ("namespace_to_copy", "namespace_to_entry", "account_to_entry"):
+        values = admission[key]
+        print(f"onboarding with admission {key}: p50 {values['p50'] * 1000:.0f} ms, "
+              f"p95 {values['p95'] * 1000:.0f} ms, max {values['max'] * 1000:.0f} ms")
+    webhook = admission["webhook_duration_s"]
+    print(f"admission latency (API server histogram, {webhook['samples']} calls): "
+          f"p50 {webhook.get('p50', 0) * 1000:.1f} ms, p95 {webhook.get('p95', 0) * 1000:.1f} ms "
+          f"(buckets {webhook['buckets_s'][:4]} s ...)")
+    creates = admission["service_account_create_s"]
+    print("ServiceAccount create as a client sees it: "
+          + ", ".join(f"{k} p50 {v['p50'] * 1000:.1f} ms p95 {v['p95'] * 1000:.1f} ms"
+                      for k, v in creates.items()))
+    if "sizes" not in results:  # --onboarding-only
+        if not smoke:
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            path = RESULTS / f"{results['machine']['commit']}-onboarding.json"
+            path.write_text(json.dumps(results, indent=2))
+        return
     print(f"onboarding requests per namespace: {results['onboarding_requests_per_namespace']:.1f}")
     print(f"idle writes in {results['idle']['seconds']} s: {results['idle']['writes'] or 0}")
     print(f"memory (3 CRs): {results['memory_mb']}")
@@ -397,9 +534,13 @@ def main() -> int:
     parser.add_argument("--sizes", default="100,1000,5000")
     parser.add_argument("--onboard", type=int, default=200)
     parser.add_argument("--idle-seconds", type=float, default=300)
+    parser.add_argument("--onboarding-only", action="store_true",
+                        help="only the onboarding rows, admission off and on (--onboard samples each)")
     args = parser.parse_args()
     log_dir = Path(os.environ.get("REGCRED_BENCH_LOGS", "/tmp"))
-    if args.smoke:
+    if args.onboarding_only:
+        results = run_onboarding(args.onboard, log_dir)
+    elif args.smoke:
         results = run([20], 5, 3, 600, [20], log_dir)
     else:
         sizes = [int(n) for n in args.sizes.split(",")]

@@ -52,7 +52,10 @@ BINARIES = (ETCD, APISERVER, CONTROLLER_MANAGER)  # the control plane's processe
 # Built with them from the same module: the node's kubelet (no version skew) and a kubectl
 # within kubectl's own skew policy, which the tests and the demo put first on $PATH.
 TOOLS = (KUBELET, KUBECTL)
-CONTROLLERS = "garbagecollector,namespace,serviceaccount,serviceaccount-token,root-ca-cert-publisher"
+# deployment and replicaset: the onboarding burst test (tests/integration/test_admission.py)
+# needs Pods created the way a ReplicaSet creates them, the instant a ServiceAccount exists.
+CONTROLLERS = ("garbagecollector,namespace,serviceaccount,serviceaccount-token,root-ca-cert-publisher,"
+               "deployment,replicaset")
 STOP_GRACE = 10.0
 TEMP_PREFIX = "regcred-cp-"
 

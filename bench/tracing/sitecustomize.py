@@ -3,12 +3,20 @@
 With `PYTHONTRACEMALLOC` set, SIGUSR2 writes the biggest live allocations (by file and line,
 and by package) to `$REGCRED_MEMORY_REPORT`, so memory can be attributed without changing
 regcred's own code.
+
+With `$REGCRED_ONBOARDING_TRACE` set, each step a new namespace takes on its way to its copy
+is appended there as a JSON line (wall-clock time, step, namespace): the raw watch event
+reaching kopf, the handler queueing the sync, the sync starting on a worker, the POST of the
+copy starting and returning (`bench/profile.py onboarding`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import threading
+import time
 import tracemalloc
 from collections import Counter
 from pathlib import Path
@@ -36,3 +44,53 @@ def _report(*_: object) -> None:
 if tracemalloc.is_tracing() and os.environ.get("REGCRED_MEMORY_REPORT"):
     signal.signal(signal.SIGUSR2, _report)
 
+
+def _trace_onboarding(path: str) -> None:
+    from kopf._cogs.clients import watching
+
+    from regcred.controller import Controller
+    from regcred.kube import Kube
+    from regcred.reconciler import Reconciler
+
+    lock = threading.Lock()
+    out = open(path, "a", buffering=1)  # noqa: SIM115 - open for the life of the process
+
+    def record(step: str, namespace: str) -> None:
+        with lock:
+            out.write(json.dumps({"t": time.time(), "step": step, "namespace": namespace}) + "\n")
+
+    original_watch = watching.watch_objs
+
+    async def watch_objs(*args, **kwargs):  # type: ignore[no-untyped-def]
+        plural = getattr(kwargs.get("resource"), "plural", "")
+        async for raw in original_watch(*args, **kwargs):
+            if plural == "namespaces" and isinstance(raw, dict) and raw.get("type") == "ADDED":
+                record("watch_event", raw["object"]["metadata"]["name"])
+            yield raw
+
+    watching.watch_objs = watch_objs
+
+    def wrap(owner: type, name: str, step: str, namespace_of) -> None:  # type: ignore[no-untyped-def]
+        """Record `step` (and `step`_done) around `owner.name` for calls about a namespace."""
+        original = getattr(owner, name)
+
+        def traced(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            namespace = namespace_of(*args)
+            if namespace:
+                record(step, namespace)
+            result = original(self, *args, **kwargs)
+            if namespace:
+                record(step + "_done", namespace)
+            return result
+
+        setattr(owner, name, traced)
+
+    wrap(Controller, "namespace_changed", "enqueued", lambda namespace: namespace)
+    wrap(Reconciler, "sync_namespace", "sync", lambda namespace: namespace)
+    # Kube._call(verb, what, ...): the POST of a copy is ("create", "secret <ns>/<name>").
+    wrap(Kube, "_call", "post", lambda verb, what, *_: what.split(" ", 1)[1].split("/")[0]
+         if verb == "create" and what.startswith("secret ") else None)
+
+
+if os.environ.get("REGCRED_ONBOARDING_TRACE"):
+    _trace_onboarding(os.environ["REGCRED_ONBOARDING_TRACE"])

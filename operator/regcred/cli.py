@@ -6,12 +6,13 @@ import argparse
 import os
 import random
 import sys
+import urllib.parse
 from collections.abc import Sequence
 
 from regcred import __version__
 from regcred.doctor import add_parser as add_doctor_parser
 from regcred.doctor import run_doctor
-from regcred.settings import Settings, operator_namespace
+from regcred.settings import AdmissionSettings, Settings, operator_namespace
 
 _OPTIONS = [
     # flag, environment variable, default, help
@@ -30,6 +31,18 @@ _OPTIONS = [
      "kubeconfig file (default: $KUBECONFIG, else in-cluster config)"),
     ("--peering", "REGCRED_PEERING", None,
      "kopf peering name for running several replicas with one active (default: standalone)"),
+    # The ServiceAccount admission webhook (docs/admission.md).
+    ("--admission", "REGCRED_ADMISSION", "false",
+     "true: serve the mutating webhook that gives new ServiceAccounts our entry at creation"),
+    ("--admission-listen", "REGCRED_ADMISSION_LISTEN", "0.0.0.0:9443",
+     "host:port the webhook listens on"),
+    ("--admission-url", "REGCRED_ADMISSION_URL", None,
+     "https URL the API server calls (outside a cluster, e.g. https://127.0.0.1:9443); "
+     "default: the --admission-service Service in the operator's namespace"),
+    ("--admission-service", "REGCRED_ADMISSION_SERVICE", "regcred-webhook",
+     "the Service in front of the webhook port, used when --admission-url is not set"),
+    ("--admission-tls-secret", "REGCRED_ADMISSION_TLS_SECRET", "regcred-webhook-tls",
+     "Secret in the operator's namespace holding the webhook's CA and certificate (made if absent)"),
 ]
 
 
@@ -75,7 +88,28 @@ def settings_from(args: argparse.Namespace) -> Settings:
         log_level=args.log_level,
         kubeconfig=args.kubeconfig or os.environ.get("KUBECONFIG") or None,
         peering=args.peering or None,
+        admission=admission_settings_from(args),
     )
+
+
+def admission_settings_from(args: argparse.Namespace) -> AdmissionSettings | None:
+    """The webhook's options, or None when `--admission` is off; exits on bad values."""
+    switch = str(args.admission).strip().lower()
+    if switch not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        raise SystemExit("regcred: --admission must be true or false")
+    if switch in ("false", "0", "no", "off"):
+        return None
+    host, _, port = str(args.admission_listen).rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SystemExit("regcred: --admission-listen must be host:port, e.g. 127.0.0.1:9443")
+    url = args.admission_url or None
+    if url is not None:
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme != "https" or not parsed.hostname or parsed.query or parsed.fragment:
+            raise SystemExit("regcred: --admission-url must be an https URL without query, "
+                             "e.g. https://127.0.0.1:9443")
+    return AdmissionSettings(listen_host=host.strip("[]"), listen_port=int(port), url=url,
+                             service=args.admission_service, tls_secret=args.admission_tls_secret)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,6 +150,10 @@ def run(settings: Settings) -> int:
         metrics.serve(settings.metrics_port)
     registry = kopf.OperatorRegistry()
     register(registry, settings)
+    if settings.admission:
+        from regcred import admission
+
+        admission.register(registry)
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
     kopf.run(
         registry=registry,

@@ -244,6 +244,7 @@ class Kube:
                  on_error: Callable[[int], None] | None = None) -> None:
         self._core = client.CoreV1Api(api_client)
         self._custom = client.CustomObjectsApi(api_client)
+        self._admission = client.AdmissionregistrationV1Api(api_client)
         self._on_error = on_error or (lambda status: None)
 
     # --- reads -------------------------------------------------------------------------
@@ -402,9 +403,14 @@ class Kube:
         return self._scoped_pages("events", namespace, self._core.list_namespaced_event,
                                   self._core.list_event_for_all_namespaces, field_selector=selector)
 
-    def list_credentials(self) -> Iterator[dict[str, Any]]:
+    def list_credentials(self, *, from_watch_cache: bool = False) -> Iterator[dict[str, Any]]:
+        """Every RegistryCredential. `from_watch_cache`: as the API server's cache has them
+        (resourceVersion 0), milliseconds behind at most; a consistent list of an idle
+        resource waits for etcd's progress notification, about 100 ms (measured; too slow
+        for the admission webhook, which asks on every ServiceAccount create)."""
+        extra: dict[str, Any] = {"resource_version": "0"} if from_watch_cache else {}
         return self._pages("registrycredentials", self._custom.list_cluster_custom_object,
-                           GROUP, VERSION, PLURAL)
+                           GROUP, VERSION, PLURAL, **extra)
 
     def _scoped_pages(self, what: str, namespace: str | None, namespaced: Callable[..., Any],
                       cluster_wide: Callable[..., Any], **kwargs: Any) -> Iterator[dict[str, Any]]:
@@ -499,6 +505,43 @@ class Kube:
                 log.warning("source secret watch failed, retrying", namespace=namespace,
                             error=type(error).__name__)
                 stop.wait(2)
+
+    # --- admission (regcred/admission.py): live reads and the webhook's own objects -----
+
+    def read_namespace(self, name: str) -> dict[str, Any] | None:
+        body: dict[str, Any] | None = self._call("get", f"namespace {name}", self._core.read_namespace,
+                                                 name, missing_ok=True)
+        return body
+
+    def store_secret(self, body: Mapping[str, Any], resource_version: str | None) -> dict[str, Any]:
+        """Create the Secret (`resource_version` None) or replace the version we read; a
+        concurrent writer makes it fail with 409 (`KubeError`), and the caller reads again."""
+        meta = body["metadata"]
+        what = f"secret {meta['namespace']}/{meta['name']}"
+        stored: dict[str, Any]
+        if resource_version is None:
+            stored = self._call("create", what, self._core.create_namespaced_secret,
+                                meta["namespace"], body)
+        else:
+            guarded = {**body, "metadata": {**meta, "resourceVersion": resource_version}}
+            stored = self._call("replace", what, self._core.replace_namespaced_secret,
+                                meta["name"], meta["namespace"], guarded)
+        return stored
+
+    def read_webhook_configuration(self, name: str) -> dict[str, Any] | None:
+        body: dict[str, Any] | None = self._call(
+            "get", f"mutatingwebhookconfiguration {name}",
+            self._admission.read_mutating_webhook_configuration, name, missing_ok=True)
+        return body
+
+    def create_webhook_configuration(self, body: Mapping[str, Any]) -> None:
+        self._call("create", f"mutatingwebhookconfiguration {body['metadata']['name']}",
+                   self._admission.create_mutating_webhook_configuration, body)
+
+    def patch_webhook_configuration(self, name: str, webhooks: list[dict[str, Any]]) -> None:
+        self._call("patch", f"mutatingwebhookconfiguration {name}",
+                   self._admission.patch_mutating_webhook_configuration, name, {"webhooks": webhooks},
+                   _content_type="application/merge-patch+json")
 
     # --- plumbing ----------------------------------------------------------------------
 

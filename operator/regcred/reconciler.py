@@ -16,9 +16,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import structlog
@@ -29,6 +29,8 @@ from regcred.core.plan import (
     Action,
     AddPullSecret,
     Credential,
+    DeleteCopy,
+    NamespacePlan,
     ObservedCopy,
     ObservedServiceAccount,
     RemovePullSecret,
@@ -68,6 +70,7 @@ class Api(Protocol):
 
     def read_source(self, namespace: str, name: str) -> SourceSecret | None: ...
     def apply(self, action: Action) -> Applied: ...
+    def list_credentials(self, *, from_watch_cache: bool = False) -> Iterable[Mapping[str, Any]]: ...
 
 
 @dataclass
@@ -160,6 +163,7 @@ class Reconciler:
         started = time.monotonic()
         outcome = NamespaceOutcome()
         with self._namespace_locks[namespace]:
+            indexed = self._indexed_names()  # before the plan's read: the index only grows meanwhile
             credentials = self.credentials()
             for name in self.unsynced(credentials):
                 self._request_credential_sync(name)
@@ -172,6 +176,9 @@ class Reconciler:
                 self._world.service_accounts(namespace),
                 foreign,
             )
+            if _undoes(plan) and self._index_missed_credentials(indexed):
+                plan = _without_undoing(plan)
+                outcome.transient = True  # again shortly, once kopf has listed the CRs
             failures = {
                 name: Failure(namespace, "Conflict", message)
                 for name, message in plan.conflicts.items()
@@ -213,6 +220,22 @@ class Reconciler:
             outcome.changed = self._ledger.record(namespace, plan.matched, failures)
         self._metrics.observe_reconcile("namespace", bool(failures), time.monotonic() - started)
         return outcome
+
+    def _indexed_names(self) -> set[str]:
+        return {(body.get("metadata") or {}).get("name", "") for body in self._world.credential_bodies()}
+
+    def _index_missed_credentials(self, indexed: set[str]) -> bool:
+        """Whether a live CR was missing from kopf's index when the plan read it (`indexed`).
+        A replica resuming after a pause handles namespace events before kopf has listed the
+        CRs again (kopf arms its index gate only once per process), so a CR created meanwhile
+        looks deleted; checked before any copy is deleted or entry removed (rare), never on
+        the path that only adds."""
+        try:
+            live = {(body.get("metadata") or {}).get("name", "")
+                    for body in self._kube.list_credentials(from_watch_cache=True)}
+        except KubeError:
+            return True
+        return not live <= indexed
 
     def _take_in(self, action: Action, applied: Applied) -> None:
         """Hand what a write wrote to the caches at once, so that the next plan sees it."""
@@ -319,6 +342,21 @@ class Reconciler:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _undoes(plan: NamespacePlan) -> bool:
+    return any(isinstance(a, DeleteCopy) for a in plan.secret_actions) or any(
+        isinstance(a, RemovePullSecret) for a in plan.service_account_actions)
+
+
+def _without_undoing(plan: NamespacePlan) -> NamespacePlan:
+    """`plan` with only its creates, replaces and additions."""
+    return replace(
+        plan,
+        secret_actions=tuple(a for a in plan.secret_actions if not isinstance(a, DeleteCopy)),
+        service_account_actions=tuple(a for a in plan.service_account_actions
+                                      if not isinstance(a, RemovePullSecret)),
+    )
 
 
 def _planned_from(action: Action) -> str | None:

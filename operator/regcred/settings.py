@@ -18,6 +18,18 @@ def operator_namespace() -> str:
 
 
 @dataclass(frozen=True)
+class AdmissionSettings:
+    """The ServiceAccount webhook (`--admission`; regcred/admission.py)."""
+
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 9443
+    # What the API server calls: this URL (outside a cluster), else the Service in our namespace.
+    url: str | None = None
+    service: str = "regcred-webhook"
+    tls_secret: str = "regcred-webhook-tls"
+
+
+@dataclass(frozen=True)
 class Settings:
     operator_namespace: str
     source_namespaces: frozenset[str]
@@ -29,3 +41,4 @@ class Settings:
     log_level: str = "info"
     kubeconfig: str | None = None
     peering: str | None = None  # kopf peering object name; None = standalone (single replica)
+    admission: AdmissionSettings | None = None  # None = no webhook

@@ -219,11 +219,15 @@ class Verification:
             for server, result in tracked.results.items():
                 self._metrics.registry_verification(name, server, None, previous=result.result)
 
-    def shutdown(self) -> None:
+    def shutdown(self, wait: bool = False) -> None:
+        """Stop scheduling; with `wait`, also wait for checks under way (each ends within its
+        timeout), so nothing of this object runs after it returns."""
         with self._wake:
             self._stopped = True
             self._wake.notify_all()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=wait, cancel_futures=True)
+        if wait:
+            self._thread.join()
 
     # --- internals ----------------------------------------------------------------------
 

@@ -65,6 +65,17 @@ def remove_new_credentials(cluster: Cluster) -> Iterator[None]:
             cluster.delete_credential(body["metadata"]["name"])
 
 
+@pytest.fixture
+def peering(kubeconfig: str, crd_installed: None) -> None:
+    """kopf's ClusterKopfPeering CRD and the "regcred" peering object from manifests/."""
+    manifest = str(REPO / "manifests" / "kopf-peering.yaml")
+    kubectl = ["kubectl", "--kubeconfig", kubeconfig]
+    subprocess.run([*kubectl, "apply", "--server-side", "-f", manifest], check=False, capture_output=True)
+    subprocess.run([*kubectl, "wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev",
+                    "--timeout=60s"], check=True, capture_output=True)
+    subprocess.run([*kubectl, "apply", "--server-side", "-f", manifest], check=True, capture_output=True)
+
+
 @dataclass
 class Tenant:
     """A label unique to one test; `tenant(n, **labels)` makes n namespaces carrying it and

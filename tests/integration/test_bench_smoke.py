@@ -20,8 +20,9 @@ def test_bench_smoke_produces_every_section(tmp_path: Path):
                             env={**os.environ, "REGCRED_BENCH_LOGS": str(tmp_path)})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert summary["sections"] == ["idle", "machine", "memory_mb", "onboarding", "onboarding_raw",
-                                   "onboarding_requests_per_namespace", "restart", "sizes"]
+    assert summary["sections"] == ["idle", "machine", "memory_mb", "onboarding", "onboarding_admission",
+                                   "onboarding_raw", "onboarding_requests_per_namespace", "restart",
+                                   "sizes"]
 
 
 def test_doctor_bench_smoke():

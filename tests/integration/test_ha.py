@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 
 import pytest
-from operator_fixtures import REPO
 from operator_process import OperatorProcess
 from scenario import Cluster, unique
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def peering(kubeconfig: str, crd_installed: None) -> None:
-    subprocess.run(["kubectl", "--kubeconfig", kubeconfig, "apply", "--server-side", "-f",
-                    str(REPO / "manifests" / "kopf-peering.yaml")], check=False, capture_output=True)
-    subprocess.run(["kubectl", "--kubeconfig", kubeconfig, "wait", "--for=condition=Established",
-                    "crd/clusterkopfpeerings.kopf.dev", "--timeout=60s"], check=True, capture_output=True)
-    subprocess.run(["kubectl", "--kubeconfig", kubeconfig, "apply", "--server-side", "-f",
-                    str(REPO / "manifests" / "kopf-peering.yaml")], check=True, capture_output=True)
 
 
 def acted(process: OperatorProcess, namespace: str) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from operator_fixtures import REPO
-from operator_process import OperatorProcess
+from operator_process import OperatorProcess, free_port
 from scenario import SERVER, Cluster, credential_spec, password, unique
 
 pytestmark = pytest.mark.integration
@@ -87,10 +87,16 @@ def used(control_plane) -> tuple[set[tuple[str, str, str]], list[dict]]:
 
 
 def test_the_operator_works_with_exactly_its_granted_permissions(
-        cluster: Cluster, operator_kubeconfig, control_plane, bundle, fresh_namespaces, tmp_path,
+        cluster: Cluster, kubeconfig, operator_kubeconfig, control_plane, bundle, fresh_namespaces, tmp_path,
         wait_for):
-    process = OperatorProcess(operator_kubeconfig, tmp_path / "regcred.log",
-                              extra_env={"REGCRED_PEERING": "regcred"}).start()
+    # With the admission webhook, as manifests/ runs it: regcred registers its webhook
+    # configuration (deleted first, so that it is created), which calls back over loopback.
+    kubectl(kubeconfig, "delete", "mutatingwebhookconfiguration", "regcred", "--ignore-not-found")
+    port = free_port()
+    process = OperatorProcess(operator_kubeconfig, tmp_path / "regcred.log", extra_env={
+        "REGCRED_PEERING": "regcred", "REGCRED_ADMISSION": "true",
+        "REGCRED_ADMISSION_LISTEN": f"127.0.0.1:{port}",
+        "REGCRED_ADMISSION_URL": f"https://127.0.0.1:{port}"}).start()
     try:
         label = unique("rbac")
         keep, drop = fresh_namespaces(2, labels={"tenant": label})
@@ -113,14 +119,20 @@ def test_the_operator_works_with_exactly_its_granted_permissions(
         cluster.core.create_namespaced_secret(other, {"metadata": {"name": conflicted},
                                                       "data": {"x": "eA=="}})
         cluster.put_source(conflicted)
-        cluster.create_credential(conflicted, credential_spec(conflicted, {"tenant": conflicted}))
+        # It also names kube-public: the webhook's namespaceSelector lets that through now.
+        cluster.create_credential(conflicted, credential_spec(conflicted, {"tenant": conflicted},
+                                                              namespaces=["kube-public"]))
         wait_for(lambda: cluster.ready(conflicted).get("reason") == "Conflict", message="conflict")
+        wait_for(lambda: "kube-public" not in kubectl(
+            kubeconfig, "get", "mutatingwebhookconfiguration", "regcred", "-o", "json"),
+            message="webhook namespaceSelector updated")
         cluster.delete_credential(name)
         cluster.delete_credential(conflicted)
         wait_for(lambda: cluster.credential(name) is None, message="CR deleted")
         wait_for(lambda: cluster.pull_secrets(keep) == [], message="entry removed")
     finally:
         process.stop()
+        kubectl(kubeconfig, "delete", "mutatingwebhookconfiguration", "regcred", "--ignore-not-found")
 
     requests, refused = used(control_plane)
     assert refused == [], "the operator was refused a request"

@@ -75,6 +75,7 @@ class Api:
         self.actions: list[Action] = []
         self.statuses: list[dict[str, Any]] = []
         self.events: list[tuple[str, str, str]] = []
+        self.live_credentials: list[str] = []  # what a live list of CRs returns
 
     def read_source(self, namespace: str, name: str) -> SourceSecret:
         if self.source_error is not None:
@@ -91,6 +92,9 @@ class Api:
             if self.applied is not None:
                 return self.applied
         return Applied(wrote=True)
+
+    def list_credentials(self, *, from_watch_cache: bool = False) -> list[dict[str, Any]]:
+        return [credential_body(name) for name in self.live_credentials]
 
     def patch_status(self, name: str, status: Mapping[str, Any]) -> None:
         self.statuses.append(dict(status))

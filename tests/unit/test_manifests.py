@@ -87,3 +87,19 @@ def test_examples_are_valid_yaml_with_fake_values():
             assert doc["apiVersion"] and doc["kind"]
     secret = yaml.safe_load((MANIFESTS / "examples" / "source-secret.yaml").read_text())
     assert secret["stringData"]["password"] == "replace-me"
+
+
+def test_the_admission_webhook_is_on_and_reachable():
+    [deployment] = by_kind("Deployment")
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env["REGCRED_ADMISSION"] == "true"
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    [service] = [s for s in by_kind("Service") if s["metadata"]["name"] == "regcred-webhook"]
+    assert service["spec"]["ports"] == [{"name": "webhook", "port": 443, "targetPort": "webhook"}]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    [policy] = by_kind("NetworkPolicy")
+    opened = {port["port"] for rule in policy["spec"]["ingress"] for port in rule.get("ports", [])}
+    assert ports["webhook"] in opened
+    mounts = {mount["mountPath"] for mount in container.get("volumeMounts", [])}
+    assert "/tmp" in mounts  # the certificate files, with a read-only root filesystem

@@ -7,12 +7,20 @@ control plane in tests/integration.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import pytest
-from fakes import CREDENTIAL, NAMESPACE, PASSWORD, Api, Wired
+from fakes import CREDENTIAL, NAMESPACE, PASSWORD, Api, Wired, World, credential_body
 
-from regcred.core.plan import AddPullSecret, CreateCopy
+from regcred.core.plan import (
+    AddPullSecret,
+    CreateCopy,
+    DeleteCopy,
+    ObservedCopy,
+    ObservedServiceAccount,
+    RemovePullSecret,
+)
 from regcred.kube import ApiConflict, ApiRefused, ApiUnavailable, Applied, KubeError
 
 NOT_OURS = Applied(wrote=False, not_ours="secret harbor exists and is not managed by regcred")
@@ -119,3 +127,55 @@ def test_no_secret_material_reaches_status_or_events(reconcile):
     assert PASSWORD not in repr(api.statuses)
     assert PASSWORD not in repr(api.events)
     assert PASSWORD not in repr(api.actions)
+
+
+class ResumedWorld(World):
+    """What a replica resuming after a pause sees: a copy and an entry of CR "newer", created
+    while it was paused, whose body kopf has not listed into the index yet."""
+
+    def copies(self, namespace: str) -> list[ObservedCopy]:
+        return [ObservedCopy(namespace, "newer", "newer", ("uid-newer",), "digest", "meta", "uid-c", "5")]
+
+    def service_accounts(self, namespace: str) -> list[ObservedServiceAccount]:
+        return [ObservedServiceAccount(namespace, "default", ("newer",), frozenset({"newer"}), "1")]
+
+
+@pytest.mark.parametrize(("live", "undone"), [([CREDENTIAL, "newer"], False), ([CREDENTIAL], True)])
+def test_nothing_is_undone_for_a_cr_the_index_has_not_seen_yet(live, undone):
+    api = Api()
+    api.live_credentials = live
+    wired = Wired(api, ResumedWorld())
+    try:
+        outcome = wired.reconciler.sync_namespace(NAMESPACE)
+    finally:
+        wired.close()
+    removals = [a for a in api.actions if isinstance(a, DeleteCopy | RemovePullSecret)]
+    assert bool(removals) is undone
+    assert outcome.transient is not undone  # deferred: tried again once kopf has listed the CRs
+
+
+class IndexedDuringThePlan(ResumedWorld):
+    """kopf's index takes in "newer" right after the plan has read the CRs (its relist is
+    under way while the namespace syncs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def credential_bodies(self) -> list[Mapping[str, Any]]:
+        self.reads += 1
+        if self.reads > 2:
+            self.bodies["newer"] = credential_body("newer")
+        return super().credential_bodies()
+
+
+def test_a_cr_indexed_while_the_plan_was_made_still_defers_the_undoing():
+    api = Api()
+    api.live_credentials = [CREDENTIAL, "newer"]
+    wired = Wired(api, IndexedDuringThePlan())
+    try:
+        outcome = wired.reconciler.sync_namespace(NAMESPACE)
+    finally:
+        wired.close()
+    assert not [a for a in api.actions if isinstance(a, DeleteCopy | RemovePullSecret)]
+    assert outcome.transient

@@ -256,7 +256,7 @@ def by_type(status: dict) -> dict[str, dict]:
 def harness():
     made = Harness()
     yield made
-    made.verification.shutdown()
+    made.verification.shutdown(wait=True)
 
 
 def test_first_check_and_its_status(harness) -> None:
@@ -339,7 +339,7 @@ def test_a_replica_whose_resyncs_stopped_stops_checking(monkeypatch) -> None:
         harness.checked()  # a sync publishes again: checking resumes
         assert 'result="Verified"} 1.0' in harness.metric()
     finally:
-        harness.verification.shutdown()
+        harness.verification.shutdown(wait=True)
 
 
 def test_without_verify_the_status_is_untouched(harness) -> None:

@@ -1,0 +1,376 @@
+"""The ServiceAccount admission webhook, wired into kopf: thin handlers over the core.
+
+Registered only with `--admission` (cli.run calls `register`). kopf serves the requests (`@kopf.on.mutate`
+behind `kopf.WebhookServer`); the decision is `regcred.core.admission`. regcred writes the
+MutatingWebhookConfiguration itself rather than through kopf's `settings.admission.managed`:
+kopf 1.45's managed configuration hard-codes `timeoutSeconds: 30` (a dead webhook would hold
+every ServiceAccount create for 30 s), has no `namespaceSelector`, and removes its webhooks
+when the process exits, which would leave the surviving replica of an HA pair without one.
+
+Every replica serves the webhook, the paused standby included, and decides from a live read
+of the namespace and the CRs: kopf keeps no caches current while paused, and a namespace
+created a millisecond earlier may not have reached any watch yet (docs/admission.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import shutil
+import tempfile
+import threading
+import urllib.parse
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kopf
+import structlog
+
+from regcred.core.admission import (
+    add_pull_secrets,
+    admission_credentials,
+    namespace_info,
+    pull_secrets_at_creation,
+    webhook_namespace_selector,
+)
+from regcred.core.errors import InvalidInput
+from regcred.core.spec import GROUP, PLURAL, VERSION, CredentialSpec, parse_credential
+from regcred.kube import ApiConflict, ApiInvalid, Kube, KubeError, api_client
+from regcred.settings import AdmissionSettings, Settings
+from regcred.tls import WebhookTLS, renewal, utc_now
+
+log = structlog.get_logger("regcred.admission")
+
+WEBHOOK_ID = "serviceaccount-pull-secrets"
+CONFIGURATION_NAME = "regcred"
+WEBHOOK_NAME = "serviceaccounts.regcred.dev"
+TIMEOUT_SECONDS = 2  # regcred down must not noticeably slow ServiceAccount creation
+SERVICE_PORT = 443
+CERTIFICATE_CHECK_SECONDS = 3600.0
+FILE_CHECK_SECONDS = 10.0  # how soon kopf's server picks up renewed certificate files
+TEMP_PREFIX = "regcred-webhook-"
+API_THREADS = 4  # the webhook's own connections, so a fan-out never queues ahead of it
+
+
+# --- the decision --------------------------------------------------------------------------
+
+class Decider:
+    """Reads what the decision needs from the API, now, and asks the core."""
+
+    def __init__(self, kube: Kube, settings: Settings) -> None:
+        self._kube = kube
+        self._parse = functools.partial(
+            parse_credential, default_source_namespace=settings.operator_namespace,
+            allowed_source_namespaces=settings.source_namespaces)
+
+    def entries_for(self, namespace: str, service_account: str) -> tuple[str, ...]:
+        # The CRs may be a few ms behind (a CR is used only once synced, which takes longer);
+        # the namespace is read from etcd: one created a moment ago must be seen with its labels.
+        credentials = admission_credentials(self._kube.list_credentials(from_watch_cache=True),
+                                            self._parse)
+        if not credentials:
+            return ()
+        body = self._kube.read_namespace(namespace)
+        if body is None:
+            return ()
+        return pull_secrets_at_creation(namespace_info(body), credentials, service_account)
+
+    def specs(self, bodies: Iterable[Mapping[str, Any]]) -> list[CredentialSpec]:
+        specs = []
+        for body in bodies:
+            with contextlib.suppress(InvalidInput):
+                specs.append(self._parse(body))
+        return specs
+
+
+def register(registry: kopf.OperatorRegistry) -> None:
+    """Register the webhook and its start-up, clean-up and CR handlers with `registry`."""
+    kopf.on.mutate("", "v1", "serviceaccounts", id=WEBHOOK_ID, operations=["CREATE"],
+                   side_effects=False, ignore_failures=True, registry=registry)(admit_service_account)
+    kopf.on.startup(registry=registry)(start_admission)
+    kopf.on.cleanup(registry=registry)(stop_admission)
+    # kopf passes indexes to handlers as keyword arguments its protocols cannot name.
+    kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)(credential_seen_by_admission)  # type: ignore[arg-type]
+
+
+def admit_service_account(body: kopf.Body, patch: kopf.Patch, dryrun: bool, memo: kopf.Memo,
+                          **_: Any) -> None:
+    """Give a new ServiceAccount our entries. Never refuses: an error admits it unchanged
+    (an error answer would deny the create, whatever `failurePolicy` says) and the watch
+    path adds the entries once the ServiceAccount is seen."""
+    meta = body.get("metadata") or {}
+    namespace, name = meta.get("namespace") or "", meta.get("name") or ""
+    try:
+        names = memo.admission.decider.entries_for(namespace, name)
+    except KubeError as error:
+        log.warning("admitted unchanged: cannot read the cluster", namespace=namespace,
+                    service_account=name, error=str(error))
+        return
+    except Exception:  # a bug must not become a denied ServiceAccount
+        log.exception("admitted unchanged after an unexpected error", namespace=namespace,
+                      service_account=name)
+        return
+    if not names:
+        return
+    patch.fns.append(functools.partial(_add, names=names))
+    log.info("admitted with pull secret entries", namespace=namespace, service_account=name,
+             secrets=list(names), dry_run=dryrun)
+
+
+def _add(service_account: dict[str, Any], names: tuple[str, ...]) -> None:
+    add_pull_secrets(service_account, names)
+
+
+# --- certificates --------------------------------------------------------------------------
+
+def serving_hosts(options: AdmissionSettings, namespace: str) -> list[str]:
+    """The names the API server reaches us by: the URL's host, or the Service's DNS names."""
+    if options.url:
+        return [urllib.parse.urlsplit(options.url).hostname or ""]
+    service = f"{options.service}.{namespace}.svc"
+    return [service, f"{service}.cluster.local"]
+
+
+def ensure_certificate(kube: Kube, namespace: str, secret_name: str, hosts: list[str]) -> WebhookTLS:
+    """The shared webhook certificate, made or renewed if needed. Replicas racing to store
+    one lose with a 409 and use the winner's, so all of them serve what `caBundle` trusts."""
+    for _ in range(5):
+        body = kube.read_secret(namespace, secret_name)
+        current = WebhookTLS.from_secret_data((body or {}).get("data") or {}) if body else None
+        renewed = renewal(current, hosts, utc_now())
+        if renewed is None:
+            assert current is not None
+            return current
+        secret = {
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": secret_name, "namespace": namespace,
+                         "labels": {"app.kubernetes.io/name": "regcred",
+                                    "app.kubernetes.io/component": "webhook"}},
+            "data": renewed.secret_data(),
+        }
+        version = (body or {}).get("metadata", {}).get("resourceVersion") if body else None
+        try:
+            kube.store_secret(secret, version)
+        except (ApiConflict, ApiInvalid):
+            continue  # another replica stored one meanwhile: read it
+        log.info("stored the webhook certificate", secret=f"{namespace}/{secret_name}",
+                 renewed=current is not None)
+        return renewed
+    raise ApiConflict("store", f"secret {namespace}/{secret_name}", 409, "Conflict")
+
+
+class CertificateFiles:
+    """The certificate as files for kopf's server, in a private directory removed on exit;
+    directories left by a killed process are swept at the next start."""
+
+    def __init__(self) -> None:
+        sweep_orphaned_directories()
+        self.directory = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-"))
+        self.ca, self.cert, self.key = (self.directory / n for n in ("ca.crt", "tls.crt", "tls.key"))
+
+    def write(self, tls: WebhookTLS) -> None:
+        """Write only what changed: kopf's server restarts its listener when a file changes."""
+        for path, content in ((self.ca, tls.ca_cert), (self.cert, tls.cert), (self.key, tls.key)):
+            if not path.exists() or path.read_bytes() != content:
+                partial = path.with_suffix(".partial")
+                partial.write_bytes(content)
+                partial.chmod(0o600)
+                partial.replace(path)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def sweep_orphaned_directories() -> None:
+    for path in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*"):
+        pid = path.name.removeprefix(TEMP_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- the webhook configuration -------------------------------------------------------------
+
+def client_config(options: AdmissionSettings, namespace: str, ca_bundle: str) -> dict[str, Any]:
+    if options.url:
+        return {"url": f"{options.url.rstrip('/')}/{WEBHOOK_ID}", "caBundle": ca_bundle}
+    return {"service": {"namespace": namespace, "name": options.service, "port": SERVICE_PORT,
+                        "path": f"/{WEBHOOK_ID}"}, "caBundle": ca_bundle}
+
+
+def webhooks(config: Mapping[str, Any], namespace_selector: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The one webhook: ServiceAccount CREATE only, never in the way when regcred is down."""
+    return [{
+        "name": WEBHOOK_NAME,
+        "clientConfig": dict(config),
+        "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                   "resources": ["serviceaccounts"], "scope": "Namespaced"}],
+        "namespaceSelector": dict(namespace_selector),
+        "failurePolicy": "Ignore",
+        "sideEffects": "None",
+        "timeoutSeconds": TIMEOUT_SECONDS,
+        "matchPolicy": "Equivalent",
+        "reinvocationPolicy": "Never",
+        "admissionReviewVersions": ["v1"],
+    }]
+
+
+def configuration_differs(current: Mapping[str, Any], wanted: list[dict[str, Any]]) -> bool:
+    """Whether the stored configuration lacks what we want (fields the API server defaults
+    and we do not set are not compared)."""
+    stored = current.get("webhooks") or []
+    if len(stored) != len(wanted):
+        return True
+    return any(have.get(key) != value for have, want in zip(stored, wanted, strict=True)
+               for key, value in want.items())
+
+
+class Registrar:
+    """Keeps the MutatingWebhookConfiguration as this replica's options and the CRs say."""
+
+    def __init__(self, kube: Kube, options: AdmissionSettings, namespace: str,
+                 specs_now: Callable[[], list[CredentialSpec]]) -> None:
+        self._kube = kube
+        self._specs_now = specs_now  # a live read, for when no CR event has told us yet
+        self._options = options
+        self._namespace = namespace
+        self._lock = threading.Lock()
+        self._ca_bundle: str | None = None
+        self._selector: dict[str, Any] | None = None
+
+    def register(self, ca_bundle: str | None = None, specs: list[CredentialSpec] | None = None) -> None:
+        with self._lock:
+            self._ca_bundle = ca_bundle or self._ca_bundle
+            if specs is not None:
+                selector = webhook_namespace_selector(specs)
+                if selector == self._selector:
+                    return
+                self._selector = selector
+            if self._ca_bundle is None:
+                return
+            if self._selector is None:
+                self._selector = webhook_namespace_selector(self._specs_now())
+            wanted = webhooks(client_config(self._options, self._namespace, self._ca_bundle),
+                              self._selector)
+            current = self._kube.read_webhook_configuration(CONFIGURATION_NAME)
+            if current is None:
+                try:
+                    self._kube.create_webhook_configuration({
+                        "apiVersion": "admissionregistration.k8s.io/v1",
+                        "kind": "MutatingWebhookConfiguration",
+                        "metadata": {"name": CONFIGURATION_NAME,
+                                     "labels": {"app.kubernetes.io/name": "regcred"}},
+                        "webhooks": wanted,
+                    })
+                    log.info("registered the admission webhook", configuration=CONFIGURATION_NAME)
+                    return
+                except ApiConflict:  # another replica created it meanwhile
+                    current = self._kube.read_webhook_configuration(CONFIGURATION_NAME) or {}
+            if configuration_differs(current, wanted):
+                self._kube.patch_webhook_configuration(CONFIGURATION_NAME, wanted)
+                log.info("updated the admission webhook", configuration=CONFIGURATION_NAME)
+
+
+# --- the server ----------------------------------------------------------------------------
+
+@dataclass
+class Admission:
+    decider: Decider
+    registrar: Registrar
+    server: AdmissionServer
+
+
+class AdmissionServer:
+    """kopf's `WebhookServer` with regcred's certificate; each time it (re)starts listening,
+    the webhook configuration is registered with the CA that signed what it serves."""
+
+    def __init__(self, kube: Kube, settings: Settings, registrar: Registrar) -> None:
+        assert settings.admission is not None
+        self._kube = kube
+        self._options = settings.admission
+        self._namespace = settings.operator_namespace
+        self._registrar = registrar
+        self._files = CertificateFiles()
+        self._stop = threading.Event()
+
+    def refresh_certificate(self) -> WebhookTLS:
+        tls = ensure_certificate(self._kube, self._namespace, self._options.tls_secret,
+                                 serving_hosts(self._options, self._namespace))
+        self._files.write(tls)
+        return tls
+
+    def _renew_periodically(self) -> None:
+        while not self._stop.wait(CERTIFICATE_CHECK_SECONDS):
+            try:
+                self.refresh_certificate()
+            except KubeError as error:
+                log.warning("cannot check the webhook certificate", error=str(error))
+
+    async def __call__(self, fn: Any) -> AsyncIterator[Any]:
+        while True:
+            try:
+                await asyncio.to_thread(self.refresh_certificate)
+                break
+            except KubeError as error:
+                log.warning("cannot get the webhook certificate yet", error=str(error))
+                await asyncio.sleep(2)
+        threading.Thread(target=self._renew_periodically, name="webhook-certificate",
+                         daemon=True).start()
+        server = kopf.WebhookServer(
+            addr=self._options.listen_host, port=self._options.listen_port,
+            certfile=self._files.cert, pkeyfile=self._files.key, cafile=self._files.ca,
+            file_check_interval=FILE_CHECK_SECONDS)
+        async for config in server(fn):
+            try:
+                await asyncio.to_thread(self._registrar.register, config.get("caBundle"))
+            except KubeError as error:  # the configuration follows on the next CR event
+                log.warning("cannot register the admission webhook", error=str(error))
+            yield config
+
+    def close(self) -> None:
+        self._stop.set()
+        self._files.remove()
+
+
+def start_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    options: Settings = memo.settings
+    if "admission" in memo:  # kopf retries start-up steps: build once
+        return
+    kube = Kube(api_client(memo.api_configuration, API_THREADS), on_error=memo.metrics.api_error)
+    assert options.admission is not None
+    decider = Decider(kube, options)
+    registrar = Registrar(kube, options.admission, options.operator_namespace,
+                          lambda: decider.specs(kube.list_credentials()))
+    server = AdmissionServer(kube, options, registrar)
+    memo.admission = Admission(decider, registrar, server)
+    settings.admission.server = server
+    settings.admission.managed = None  # regcred writes the configuration (see the docstring)
+
+
+def stop_admission(memo: kopf.Memo, **_: Any) -> None:
+    if "admission" in memo:
+        memo.admission.server.close()
+
+
+def credential_seen_by_admission(memo: kopf.Memo, credential_index: kopf.Index[str, dict[str, Any]],
+                                 **_: Any) -> None:
+    """A CR changed (on the active replica): the namespaceSelector may name other system
+    namespaces now. Written only when it changes."""
+    bodies = [body for store in credential_index.values() for body in store]
+    try:
+        memo.admission.registrar.register(specs=memo.admission.decider.specs(bodies))
+    except KubeError as error:  # the next CR event, or the next start, tries again
+        log.warning("cannot update the admission webhook", error=str(error))
