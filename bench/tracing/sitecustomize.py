@@ -2,9 +2,7 @@
 
 With `PYTHONTRACEMALLOC` set, SIGUSR2 writes the biggest live allocations (by file and line,
 and by package) to `$REGCRED_MEMORY_REPORT`, so memory can be attributed without changing
-regcred's own code. With `REGCRED_BENCH_WITHOUT_KOPF_GATE` set, regcred runs on kopf's own
-index-readiness gate, to measure what regcred/kopf_gate.py buys
-(`profile.py memory --restart "" --restart REGCRED_BENCH_WITHOUT_KOPF_GATE=1`).
+regcred's own code.
 
 With `$REGCRED_ONBOARDING_TRACE` set, each step a new namespace takes on its way to its copy
 is appended there as a JSON line (wall-clock time, step, namespace): the raw watch event
@@ -45,12 +43,6 @@ def _report(*_: object) -> None:
 
 if tracemalloc.is_tracing() and os.environ.get("REGCRED_MEMORY_REPORT"):
     signal.signal(signal.SIGUSR2, _report)
-
-
-if os.environ.get("REGCRED_BENCH_WITHOUT_KOPF_GATE"):
-    import regcred.kopf_gate
-
-    regcred.kopf_gate.wake_on_changes_only = lambda: None
 
 
 def _trace_onboarding(path: str) -> None:

@@ -141,11 +141,9 @@ def run(settings: Settings) -> int:
     import kopf
 
     from regcred.handlers import SharedMemo, register
-    from regcred.kopf_gate import wake_on_changes_only
     from regcred.logs import configure
     from regcred.metrics import Metrics
 
-    wake_on_changes_only()
     configure(settings.log_format, settings.log_level)
     metrics = Metrics()
     if settings.metrics_port:

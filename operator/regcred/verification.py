@@ -195,8 +195,13 @@ class Verification:
         servers = tuple(str(r.get("server", "")) for r in spec.get("registries") or []
                         if isinstance(r, Mapping))
         key = (settings, servers, config.digest if config else None)
+        republishing = getattr(self._republishing, "active", False)
         with self._wake:
             tracked = self._tracked.get(name)
+            if tracked is None and republishing:
+                # Our own republish after a check whose CR was forgotten meanwhile (not ours
+                # to check any more): it must not start tracking it again.
+                return (condition([]),), {}
             if tracked is None:
                 tracked = self._tracked[name] = _Tracked(key, settings, servers, config)
             if config is not None and tracked.key != key:
@@ -206,7 +211,7 @@ class Verification:
             if config is not None and tracked.checked_key != key and not tracked.running and due_later:
                 self._schedule(name, tracked, 0.0)
             tracked.uid = str((body.get("metadata") or {}).get("uid", ""))
-            if not getattr(self._republishing, "active", False):
+            if not republishing:
                 tracked.seen = time.monotonic()
             results = [r for server, r in tracked.results.items() if server in servers]
         source_version = config.source_resource_version if config else ""
@@ -215,9 +220,9 @@ class Verification:
     def forget(self, name: str) -> None:
         with self._wake:
             tracked = self._tracked.pop(name, None)
-        if tracked is not None:
-            for server, result in tracked.results.items():
-                self._metrics.registry_verification(name, server, None, previous=result.result)
+            if tracked is not None:
+                for server, result in tracked.results.items():
+                    self._metrics.registry_verification(name, server, None, previous=result.result)
 
     def shutdown(self, wait: bool = False) -> None:
         """Stop scheduling; with `wait`, also wait for checks under way (each ends within its
@@ -285,10 +290,12 @@ class Verification:
             old_results, tracked.results = tracked.results, found
             tracked.checked_key, tracked.running = key, False
             self._schedule(name, tracked, 0.0 if tracked.key != key else next_check_delay(settings))
+            # Under the lock: a `forget` right after must find these series to remove.
+            for server, outcome in found.items():
+                previous = old_results.get(server)
+                self._metrics.registry_verification(name, server, outcome.result,
+                                                    previous=previous.result if previous else None)
         for server, outcome in found.items():
-            previous = old_results.get(server)
-            self._metrics.registry_verification(name, server, outcome.result,
-                                                previous=previous.result if previous else None)
             log.info("registry checked", credential=name, registry=server, result=outcome.result,
                      detail=outcome.message)
         self._post_change(name, tracked, before)

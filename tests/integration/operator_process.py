@@ -66,6 +66,7 @@ class OperatorProcess:
             if self.healthy():
                 return self
             time.sleep(0.2)
+        self.stop()  # the caller never gets it to stop: a fixture that fails here has no teardown
         raise TimeoutError(f"regcred not healthy after {timeout}s; see {self.log_path}")
 
     def healthy(self) -> bool:

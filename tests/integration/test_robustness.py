@@ -141,17 +141,23 @@ def guarded_edit(core: client.CoreV1Api, namespace: str, edit: Callable[[list[st
 
 
 def test_sigkill_mid_rotation_fan_out_loses_duplicates_and_clobbers_nothing(cluster, operator):
-    """300 namespaces (a rotation of fewer ends between two looks at its progress), 3 rounds
-    of: rotate, SIGKILL once a random share of the copies is
-    rotated, restart. See scripts/stress.py (20 rounds x 500 namespaces) for the checks."""
+    """300 namespaces (a rotation of fewer ends between two looks at its progress), rounds
+    of: rotate, SIGKILL once a random share of the copies is rotated, restart, until three
+    kills landed in the middle of the fan-out. Every round is checked (scripts/stress.py,
+    20 rounds x 500 namespaces, says what); a round whose fan-out outran the look at its
+    progress (killed after the last copy) is checked too but does not count, at most three."""
     scenario = FanOut(cluster, 300)
     seed = random.randrange(1 << 32)
     rng = random.Random(seed)
+    results = []
     try:
         scenario.setup()
-        for index in range(1, 4):
-            result = scenario.round(operator, rng, index)
-            assert result.mid_fan_out, f"{result.line()} (seed {seed}): the kill missed the fan-out"
+        for index in range(1, 7):
+            results.append(scenario.round(operator, rng, index))
+            if sum(r.mid_fan_out for r in results) == 3:
+                break
+        lines = "; ".join(r.line() for r in results)
+        assert sum(r.mid_fan_out for r in results) == 3, f"{lines} (seed {seed}): kills missed the fan-out"
     finally:
         scenario.teardown()
     assert alive(operator)

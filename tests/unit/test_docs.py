@@ -129,7 +129,7 @@ def test_the_checker_finds_what_is_broken(tmp_path: Path) -> None:
     assert _resolve("operator/regcred/no_such_module.py") is not None
     assert not _resolve("operator/regcred/no_such_module.py").exists()
     assert not _resolve("no_such_module.py").exists()
-    assert _resolve("kopf_gate.py").exists()
+    assert _resolve("caches.py").exists()
     assert _slug("Troubleshooting `ImagePullBackOff` / `ErrImagePull`") == \
         "troubleshooting-imagepullbackoff--errimagepull"
 
