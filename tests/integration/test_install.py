@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -64,9 +65,21 @@ def test_dockerfile_install_steps_give_the_release_wheel_and_a_working_regcred(r
     assert "pip wheel --no-cache-dir --wheel-dir /wheels ." in dockerfile
     assert "--no-index --find-links /wheels /wheels/regcred-*.whl" in dockerfile
     assert __version__ not in dockerfile, "the version lives in operator/regcred/__init__.py only"
+    # The build stage's context: what its COPY lines bring in, as `docker build` would (the
+    # .dockerignore'd leftovers of earlier builds, build/ and *.egg-info, stay out).
+    context = tmp_path / "src"
+    context.mkdir()
+    for sources in re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, re.M):
+        for name in sources.split():
+            source = REPO / name
+            if source.is_dir():
+                shutil.copytree(source, context / name,
+                                ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+            else:
+                shutil.copy(source, context / name)
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels),
-                    str(REPO)], check=True)
+                    str(context)], check=True)
     [built] = wheels.glob("regcred-*.whl")
     [released] = release.glob("*.whl")
     assert built.name == released.name
