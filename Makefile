@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test demo lint typecheck unit controlplane node-deps clean manifests bench
+.PHONY: test demo lint typecheck unit controlplane node-deps clean manifests bench compat helm
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -31,6 +31,19 @@ test: lint typecheck node-deps
 
 controlplane: $(VENV)/.installed
 	$(PY) scripts/controlplane.py build
+
+# helm from $PATH, else built from the helm.sh/helm/v4 Go module into ~/.cache/regcred/helm.
+helm: $(VENV)/.installed
+	$(PY) scripts/helm.py path
+
+# manifests/ and the chart's crds/ rendered from charts/regcred (tests fail when they differ).
+manifests: $(VENV)/.installed
+	$(PY) scripts/render_manifests.py
+
+# The integration suite on the oldest supported Kubernetes and on the default one;
+# COMPAT_ARGS go to pytest, e.g. make compat COMPAT_ARGS='-m "not node"'.
+compat: $(VENV)/.installed
+	$(PY) scripts/compat.py -- $(COMPAT_ARGS)
 
 demo: $(VENV)/.installed node-deps
 	$(PY) scripts/demo.py

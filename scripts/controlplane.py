@@ -206,17 +206,26 @@ def ensure_binaries(build: bool = True) -> dict[str, Path]:
     if missing:
         if not build:
             raise ControlPlaneError(f"missing {', '.join(missing)} in {target}; run `controlplane.py build`")
-        if shutil.which("go") is None:
-            raise ControlPlaneError(f"missing {', '.join(missing)} and no `go` toolchain to build them")
-        target.mkdir(parents=True, exist_ok=True)
-        with (target / ".build.lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # another process may finish the build meanwhile
-            missing = [name for name in missing if not _executable(target / name)]
-            for stale in target.glob(".*.partial-*"):  # left by a killed build
-                stale.unlink()
-            if missing:
-                _build(missing, target)
+        build_missing(target, missing, _build)
     return {name: found.get(name, target / name) for name in wanted}
+
+
+def build_missing(target: Path, names: list[str], build: Callable[[list[str], Path], None]) -> None:
+    """Run `build(missing, target)` for those of `names` not yet executable in `target`.
+
+    A file lock in `target` keeps two concurrent suites (or worktrees) from building the same
+    cache at once; whoever waited finds the binaries there and builds nothing.
+    """
+    if shutil.which("go") is None:
+        raise ControlPlaneError(f"missing {', '.join(names)} in {target} and no `go` toolchain to build them")
+    target.mkdir(parents=True, exist_ok=True)
+    with (target / ".build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may finish the build meanwhile
+        missing = [name for name in names if not _executable(target / name)]
+        for stale in target.glob(".*.partial-*"):  # left by a killed build
+            stale.unlink()
+        if missing:
+            build(missing, target)
 
 
 # --- certificates -----------------------------------------------------------------------------

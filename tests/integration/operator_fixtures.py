@@ -22,14 +22,15 @@ def cluster(kube) -> Cluster:
 
 @pytest.fixture(scope="session")
 def crd_installed(kubeconfig: str, cluster: Cluster) -> None:
-    """The CRD from crds/, applied server-side, and the operator's namespace."""
+    """The CRDs from crds/ (ours and kopf's peering), applied server-side, and the operator's
+    namespace."""
     subprocess.run(
         ["kubectl", "--kubeconfig", kubeconfig, "apply", "--server-side", "-f", str(REPO / "crds")],
         check=True, capture_output=True,
     )
     subprocess.run(
         ["kubectl", "--kubeconfig", kubeconfig, "wait", "--for=condition=Established",
-         "crd/registrycredentials.regcred.dev", "--timeout=60s"],
+         "crd/registrycredentials.regcred.dev", "crd/clusterkopfpeerings.kopf.dev", "--timeout=60s"],
         check=True, capture_output=True,
     )
     if OPERATOR_NAMESPACE not in {ns.metadata.name for ns in cluster.core.list_namespace().items}:

@@ -25,7 +25,8 @@ class OperatorProcess:
 
     def __init__(self, kubeconfig: str, log_path: Path, *, namespace: str = "regcred-system",
                  source_namespaces: str | None = None, resync_seconds: float = 600,
-                 extra_env: dict[str, str] | None = None, kubeconfig_in_env: bool = True) -> None:
+                 extra_env: dict[str, str] | None = None, kubeconfig_in_env: bool = True,
+                 extra_args: list[str] | None = None) -> None:
         self.kubeconfig = kubeconfig
         # False: only `--kubeconfig` says where the cluster is (no $KUBECONFIG, no ~/.kube).
         self.kubeconfig_in_env = kubeconfig_in_env
@@ -34,6 +35,7 @@ class OperatorProcess:
         self.source_namespaces = source_namespaces or namespace
         self.resync_seconds = resync_seconds
         self.extra_env = extra_env or {}
+        self.extra_args = extra_args or []  # after the defaults above, so they win
         self.metrics_port = free_port()
         self.health_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -52,6 +54,7 @@ class OperatorProcess:
             "--metrics-port", str(self.metrics_port),
             "--health-port", str(self.health_port),
             "--log-format", "json",
+            *self.extra_args,
         ]
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -167,11 +167,13 @@ def credential_spec(source: str, selector: Mapping[str, str], **overrides: Any) 
 
 
 def create_synced(cluster: Cluster, selector: Mapping[str, str], namespaces: list[str],
-                  name: str | None = None, **overrides: Any) -> str:
-    """A CR (and its source Secret) selecting `selector`, waited on until every namespace in
-    `namespaces` has our entry on its default ServiceAccount and the CR is Ready."""
+                  name: str | None = None, source_namespace: str = OPERATOR_NAMESPACE,
+                  **overrides: Any) -> str:
+    """A CR (and its source Secret, in `source_namespace`: the operator's own) selecting
+    `selector`, waited on until every namespace in `namespaces` has our entry on its default
+    ServiceAccount and the CR is Ready."""
     name = name or unique("cr")
-    cluster.put_source(name)
+    cluster.put_source(name, namespace=source_namespace)
     cluster.create_credential(name, credential_spec(name, selector, **overrides))
     for namespace in namespaces:
         wait_for(lambda ns=namespace: name in (cluster.pull_secrets(ns) or []), timeout=60,

@@ -20,9 +20,13 @@ def by_kind(kind: str) -> list[dict]:
             if doc.get("kind") == kind]
 
 
-def test_the_bundled_crd_is_the_one_in_crds():
-    assert (MANIFESTS / "crd-registrycredentials.yaml").read_bytes() == (
-        REPO / "crds" / "registrycredentials.yaml").read_bytes(), "run `make manifests`"
+def test_the_chart_and_the_bundle_carry_exactly_the_crds_in_crds():
+    crds = {path.name: path.read_bytes() for path in (REPO / "crds").glob("*.yaml")}
+    assert set(crds) == {"registrycredentials.yaml", "clusterkopfpeerings.yaml"}
+    chart = {path.name: path.read_bytes() for path in (REPO / "charts" / "regcred" / "crds").glob("*.yaml")}
+    bundled = {path.name.removeprefix("crd-"): path.read_bytes() for path in MANIFESTS.glob("crd-*.yaml")}
+    assert chart == crds, "run `make manifests`"
+    assert bundled == crds, "run `make manifests`"
 
 
 def test_kustomization_lists_every_manifest():
@@ -92,8 +96,8 @@ def test_examples_are_valid_yaml_with_fake_values():
 def test_the_admission_webhook_is_on_and_reachable():
     [deployment] = by_kind("Deployment")
     [container] = deployment["spec"]["template"]["spec"]["containers"]
-    env = {item["name"]: item.get("value") for item in container["env"]}
-    assert env["REGCRED_ADMISSION"] == "true"
+    assert "--admission=true" in container["args"]
+    assert "--admission-service=regcred-webhook" in container["args"]
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     [service] = [s for s in by_kind("Service") if s["metadata"]["name"] == "regcred-webhook"]
     assert service["spec"]["ports"] == [{"name": "webhook", "port": 443, "targetPort": "webhook"}]
