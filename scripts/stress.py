@@ -28,6 +28,7 @@ import base64
 import contextlib
 import json
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -371,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
           f"total {time.monotonic() - started:.0f}s (seed {seed})"
           + (f"\nstress: {failure}\nstress: operator log {log_dir / 'regcred.log'}" if failure else ""),
           flush=True)
+    if ok:
+        shutil.rmtree(log_dir, ignore_errors=True)  # kept only for a failure to look at
     return 0 if ok else 1
 
 
