@@ -28,13 +28,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "scripts")]
 from controlplane import ControlPlane  # noqa: E402
+from keep import current_commit, keep  # noqa: E402
 from kubernetes import client  # noqa: E402
 
 from regcred.core.doctor import diagnose  # noqa: E402
 from regcred.doctor import quiet_logging, read_snapshot  # noqa: E402
 from regcred.kube import Kube, connect  # noqa: E402
 
-RESULTS = REPO / "bench" / "results"
 PODS_PER_NAMESPACE = 50
 REGISTRY = "bench.registry.test:5000"
 CONFIG = json.dumps({"auths": {REGISTRY: {"auth": base64.b64encode(b"bench:not-secret").decode()}}}).encode()
@@ -115,8 +115,7 @@ def main() -> int:
         started = time.monotonic()
         in_memory = diagnose(snapshot)
         diagnose_seconds = time.monotonic() - started
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=REPO).stdout.strip()
+    commit = current_commit()
     results = {
         "commit": commit, "pods": args.pods, "images": report["summary"]["images"],
         "findings": len(report["findings"]), "cli_runs": args.runs,
@@ -129,9 +128,7 @@ def main() -> int:
     print(json.dumps(results, indent=2))
     if args.smoke:
         return 0
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    for name in (f"doctor-{commit}.json", "doctor-latest.json"):
-        (RESULTS / name).write_text(json.dumps(results, indent=2) + "\n")
+    keep("doctor", commit, results)
     return 0
 
 

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,12 +24,11 @@ sys.path[:0] = [str(REPO / "scripts"), str(REPO / "tests" / "integration")]
 import images  # noqa: E402
 from controlplane import KUBERNETES_VERSION, ControlPlane  # noqa: E402
 from helpers import wait_for  # noqa: E402
+from keep import current_commit, keep  # noqa: E402
 from kubernetes import client, config  # noqa: E402
 from node import Node  # noqa: E402
 from node_fixtures import Pods  # noqa: E402
 from registry import Registry  # noqa: E402
-
-RESULTS = REPO / "bench" / "results"
 
 
 def timed(action) -> tuple[float, object]:
@@ -76,8 +73,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip() or "unknown"
+    commit = current_commit()
     with ControlPlane() as plane:
         api = config.new_client_from_config(config_file=str(plane.kubeconfig))
         rounds = [one_round(plane, api, number) for number in range(args.rounds)]
@@ -86,9 +82,7 @@ def main() -> int:
     for key, value in metrics.items():
         print(f"{key:<34}{value:7.2f}")
     result = {"commit": commit, "kubernetes": KUBERNETES_VERSION, "rounds": rounds, "median": metrics}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    for name in (f"node-{commit}.json", "node-latest.json"):
-        (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
+    keep("node", commit, result)
     return 0
 
 
