@@ -52,6 +52,24 @@ def verified(cluster: Cluster, name: str) -> dict:
     return next((c for c in conditions if c.get("type") == "CredentialsVerified"), {})
 
 
+def verified_credential(cluster: Cluster, wait_for, server: str, user: str, secret: str,
+                        namespace: str, ca: str) -> str:
+    """A CR with `spec.verify` on for `server`, once the registry accepted it and `namespace`'s
+    default ServiceAccount carries its entry."""
+    name = credential(cluster, [server], user, secret, namespaces=[namespace],
+                      verify={"enabled": True, "intervalSeconds": INTERVAL, "caBundle": ca})
+    wait_for(lambda: verified(cluster, name).get("reason") == "Verified", timeout=60,
+             message=f"CredentialsVerified=True for {server}")
+    wait_for(lambda: cluster.pull_secrets(namespace) == [name], timeout=60, message="entry")
+    return name
+
+
+def refused(cluster: Cluster, wait_for, name: str) -> dict:
+    """The CredentialsVerified condition once a check after the registry-side change said False."""
+    return wait_for(lambda: (c := verified(cluster, name)).get("status") == "False" and c,
+                    timeout=INTERVAL * 1.1 + 30, message="CredentialsVerified=False")
+
+
 def test_doctor_names_the_cause_of_each_real_failure(cluster, operator, kubeconfig, registry,
                                                       private_image, pods, fresh_namespaces, wait_for):
     other_path = registry.push(images.success_image(), "other/success", "1", REGISTRY_USER)
@@ -107,17 +125,12 @@ def test_a_password_changed_at_the_registry_flips_verification(cluster, operator
     user, old = unique("verify"), password("old")
     registry.set_password(user, old)
     (namespace,) = fresh_namespaces(1)
-    name = credential(cluster, [registry.host], user, old, namespaces=[namespace],
-                      verify={"enabled": True, "intervalSeconds": INTERVAL,
-                              "caBundle": registry.ca.read_text()})
-    wait_for(lambda: verified(cluster, name).get("reason") == "Verified", timeout=60,
-             message="CredentialsVerified=True")
-    wait_for(lambda: cluster.pull_secrets(namespace) == [name], timeout=60, message="entry")
+    name = verified_credential(cluster, wait_for, registry.host, user, old, namespace,
+                               registry.ca.read_text())
     pods.wait_succeeded(namespace, pods.run(namespace, private_image))
 
     registry.set_password(user, password("new"))  # rotated at the registry, not in the cluster
-    condition = wait_for(lambda: (c := verified(cluster, name)).get("status") == "False" and c,
-                         timeout=INTERVAL * 1.1 + 30, message="CredentialsVerified=False")
+    condition = refused(cluster, wait_for, name)
     assert condition["reason"] == "Unauthorized"
     assert "VerificationUnauthorized" in [e.reason for e in cluster.events_for(name)]
     code, report = doctor(kubeconfig, "-n", namespace)
@@ -138,20 +151,15 @@ def test_verification_and_pulls_with_the_token_flow(control_plane, node, cluster
         })
         try:
             (namespace,) = fresh_namespaces(1)
-            name = credential(cluster, [token_registry.host], user, secret, namespaces=[namespace],
-                              verify={"enabled": True, "intervalSeconds": INTERVAL,
-                                      "caBundle": registry.ca.read_text()})
-            wait_for(lambda: verified(cluster, name).get("reason") == "Verified", timeout=60,
-                     message="CredentialsVerified=True with a token")
-            wait_for(lambda: cluster.pull_secrets(namespace) == [name], timeout=60, message="entry")
+            name = verified_credential(cluster, wait_for, token_registry.host, user, secret, namespace,
+                                       registry.ca.read_text())
             image = private_image.replace(registry.host, token_registry.host)
             pulled = pods.run(namespace, image)
             pods.wait_succeeded(namespace, pulled)
             assert pods.logs(namespace, pulled).strip() == "SUCCESS"
 
             issuer.set_password(user, password("rotated"))
-            condition = wait_for(lambda: (c := verified(cluster, name)).get("status") == "False" and c,
-                                 timeout=INTERVAL * 1.1 + 30, message="CredentialsVerified=False")
+            condition = refused(cluster, wait_for, name)
             assert condition["reason"] == "Unauthorized" and "token request" in condition["message"]
             assert issuer.issued >= 2
         finally:
