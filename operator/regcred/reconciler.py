@@ -18,7 +18,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
@@ -29,8 +29,6 @@ from regcred.core.plan import (
     Action,
     AddPullSecret,
     Credential,
-    DeleteCopy,
-    NamespacePlan,
     ObservedCopy,
     ObservedServiceAccount,
     RemovePullSecret,
@@ -176,8 +174,8 @@ class Reconciler:
                 self._world.service_accounts(namespace),
                 foreign,
             )
-            if _undoes(plan) and self._index_missed_credentials(indexed):
-                plan = _without_undoing(plan)
+            if plan.undoes and self._index_missed_credentials(indexed):
+                plan = plan.only_adding()
                 outcome.transient = True  # again shortly, once kopf has listed the CRs
             failures = {
                 name: Failure(namespace, "Conflict", message)
@@ -342,21 +340,6 @@ class Reconciler:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _undoes(plan: NamespacePlan) -> bool:
-    return any(isinstance(a, DeleteCopy) for a in plan.secret_actions) or any(
-        isinstance(a, RemovePullSecret) for a in plan.service_account_actions)
-
-
-def _without_undoing(plan: NamespacePlan) -> NamespacePlan:
-    """`plan` with only its creates, replaces and additions."""
-    return replace(
-        plan,
-        secret_actions=tuple(a for a in plan.secret_actions if not isinstance(a, DeleteCopy)),
-        service_account_actions=tuple(a for a in plan.service_account_actions
-                                      if not isinstance(a, RemovePullSecret)),
-    )
 
 
 def _planned_from(action: Action) -> str | None:

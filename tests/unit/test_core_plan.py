@@ -735,3 +735,16 @@ def test_a_secret_owned_by_the_credential_uid_is_ours_without_the_label():
     unlabelled = observe_copy(live_copy(credential("harbor"), "team-a", labels={}))
     assert is_ours(unlabelled, "other-name", "uid-harbor")
     assert not is_ours(unlabelled, "other-name", "uid-other")
+
+
+def test_only_adding_keeps_creates_and_additions_and_drops_what_undoes():
+    create = CreateCopy("team-a", "harbor", {"metadata": {"name": "harbor"}})
+    delete = DeleteCopy("team-a", "old", "gone", "uid-1", "7")
+    add = AddPullSecret("team-a", "default", "harbor", "harbor")
+    remove = RemovePullSecret("team-a", "default", "old")
+    plan = NamespacePlan("team-a", (create, delete), (add, remove))
+    assert plan.undoes
+    adding = plan.only_adding()
+    assert (adding.secret_actions, adding.service_account_actions) == ((create,), (add,))
+    assert not adding.undoes
+    assert not NamespacePlan("team-a", (create,), (add,)).undoes

@@ -20,7 +20,7 @@ import base64
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from regcred.core.matching import NamespaceInfo, namespace_matches, service_account_matches
@@ -179,6 +179,21 @@ class NamespacePlan:
     @property
     def empty(self) -> bool:
         return not self.secret_actions and not self.service_account_actions
+
+    @property
+    def undoes(self) -> bool:
+        """Whether it deletes a copy or removes an entry (what a missed CR would undo)."""
+        return any(isinstance(a, DeleteCopy) for a in self.secret_actions) or any(
+            isinstance(a, RemovePullSecret) for a in self.service_account_actions)
+
+    def only_adding(self) -> NamespacePlan:
+        """This plan with only its creates, replaces and additions."""
+        return replace(
+            self,
+            secret_actions=tuple(a for a in self.secret_actions if not isinstance(a, DeleteCopy)),
+            service_account_actions=tuple(a for a in self.service_account_actions
+                                          if not isinstance(a, RemovePullSecret)),
+        )
 
 
 def plan_namespace(
