@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -51,16 +50,13 @@ from regcred.core.verification import (
     token_url,
     verdict,
 )
+from regcred.ledger import utc_now
 from regcred.metrics import Metrics
 
 log = structlog.get_logger("regcred.verification")
 
 MAX_BODY = 64 * 1024
 CHECK_WORKERS = 4
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class EventPoster(Protocol):
