@@ -74,7 +74,7 @@ def run_doctor(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO =
         err.write(f"regcred doctor: {error}\n")
         return EXIT_USAGE
     except ConfigurationError as error:
-        err.write(f"regcred doctor: no usable kubeconfig: {error}\n")
+        err.write(f"regcred doctor: {error}\n")  # it names the file or what is missing
         return EXIT_USAGE
     namespace = None if args.all_namespaces else (args.namespace or context_namespace)
     try:
