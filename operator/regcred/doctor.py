@@ -123,7 +123,7 @@ def read_snapshot(kube: Kube, namespace: str | None, pod: str | None = None,
         pods = kube.list_pods(namespace, selector)
     return snapshot_from(
         pods=pods,
-        service_accounts=kube.list_service_accounts_in(namespace),
+        service_accounts=kube.list_service_accounts(namespace),
         secrets=kube.list_secrets(namespace),
         events=kube.list_pod_warnings(namespace, pod),
         credentials=_credentials(kube),

@@ -363,8 +363,11 @@ class Kube:
     def list_namespaces(self) -> Iterator[dict[str, Any]]:
         return self._pages("namespaces", self._core.list_namespace)
 
-    def list_service_accounts(self) -> Iterator[dict[str, Any]]:
-        return self._pages("serviceaccounts", self._core.list_service_account_for_all_namespaces)
+    def list_service_accounts(self, namespace: str | None = None) -> Iterator[dict[str, Any]]:
+        """Those in `namespace`, or in every namespace."""
+        return self._scoped_pages("serviceaccounts", namespace,
+                                  self._core.list_namespaced_service_account,
+                                  self._core.list_service_account_for_all_namespaces)
 
     def list_copies(self) -> Iterator[dict[str, Any]]:
         """Every regcred-managed Secret in the cluster."""
@@ -388,11 +391,6 @@ class Kube:
     def list_secrets(self, namespace: str | None) -> Iterator[dict[str, Any]]:
         return self._scoped_pages("secrets", namespace, self._core.list_namespaced_secret,
                                   self._core.list_secret_for_all_namespaces)
-
-    def list_service_accounts_in(self, namespace: str | None) -> Iterator[dict[str, Any]]:
-        return self._scoped_pages("serviceaccounts", namespace,
-                                  self._core.list_namespaced_service_account,
-                                  self._core.list_service_account_for_all_namespaces)
 
     def list_pod_warnings(self, namespace: str | None, pod: str | None = None,
                           ) -> Iterator[dict[str, Any]]:
