@@ -48,9 +48,9 @@ if tracemalloc.is_tracing() and os.environ.get("REGCRED_MEMORY_REPORT"):
 def _trace_onboarding(path: str) -> None:
     from kopf._cogs.clients import watching
 
-    from regcred.controller import Controller
-    from regcred.kube import Kube
-    from regcred.reconciler import Reconciler
+    from regcred.kube.client import Kube
+    from regcred.sync.controller import Controller
+    from regcred.sync.reconciler import Reconciler
 
     lock = threading.Lock()
     out = open(path, "a", buffering=1)  # noqa: SIM115 - open for the life of the process

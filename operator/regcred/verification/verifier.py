@@ -50,8 +50,8 @@ from regcred.core.verification import (
     token_url,
     verdict,
 )
-from regcred.ledger import utc_now
 from regcred.metrics import Metrics
+from regcred.sync.ledger import utc_now
 
 log = structlog.get_logger("regcred.verification")
 

@@ -26,7 +26,7 @@ from regcred.core.plan import (
     observe_copy,
     observe_service_account,
 )
-from regcred.kube import Kube
+from regcred.kube.client import Kube
 
 Entry = TypeVar("Entry", ObservedCopy, ObservedServiceAccount)
 

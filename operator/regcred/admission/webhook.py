@@ -30,6 +30,7 @@ from typing import Any
 import kopf
 import structlog
 
+from regcred.admission.tls import WebhookTLS, renewal, utc_now
 from regcred.core.admission import (
     add_pull_secrets,
     admission_credentials,
@@ -39,9 +40,10 @@ from regcred.core.admission import (
 )
 from regcred.core.errors import InvalidInput
 from regcred.core.spec import GROUP, PLURAL, VERSION, CredentialSpec, parse_credential
-from regcred.kube import ApiConflict, ApiInvalid, Kube, KubeError, api_client
+from regcred.kube.client import Kube
+from regcred.kube.config import api_client
+from regcred.kube.errors import ApiConflict, ApiInvalid, KubeError
 from regcred.settings import AdmissionSettings, Settings
-from regcred.tls import WebhookTLS, renewal, utc_now
 
 log = structlog.get_logger("regcred.admission")
 

@@ -8,7 +8,7 @@ it last rendered. Namespace syncs record into it; the status is computed from it
 `core.status.build_status`, writes it only when it differs from what the CR shows, and posts
 an Event on news (a new reason for not being Ready, a rotation). Conditions other than Ready
 (a credential check's, say) come in through `set_condition`, and are published with Ready;
-a `StatusExtension` (regcred/verification.py) adds conditions and fields computed at each
+a `StatusExtension` (regcred/verification/verifier.py) adds conditions and fields computed at each
 publish.
 """
 
@@ -24,7 +24,7 @@ import structlog
 
 from regcred.core.errors import Problem
 from regcred.core.status import Failure, build_status, status_differs
-from regcred.kube import KubeError
+from regcred.kube.errors import KubeError
 from regcred.metrics import Metrics
 
 log = structlog.get_logger("regcred.ledger")
