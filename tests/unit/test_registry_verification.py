@@ -19,10 +19,10 @@ from registry_server import Certificates, fake_registry
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from helpers import wait_for
 
+from regcred.core.conditions import CREDENTIALS_VERIFIED as CONDITION
 from regcred.core.errors import InvalidInput
 from regcred.core.source import render
 from regcred.core.verification import (
-    CONDITION,
     Challenge,
     Refused,
     Result,

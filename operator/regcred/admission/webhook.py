@@ -34,11 +34,11 @@ from regcred.admission.tls import WebhookTLS, renewal, utc_now
 from regcred.core.admission import (
     add_pull_secrets,
     admission_credentials,
-    namespace_info,
     pull_secrets_at_creation,
     webhook_namespace_selector,
 )
 from regcred.core.errors import InvalidInput
+from regcred.core.matching import NamespaceInfo
 from regcred.core.spec import GROUP, PLURAL, VERSION, CredentialSpec, parse_credential
 from regcred.kube.client import Kube
 from regcred.kube.config import api_client
@@ -79,7 +79,7 @@ class Decider:
         body = self._kube.read_namespace(namespace)
         if body is None:
             return ()
-        return pull_secrets_at_creation(namespace_info(body), credentials, service_account)
+        return pull_secrets_at_creation(NamespaceInfo.from_body(body), credentials, service_account)
 
     def specs(self, bodies: Iterable[Mapping[str, Any]]) -> list[CredentialSpec]:
         specs = []

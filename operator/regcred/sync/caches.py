@@ -75,9 +75,7 @@ class Caches:
                 return True
             if cached is not None and (cached.uid, cached.resource_version) == (uid, version):
                 return False
-            labels = dict(meta.get("labels") or {})
-            self._namespaces[name] = CachedNamespace(
-                uid, version, NamespaceInfo(name, labels, bool(meta.get("deletionTimestamp"))))
+            self._namespaces[name] = CachedNamespace(uid, version, NamespaceInfo.from_body(body))
             return True
 
     def copy_seen(self, body: Mapping[str, Any], deleted: bool = False) -> bool:

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from regcred.core.conditions import ROTATED, read_status
 from regcred.core.errors import Problem
 from regcred.core.status import Failure, build_status, status_differs
 from regcred.kube.errors import KubeError
@@ -197,16 +198,13 @@ class StatusPublisher:
 
     def _post_news(self, name: str, uid: str, status: Mapping[str, Any],
                    previous: Mapping[str, Any], rotated: int) -> None:
-        ready = status["conditions"][0]
-        old: Mapping[str, Any] = next(iter(previous.get("conditions") or []), {})
-        if ready["status"] == "False" and (ready["reason"], ready["message"]) != (
-            old.get("reason"), old.get("message")
-        ):
-            self._kube.post_event(name, uid, "Warning", ready["reason"], ready["message"])
-            log.warning("not ready", credential=name, reason=ready["reason"],
-                        message=ready["message"])
+        ready = read_status({"status": status}).ready
+        old = read_status({"status": previous}).ready
+        if ready.status == "False" and (ready.reason, ready.message) != (old.reason, old.message):
+            self._kube.post_event(name, uid, "Warning", ready.reason, ready.message)
+            log.warning("not ready", credential=name, reason=ready.reason, message=ready.message)
         if rotated:
             message = f"rotated {rotated} copies to source resourceVersion " \
                       f"{status['sourceResourceVersion']}"
-            self._kube.post_event(name, uid, "Normal", "Rotated", message)
+            self._kube.post_event(name, uid, "Normal", ROTATED, message)
             log.info("rotated", credential=name, copies=rotated)

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from regcred.core.conditions import API_ERROR, CONFLICT
 from regcred.core.errors import InvalidInput, Problem, SourceUnreadable
 from regcred.core.matching import NamespaceInfo
 from regcred.core.plan import (
@@ -185,7 +186,7 @@ class Reconciler:
                 plan = plan.only_adding()
                 outcome.transient = True  # again shortly, once kopf has listed the CRs
             failures = {
-                name: Failure(namespace, "Conflict", message)
+                name: Failure(namespace, CONFLICT, message)
                 for name, message in plan.conflicts.items()
             }
             failed_secrets: set[str] = set()
@@ -193,14 +194,14 @@ class Reconciler:
                 try:
                     applied = self._executor.apply(secret_action)
                 except KubeError as error:
-                    failures[secret_action.credential] = Failure(namespace, "ApiError", str(error))
+                    failures[secret_action.credential] = Failure(namespace, API_ERROR, str(error))
                     failed_secrets.add(secret_action.secret_name)
                     outcome.transient |= error.transient
                     continue
                 if applied.not_ours is not None:
                     with self._lock:
                         self._foreign[namespace].add(secret_action.secret_name)
-                    failures[secret_action.credential] = Failure(namespace, "Conflict", applied.not_ours)
+                    failures[secret_action.credential] = Failure(namespace, CONFLICT, applied.not_ours)
                     failed_secrets.add(secret_action.secret_name)
                     continue
                 self._took_effect(outcome, secret_action, applied)
@@ -216,7 +217,7 @@ class Reconciler:
                 except KubeError as error:
                     outcome.transient |= error.transient
                     if isinstance(account_action, AddPullSecret):
-                        failures[account_action.credential] = Failure(namespace, "ApiError", str(error))
+                        failures[account_action.credential] = Failure(namespace, API_ERROR, str(error))
                     log.warning("serviceaccount edit failed", namespace=namespace,
                                 service_account=account_action.service_account, error=str(error))
                     continue
