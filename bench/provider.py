@@ -9,6 +9,7 @@ with regcred's CredentialProviderConfig, the TLS registry. Prints a table and wr
 
     python bench/provider.py                  # defaults below
     python bench/provider.py --pulls 3 --requests 200
+    python bench/provider.py --smoke          # tiny, keeps nothing (tests/integration/test_bench_smoke.py)
 """
 
 from __future__ import annotations
@@ -235,7 +236,10 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--pulls", type=int, default=5)
+    parser.add_argument("--smoke", action="store_true", help="a few of each, keep nothing")
     args = parser.parse_args()
+    if args.smoke:
+        args.execs, args.requests, args.concurrency, args.pulls = 2, 10, 5, 1
     commit = current_commit()
     with ControlPlane() as plane, tempfile.TemporaryDirectory(prefix="regcred-bench-provider-") as work:
         bench = Bench(plane, Path(work))
@@ -256,7 +260,8 @@ def main() -> int:
             bench.stop()
     result["pull_s"].pop("_namespace")
     print(json.dumps(result, indent=2))
-    keep("provider", commit, result)
+    if not args.smoke:
+        keep("provider", commit, result)
     return 0
 
 
