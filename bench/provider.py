@@ -79,7 +79,8 @@ class Bench:
         self.operator = OperatorProcess(str(self.plane.kubeconfig), self.work / "regcred.log", extra_args=[
             "--credential-provider", "true", "--credential-provider-listen", f"127.0.0.1:{self.port}",
             "--credential-provider-hosts", "127.0.0.1"]).start()
-        secret = wait_for(lambda: self._secret("regcred-provider-tls"), timeout=60, message="endpoint TLS")
+        secret = wait_for(lambda: self._read(self.core.read_namespaced_secret, "regcred-provider-tls"),
+                          timeout=60, message="endpoint TLS")
         self.ca = self.work / "provider-ca.crt"
         self.ca.write_bytes(base64.b64decode(secret.data["ca.crt"]))
         self.url = f"https://127.0.0.1:{self.port}/v1/credentials"
@@ -110,9 +111,10 @@ class Bench:
             if stop is not None:
                 stop.stop()
 
-    def _secret(self, name: str) -> Any:
+    def _read(self, read: Any, name: str, namespace: str = NAMESPACE) -> Any:
+        """The object, or None while it does not exist."""
         try:
-            return self.core.read_namespaced_secret(name, NAMESPACE)
+            return read(name, namespace)
         except client.exceptions.ApiException:
             return None
 
@@ -124,7 +126,8 @@ class Bench:
         return name
 
     def parked_pod(self, namespace: str) -> tuple[str, str]:
-        wait_for(lambda: self._has_account(namespace, "default"), timeout=60, message="default SA")
+        wait_for(lambda: self._read(self.core.read_namespaced_service_account, "default", namespace),
+                 timeout=60, message="default SA")
         name = f"parked-{time.time_ns() % 10**8}"
         pod = self.core.create_namespaced_pod(namespace, {
             "metadata": {"name": name},
@@ -132,13 +135,6 @@ class Bench:
                      "containers": [{"name": "app", "image": "localhost/absent:1",
                                      "imagePullPolicy": "Never"}]}})
         return name, pod.metadata.uid
-
-    def _has_account(self, namespace: str, name: str) -> bool:
-        try:
-            self.core.read_namespaced_service_account(name, namespace)
-        except client.exceptions.ApiException:
-            return False
-        return True
 
     def token(self, namespace: str, pod: tuple[str, str]) -> str:
         bound = {"apiVersion": "v1", "kind": "Pod", "name": pod[0], "uid": pod[1]}
@@ -203,8 +199,9 @@ class Bench:
                 "token_reviews_after_a_pull_under_a_second_service_account": self.reviews() - before}
 
     def pull_latency(self, pulls: int) -> dict[str, Any]:
-        provider_ns, secrets_ns = self.namespace("provider"), self.namespace("secrets")
-        wait_for(lambda: self._secret_in(secrets_ns, "bench-secrets"), timeout=60, message="copy")
+        secrets_ns = self.namespace("secrets")
+        wait_for(lambda: self._read(self.core.read_namespaced_secret, "bench-secrets", secrets_ns),
+                 timeout=60, message="copy")
         wait_for(lambda: self._has_entry(secrets_ns), timeout=60, message="entry")
         secret_times, provider_first, provider_cached = [], [], []
         for _ in range(pulls):  # alternate, so both see the same machine
@@ -213,21 +210,11 @@ class Bench:
             provider_first.append(self.pull(fresh))
             provider_cached.append(self.pull(fresh))
         return {"secret": percentiles(secret_times), "provider_cache_miss": percentiles(provider_first),
-                "provider_cached": percentiles(provider_cached), "_namespace": provider_ns}
-
-    def _secret_in(self, namespace: str, name: str) -> bool:
-        try:
-            self.core.read_namespaced_secret(name, namespace)
-        except client.exceptions.ApiException:
-            return False
-        return True
+                "provider_cached": percentiles(provider_cached)}
 
     def _has_entry(self, namespace: str) -> bool:
-        try:
-            account = self.core.read_namespaced_service_account("default", namespace)
-        except client.exceptions.ApiException:
-            return False
-        return bool(account.image_pull_secrets)
+        account = self._read(self.core.read_namespaced_service_account, "default", namespace)
+        return bool(account and account.image_pull_secrets)
 
 
 def main() -> int:
@@ -258,7 +245,6 @@ def main() -> int:
             }
         finally:
             bench.stop()
-    result["pull_s"].pop("_namespace")
     print(json.dumps(result, indent=2))
     if not args.smoke:
         keep("provider", commit, result)
