@@ -85,4 +85,7 @@ def pull_time_delivery(demo: Any, node: Node, registry_host: str, image: str, li
     wait_until(lambda: demo.jsonpath("pod", "early", "-n", "shop-early", "-o",
                                      "jsonpath={.status.phase}") == "Succeeded", 300, "the early Pod")
     demo.kubectl("logs", "early", "-n", "shop-early")
+    say("Its status counts the answers (published within 10 s; never a credential)")
+    wait_until(lambda: demo.jsonpath("regcred", "pull-time", "-o",
+                                     "jsonpath={.status.pullTime.answered}") == "2", 30, "two answers counted")
     demo.kubectl("get", "regcred", "pull-time", "-o", "jsonpath={.status.pullTime}{\"\\n\"}")
