@@ -87,5 +87,6 @@ def pull_time_delivery(demo: Any, node: Node, registry_host: str, image: str, li
     demo.kubectl("logs", "early", "-n", "shop-early")
     say("Its status counts the answers (published within 10 s; never a credential)")
     wait_until(lambda: demo.jsonpath("regcred", "pull-time", "-o",
-                                     "jsonpath={.status.pullTime.answered}") == "2", 30, "two answers counted")
+                                     "jsonpath={.status.pullTime.answered}") == "2",
+               30, "two answers counted")
     demo.kubectl("get", "regcred", "pull-time", "-o", "jsonpath={.status.pullTime}{\"\\n\"}")
