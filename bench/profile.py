@@ -31,10 +31,14 @@ from run import (
     OperatorProcess,
     cpu_seconds,
     free_port,
+    interruptible,
+    launch,
     machine,
     percentiles,
     restart,
     rss_mb,
+    stop_started,
+    sweep,
 )
 
 PROFILES = REPO / "bench" / "results" / "profiles"
@@ -44,7 +48,7 @@ LOGS = Path(os.environ.get("REGCRED_BENCH_LOGS", "/tmp"))
 
 def start(plane: ControlPlane, log: Path, extra_env: dict[str, str] | None = None) -> OperatorProcess:
     identity = plane.user_kubeconfig(USER, ("system:masters",))
-    return OperatorProcess(str(identity), log, resync_seconds=3600, extra_env=extra_env).start()
+    return launch(str(identity), log, resync_seconds=3600, extra_env=extra_env)
 
 
 def memory(namespaces: int, credentials: int, trace: bool, restarts: list[str]) -> list[str]:
@@ -216,12 +220,20 @@ def main() -> int:
     stamp = machine()
     PROFILES.mkdir(parents=True, exist_ok=True)
     out = PROFILES / f"{stamp['commit']}-{args.kind}-{args.namespaces}{args.label}.txt"
-    if args.kind == "memory":
-        lines = memory(args.namespaces, args.credentials, not args.no_trace, args.restart)
-    elif args.kind == "onboarding":
-        lines = onboarding(args.namespaces, args.admission)
-    else:
-        lines = sync(args.namespaces, out)
+    sweep()
+    try:
+        with interruptible():  # Ctrl-C, SIGTERM, SIGHUP: stop what was started, then exit
+            if args.kind == "memory":
+                lines = memory(args.namespaces, args.credentials, not args.no_trace, args.restart)
+            elif args.kind == "onboarding":
+                lines = onboarding(args.namespaces, args.admission)
+            else:
+                lines = sync(args.namespaces, out)
+    except KeyboardInterrupt:
+        print("stopped; everything the profile started is stopped", file=sys.stderr)
+        return 130
+    finally:
+        stop_started()
     text = "\n".join([f"{args.kind} profile, machine {stamp}", *lines]) + "\n"
     out.write_text(text)
     print(text)
