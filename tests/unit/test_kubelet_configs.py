@@ -81,7 +81,7 @@ def test_regcred_never_copies_what_the_kubelet_refuses_or_misreads(case: dict, m
     servers = case["servers"] if mode == "regcred" else None
     expected = case["regcred"] if mode == "regcred" else case.get("doctor", case["regcred"])
     try:
-        selected = check(raw(case), servers)
+        selected = check(kubelet_read(raw(case)), servers)
     except InvalidInput as refusal:
         assert refusal.reason == expected, refusal.message
         return

@@ -22,7 +22,7 @@ from regcred.core.errors import InvalidInput
 from regcred.core.images import IF_NOT_PRESENT, ImageRef, default_pull_policy, parse_image
 from regcred.core.keyring import AuthsEntry, lookup, normalized_key
 from regcred.core.matching import SYSTEM_NAMESPACES, NamespaceInfo, namespace_matches, selector_matches
-from regcred.core.pullsecret import check, entries_of, kubelet_read
+from regcred.core.pullsecret import check, kubelet_read
 from regcred.core.source import DOCKERCONFIGJSON_KEY, DOCKERCONFIGJSON_TYPE, registry_key
 from regcred.core.spec import (
     CREDENTIAL_LABEL,
@@ -254,11 +254,11 @@ def observe_secret(body: Mapping[str, Any]) -> PullSecretInfo:
     legacy = secret_type == DOCKERCFG_TYPE
     reading = kubelet_read(raw, legacy=legacy)
     try:
-        check(raw, legacy=legacy)
+        check(reading)
         problem = None
     except InvalidInput as refusal:
         problem = f"its {key}: {refusal.message}"
-    return PullSecretInfo(**common, keys=tuple(entry.key for entry in entries_of(reading)),
+    return PullSecretInfo(**common, keys=tuple(reading.entries),
                           problem=problem, refused=reading.error is not None)
 
 

@@ -64,7 +64,7 @@ class Reading:
     `error`: why the kubelet refuses the secret (None: it builds a keyring from `entries`).
     `problem`: why regcred refuses the whole content although the kubelet reads it."""
 
-    entries: dict[str, Entry]
+    entries: dict[str, Entry]  # empty when the kubelet refuses the secret
     error: str | None = None
     error_key: str | None = None  # the auths entry the error is in, if it is in one
     problem: str | None = None
@@ -93,12 +93,11 @@ def kubelet_read(raw: bytes, legacy: bool = False) -> Reading:
     return _read_document(document, problem, legacy)
 
 
-def check(raw: bytes, servers: Sequence[str] | None = None, legacy: bool = False) -> dict[str, Entry]:
-    """The entry the kubelet reads for each of `servers` (None: every entry, by key), or
-    InvalidInput saying why regcred refuses `raw`. Refused: anything the kubelet refuses
-    (even in an entry not selected: the kubelet fails the whole secret), any content-wide
-    problem, and a misread in a selected entry."""
-    reading = kubelet_read(raw, legacy)
+def check(reading: Reading, servers: Sequence[str] | None = None) -> dict[str, Entry]:
+    """The entry the kubelet reads (`kubelet_read`) for each of `servers` (None: every
+    entry, by key), or InvalidInput saying why regcred refuses the content. Refused:
+    anything the kubelet refuses (even in an entry not selected: the kubelet fails the whole
+    secret), any content-wide problem, and a misread in a selected entry."""
     if reading.error:
         if reading.error_key is not None:
             raise InvalidInput("InvalidAuthsEntry", f"auths entry {reading.error_key!r}: {reading.error}; "
@@ -352,7 +351,3 @@ def _kind(value: Any) -> str:
     return "a string" if isinstance(value, str) else "null"
 
 
-
-def entries_of(reading: Reading) -> list[Entry]:
-    """The entries the kubelet files from a reading: none if it refuses the secret."""
-    return [] if reading.error else list(reading.entries.values())

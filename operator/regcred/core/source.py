@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from regcred.core.errors import InvalidInput
-from regcred.core.pullsecret import check
+from regcred.core.pullsecret import check, kubelet_read
 from regcred.core.spec import CredentialSpec
 
 DOCKERCONFIGJSON_TYPE = "kubernetes.io/dockerconfigjson"
@@ -134,7 +134,7 @@ def _decoded(source: SourceSecret, key: str, where: str) -> str:
 def _filtered_auths(source: SourceSecret, servers: tuple[str, ...], where: str) -> dict[str, Any]:
     raw = _raw(source, DOCKERCONFIGJSON_KEY, where)
     try:
-        selected = check(raw, servers)
+        selected = check(kubelet_read(raw), servers)
     except InvalidInput as refusal:
         raise InvalidInput(refusal.reason, f"{where}: {DOCKERCONFIGJSON_KEY}: {refusal.message}") from None
     # Written under the key the server itself gets (a source's `registry-1.docker.io` entry
