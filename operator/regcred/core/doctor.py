@@ -589,6 +589,11 @@ def _explain_credential(snapshot: Snapshot, pod: PodInfo, ref: ImageRef, credent
                     fix=f"kubectl patch registrycredential {name} --type merge -p "
                         "'{\"spec\":{\"suspend\":false}}'")
         return
+    if spec.served_at_pull:
+        # No pull secret is expected: the kubelet's credential provider asks regcred at pull
+        # time (docs/credential-provider.md); a failing pull is reported from its events.
+        _report_not_ready(credential, "the credential provider has nothing to hand out", context)
+        return
     copy = snapshot.secrets.get((pod.namespace, spec.secret_name))
     if copy is not None and copy.credential != name and credential.uid not in copy.owner_uids:
         context.add("CopyConflict",
@@ -598,13 +603,7 @@ def _explain_credential(snapshot: Snapshot, pod: PodInfo, ref: ImageRef, credent
         return
     if copy is None:
         failed = credential.failed_namespaces.get(pod.namespace)
-        if credential.ready == "False" and credential.ready_reason not in ("SyncFailed", "Conflict",
-                                                                          "ApiError"):
-            context.add("CredentialNotReady",
-                        f"RegistryCredential {name} is not Ready ({credential.ready_reason}), so "
-                        f"there is no copy in {pod.namespace}",
-                        [credential.ready_message or credential.problem or "no message"],
-                        fix=f"fix what the message says; kubectl describe registrycredential {name}")
+        if _report_not_ready(credential, f"there is no copy in {pod.namespace}", context):
             return
         evidence = [f"no Secret {spec.secret_name} in {pod.namespace}"]
         if failed:
@@ -640,6 +639,18 @@ def _explain_credential(snapshot: Snapshot, pod: PodInfo, ref: ImageRef, credent
                         + (f" (its owner {pod.owner} recreates it)" if pod.owner else
                            " and create it again"),
                     commands=restart)
+
+
+def _report_not_ready(credential: CredentialInfo, consequence: str, context: _Context) -> bool:
+    """A CR whose source or spec is broken (not one failing in some namespaces): report it."""
+    if credential.ready != "False" or credential.ready_reason in ("SyncFailed", "Conflict", "ApiError"):
+        return False
+    context.add("CredentialNotReady",
+                f"RegistryCredential {credential.name} is not Ready ({credential.ready_reason}), so "
+                f"{consequence}",
+                [credential.ready_message or credential.problem or "no message"],
+                fix=f"fix what the message says; kubectl describe registrycredential {credential.name}")
+    return True
 
 
 def _why_namespace_unmatched(spec: CredentialSpec, namespace: NamespaceInfo) -> str:
