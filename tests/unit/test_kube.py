@@ -136,7 +136,8 @@ def errors() -> list[int]:
 
 @pytest.fixture
 def kube(core: FakeCore, errors: list[int]) -> Kube:
-    made = Kube(client.ApiClient(client.Configuration()), on_error=errors.append)
+    made = Kube(client.ApiClient(client.Configuration(host="https://api.example:6443")),
+                on_error=errors.append)
     made._core = core  # the one seam: everything above the client is the real code
     return made
 
@@ -299,7 +300,9 @@ def test_a_refused_call_is_counted_and_its_message_holds_no_response_body(execut
     core.create_namespaced_secret = lambda *a, **k: (_ for _ in ()).throw(refusal(403, "Forbidden"))
     with pytest.raises(ApiRefused) as raised:
         executor.apply(CreateCopy(NAMESPACE, "harbor", manifest()))
-    assert str(raised.value) == "create secret team-a/harbor: 403 Forbidden"
+    assert str(raised.value) == (
+        "create secret team-a/harbor at https://api.example:6443: 403 Forbidden: RBAC does not allow "
+        "it for this user; ask the cluster admin for a role that allows it")
     assert PASSWORD not in str(raised.value)
     assert errors == [403]
 
