@@ -7,7 +7,7 @@ for another name and an expired one, and a server that answers 503 or 401. For e
 one line naming the server, the cause in words and the fix; `regcred run` keeps retrying and
 logs the same, once, without urllib3's retry warnings. No traceback, no Python class name.
 The setups that need a real API server (a wrong token, missing RBAC, no CRD) are in
-tests/integration/test_api_errors.py.
+tests/integration/test_api_refusals.py.
 """
 
 from __future__ import annotations
