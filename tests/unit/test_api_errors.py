@@ -20,11 +20,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -34,13 +35,16 @@ from test_startup import command, no_cluster_environment
 from regcred.admission.tls import WebhookTLS, issue
 from regcred.kube.errors import (
     DNS,
+    DROPPED,
     OVERLOADED,
     REFUSED,
     TIMEOUT,
     TLS_EXPIRED,
     TLS_NAME,
+    TLS_OTHER,
     TLS_UNKNOWN_CA,
     UNAUTHORIZED,
+    UNREACHABLE,
     Cause,
 )
 
@@ -116,6 +120,7 @@ def in_own_network_namespace() -> tuple[str, ...]:
 def setups(tmp_path: Path) -> Iterator[Callable[[str], Setup]]:
     started: list[LoopbackHTTPS] = []
     silent: list[socket.socket] = []
+    plain: list[ThreadingHTTPServer] = []
     now = datetime.now(UTC)
 
     def make(cause: str) -> Setup:
@@ -125,6 +130,20 @@ def setups(tmp_path: Path) -> Iterator[Callable[[str], Setup]]:
             return Setup(f"https://127.0.0.1:{free_port()}")
         if cause == DNS.code:
             return Setup("https://api.regcred-test.invalid:6443", prefix=in_own_network_namespace())
+        if cause == UNREACHABLE.code:  # TEST-NET-1, in a namespace with no route: nothing is sent
+            return Setup("https://192.0.2.1:6443", prefix=in_own_network_namespace())
+        if cause == DROPPED.code:  # accepts, then closes without a word
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(16)
+            silent.append(sock)
+            threading.Thread(target=hang_up, args=(sock,), daemon=True).start()
+            return Setup(f"https://127.0.0.1:{sock.getsockname()[1]}")
+        if cause == TLS_OTHER.code:  # plain HTTP where HTTPS is expected
+            server = ThreadingHTTPServer(("127.0.0.1", 0), answering(503))
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            plain.append(server)
+            return Setup(f"https://127.0.0.1:{server.server_address[1]}")
         if cause == TIMEOUT.code:  # accepts connections (the kernel does) and never answers
             sock = socket.socket()
             sock.bind(("127.0.0.1", 0))
@@ -154,9 +173,23 @@ def setups(tmp_path: Path) -> Iterator[Callable[[str], Setup]]:
         server.stop()
     for sock in silent:
         sock.close()
+    for http in plain:
+        http.shutdown()
+        http.server_close()
 
 
-CAUSES = [REFUSED, DNS, TIMEOUT, TLS_UNKNOWN_CA, TLS_NAME, TLS_EXPIRED, OVERLOADED, UNAUTHORIZED]
+def hang_up(sock: socket.socket) -> None:
+    """Accept each connection and close it at once, until `sock` is closed."""
+    while True:
+        try:
+            connection, _ = sock.accept()
+        except OSError:
+            return
+        connection.close()
+
+
+CAUSES = [REFUSED, DNS, UNREACHABLE, TIMEOUT, DROPPED, TLS_UNKNOWN_CA, TLS_NAME, TLS_EXPIRED, TLS_OTHER,
+          OVERLOADED, UNAUTHORIZED]
 
 
 def assert_says(text: str, cause: Cause, setup: Setup) -> None:

@@ -177,6 +177,12 @@ class Kube:
         return self._pages("registrycredentials", self._custom.list_cluster_custom_object,
                            GROUP, VERSION, PLURAL, crd_collection=True, **extra)
 
+    def check_crd(self) -> None:
+        """Raise `KubeError` (cause: the CRD is not installed) unless RegistryCredentials can
+        be listed: without the CRD, kopf only warns once and regcred would sit idle."""
+        self._call("list", "registrycredentials", self._custom.list_cluster_custom_object,
+                   GROUP, VERSION, PLURAL, limit=1, crd_collection=True)
+
     def _scoped_pages(self, what: str, namespace: str | None, namespaced: Callable[..., Any],
                       cluster_wide: Callable[..., Any], **kwargs: Any) -> Iterator[dict[str, Any]]:
         if namespace is None:

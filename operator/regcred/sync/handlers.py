@@ -88,6 +88,7 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo,
         memo.listed = set()  # uids seen in a listing: seeing one listed again means a re-list
         memo.stop = threading.Event()
     try:
+        memo.kube.check_crd()
         memo.caches.fill(memo.kube)
     except KubeError as error:
         # kopf logs each attempt: 5, 10, then every 15 s while the outage lasts
