@@ -77,7 +77,7 @@ DEVICE_PLUGINS = Path("/var/lib/kubelet/device-plugins")  # pluginapi.KubeletSoc
 CONTAINER_LOG_LINKS = Path("/var/log/containers")
 SHIM_SOCKETS = Path("/run/containerd/s")
 LIBMOUNT_STATE = Path("/run/mount")  # util-linux `mount`, which the kubelet runs, creates it
-CNI_CACHE = Path("/var/lib/cni")  # libcni's result cache (pod network only): <network>-<id>-<if>
+CNI_CACHE = Path("/var/lib/cni")  # libcni's result cache: one file per pod sandbox and network
 # Host paths a node run may create; the last run out removes those the host did not have.
 SHARED_DIRS = (DEVICE_PLUGINS, DEVICE_PLUGINS.parent, CONTAINER_LOG_LINKS, SHIM_SOCKETS, SHIM_SOCKETS.parent,
                LIBMOUNT_STATE, CNI_CACHE / "results", CNI_CACHE)
@@ -268,8 +268,10 @@ def tear_down(run_dir: Path) -> None:
                 link.unlink()
     for socket_path in shim_sockets:
         socket_path.unlink(missing_ok=True)
-    for cached in (CNI_CACHE / "results").glob(f"{run_dir.name}-*"):
-        cached.unlink(missing_ok=True)
+    for cached in (CNI_CACHE / "results").glob("*"):  # each names its pod's netns, under the run dir
+        with contextlib.suppress(OSError):
+            if f"{run_dir}/".encode() in cached.read_bytes():
+                cached.unlink()
     shutil.rmtree(run_dir)
 
 
