@@ -135,10 +135,10 @@ class StatusPublisher:
         # One computation and write at a time per CR: two publishes racing could otherwise
         # let the one computed from an older ledger land last, and stay.
         self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
-        self._extension: StatusExtension | None = None
+        self._extensions: list[StatusExtension] = []
 
     def extend(self, extension: StatusExtension) -> None:
-        self._extension = extension
+        self._extensions.append(extension)
 
     def set_condition(self, credential: str, condition: Mapping[str, Any]) -> None:
         """Publish `condition` (type, status, reason, message) next to Ready from now on."""
@@ -167,8 +167,12 @@ class StatusPublisher:
             previous = self._published.get(name) or dict(body.get("status") or {})
             extra = tuple(self._conditions.get(name, {}).values())
         failures = tuple(f for f in entries.values() if f)
-        conditions, fields = self._extension.status_for(name, body, previous) if self._extension \
-            else ((), {})
+        conditions: tuple[Mapping[str, Any], ...] = ()
+        fields: dict[str, Any] = {}
+        for extension in self._extensions:
+            more_conditions, more_fields = extension.status_for(name, body, previous)
+            conditions += more_conditions
+            fields.update(more_fields)
         status = build_status(
             generation=int(meta.get("generation") or 0),
             previous=previous,

@@ -64,7 +64,7 @@ def admission_credentials(
             (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
         rendered = ready.get("status") == "True" or ready.get("reason") in NAMESPACE_FAILURE_REASONS
         current = status.get("observedGeneration") == spec.generation == ready.get("observedGeneration")
-        if spec.suspend or not rendered or not current:
+        if spec.suspend or not spec.copies or not rendered or not current:
             continue
         conflicted = frozenset(
             failure.get("namespace", "") for failure in status.get("failedNamespaces") or []
