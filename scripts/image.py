@@ -21,6 +21,7 @@ import fcntl
 import gzip
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -161,6 +162,9 @@ def ensure_image(tag: str | None = None) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another suite may be building the same image
         for stale in cache.glob(".*.partial-*"):  # left by a killed build
             stale.unlink()
+        for prefix in ("regcred-base-", "regcred-buildah-"):  # ... and its work dirs (lock held:
+            for work in Path(tempfile.gettempdir()).glob(f"{prefix}*"):  # no build is running)
+                shutil.rmtree(work, ignore_errors=True)
         log_file = cache / "build.log"
         if not base.exists():
             started = time.monotonic()

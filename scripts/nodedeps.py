@@ -25,6 +25,7 @@ PACKAGE_FILES: dict[str, tuple[str, ...]] = {
     "docker-registry": ("/usr/bin/docker-registry",),
     "busybox-static": ("/bin/busybox",),
     "openssl": ("/usr/bin/openssl",),
+    "iproute2": ("/bin/ip",),  # the pod network's namespace (scripts/podnet.py)
     # regcred's image (scripts/image.py): the base from Debian packages, the Dockerfile daemonless
     "mmdebstrap": ("/usr/bin/mmdebstrap",),
     "buildah": ("/usr/bin/buildah",),

@@ -154,7 +154,7 @@ def forward(listen_ns: Path | None, listen: Address, target_ns: Path | None, tar
     return Relay(listen_ns, listen, lambda _client: connect(target_ns, target))
 
 
-def _tunnel(client: socket.socket, target_ns: Callable[[], Path]) -> socket.socket | None:
+def tunnel(client: socket.socket, target_ns: Callable[[], Path | None]) -> socket.socket | None:
     """Read an HTTP CONNECT request from `client` and open its target in `target_ns()`."""
     client.settimeout(10)
     head = b""
@@ -219,7 +219,7 @@ class PodNetwork:
                 raise OSError("the node's network namespace does not exist yet")
             return self._proxy_target[0]
 
-        self._proxy = Relay(None, ("127.0.0.1", 0), lambda client: _tunnel(client, tunnel_target))
+        self._proxy = Relay(None, ("127.0.0.1", 0), lambda client: tunnel(client, tunnel_target))
         self.proxy_url = f"http://127.0.0.1:{self._proxy.port}"
         return self.proxy_url
 
