@@ -562,7 +562,8 @@ class ControlPlane(RunContext):
                                  "--kube-api-qps", "200", "--kube-api-burst", "400"],
         }
         # Go never proxies loopback (etcd, the API server itself); the rest is the pod network.
-        env = {APISERVER: {"HTTPS_PROXY": self.pod_network_proxy, "NO_PROXY": "127.0.0.1,localhost"}
+        env = {APISERVER: {"HTTPS_PROXY": self.pod_network_proxy, "HTTP_PROXY": self.pod_network_proxy,
+                           "NO_PROXY": "127.0.0.1,localhost"}
                } if self.pod_network_proxy else {}
         self.components = {name: Component(name, argv[name], self.log_dir / f"{name}.log", env.get(name))
                            for name in BINARIES}

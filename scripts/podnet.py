@@ -15,9 +15,9 @@ the node's namespace by a thread that entered it (`setns` is per thread):
 - the node's `KUBERNETES_SERVICE_IP:443` -> the API server: what in-cluster config dials
   (the `kubernetes` Service's ClusterIP; no kube-proxy exists to route it);
 - the host's `127.0.0.1:<kubelet port>` -> the node's kubelet (`kubectl logs`);
-- an HTTP CONNECT proxy on the host's loopback that opens its connections in the node's
-  namespace: the API server's `HTTPS_PROXY`, so with `--enable-aggregator-routing` it
-  reaches a webhook Service's endpoints (pod IPs) and `pods/proxy`.
+- an HTTP proxy on the host's loopback that opens its connections in the node's namespace:
+  the API server's `HTTPS_PROXY` and `HTTP_PROXY`, so with `--enable-aggregator-routing` it
+  reaches a webhook Service's endpoints (pod IPs), and `pods/proxy` reaches pods.
 Stdlib only; the relays are daemon threads of the process that started the node, so they end
 with it whatever way it ends.
 """
@@ -155,7 +155,10 @@ def forward(listen_ns: Path | None, listen: Address, target_ns: Path | None, tar
 
 
 def tunnel(client: socket.socket, target_ns: Callable[[], Path | None]) -> socket.socket | None:
-    """Read an HTTP CONNECT request from `client` and open its target in `target_ns()`."""
+    """Read a proxy request from `client` and open its target in `target_ns()`: `CONNECT
+    host:port` (HTTPS_PROXY) becomes a tunnel; `GET http://host:port/path` (HTTP_PROXY, e.g.
+    the API server's `pods/proxy` to a plain-HTTP port) is sent on in origin form with
+    `Connection: close`, so one proxied connection carries one request."""
     client.settimeout(10)
     head = b""
     while b"\r\n\r\n" not in head:
@@ -163,9 +166,12 @@ def tunnel(client: socket.socket, target_ns: Callable[[], Path | None]) -> socke
         if not chunk or len(head) > 16384:
             return None
         head += chunk
-    method, authority, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
-    host, _, port = authority.rpartition(":")
-    if method != "CONNECT" or not port.isdigit():
+    request_line, rest = head.split(b"\r\n", 1)
+    method, target, version = request_line.decode("latin-1").split(" ", 2)
+    plain = target.startswith("http://")
+    authority, _, path = target.removeprefix("http://").partition("/") if plain else (target, "", "")
+    host, _, port = authority.rpartition(":") if ":" in authority else (authority, "", "80")
+    if (method == "CONNECT") == plain or not port.isdigit():
         client.sendall(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
         return None
     try:
@@ -173,7 +179,14 @@ def tunnel(client: socket.socket, target_ns: Callable[[], Path | None]) -> socke
     except OSError:
         client.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
         return None
-    client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+    if plain:
+        headers = [line for line in rest.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+                   if not line.lower().startswith((b"connection:", b"proxy-connection:"))]
+        body = rest.split(b"\r\n\r\n", 1)[1]
+        upstream.sendall(f"{method} /{path} {version}\r\n".encode("latin-1") + b"\r\n".join(headers)
+                         + b"\r\nConnection: close\r\n\r\n" + body)
+    else:
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
     client.settimeout(None)
     return upstream
 

@@ -130,7 +130,7 @@ def test_the_release_runs_the_built_image_pulled_with_the_charts_pull_secret(inc
     core = client.CoreV1Api(api)
     wait_for(lambda: core.read_namespaced_pod(name, NAMESPACE).status.phase == "Succeeded", timeout=90,
              message="the `regcred --version` pod Succeeded")
-    assert core.read_namespaced_pod_log(name, NAMESPACE).strip() == f"regcred {incluster.version}"
+    assert Pods(api, wait_for).logs(NAMESPACE, name).strip() == f"regcred {incluster.version}"
     core.delete_namespaced_pod(name, NAMESPACE, grace_period_seconds=0)
     print(f"steps: {incluster.timings}; image {incluster.image_archive.stat().st_size / 1e6:.0f} MB")
 

@@ -1,5 +1,6 @@
 """scripts/podnet.py's relays on the host's loopback (no namespace needed): bytes go both
-ways and half-closes pass through; the CONNECT proxy tunnels, and refuses anything else."""
+ways and half-closes pass through; the proxy tunnels CONNECT, forwards plain HTTP in origin
+form, and refuses anything else."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def test_forward_relays_both_ways_until_the_half_close(echo):
         relay.close()
 
 
-def test_the_connect_proxy_tunnels_to_the_target_and_refuses_other_methods(echo):
+def test_the_proxy_tunnels_connect_forwards_plain_http_and_refuses_the_rest(echo):
     proxy = podnet.Relay(None, ("127.0.0.1", 0), lambda client: podnet.tunnel(client, lambda: None))
     try:
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as connection:
@@ -59,7 +60,13 @@ def test_the_connect_proxy_tunnels_to_the_target_and_refuses_other_methods(echo)
             assert connection.recv(64).startswith(b"HTTP/1.1 200 ")
             assert roundtrip(connection, b"through the tunnel") == b"through the tunnel"
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as connection:
-            connection.sendall(b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n")
+            request = (f"GET http://{echo[0]}:{echo[1]}/metrics HTTP/1.1\r\n"
+                       "Host: x\r\nConnection: keep-alive\r\n\r\n")
+            # The echo server returns what reached it: the request in origin form, closing.
+            assert roundtrip(connection, request.encode()) == (
+                b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as connection:
+            connection.sendall(b"GET /relative HTTP/1.1\r\nHost: example.com\r\n\r\n")
             assert connection.recv(64).startswith(b"HTTP/1.1 405 ")
     finally:
         proxy.close()
