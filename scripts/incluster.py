@@ -241,6 +241,17 @@ class InCluster:
                     return name
         return None
 
+    def http_get(self, address: str, port: int, path: str) -> tuple[int, str]:
+        """GET `path` from `address:port` in the pod network, as a scraper there would
+        (HTTP/1.0: the answer ends when the connection does)."""
+        with podnet.connect(self.network.netns, (address, port)) as connection:
+            connection.sendall(f"GET {path} HTTP/1.0\r\nHost: {address}:{port}\r\n\r\n".encode())
+            answer = b""
+            while data := connection.recv(65536):
+                answer += data
+        head, _, body = answer.partition(b"\r\n\r\n")
+        return int(head.split(b" ", 2)[1]), body.decode()
+
     def _print_pod_logs(self) -> None:
         for pod in self.pods():
             name = pod["metadata"]["name"]

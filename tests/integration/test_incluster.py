@@ -165,12 +165,14 @@ def test_a_rotation_reaches_a_fresh_pods_pull(incluster: InCluster, api: client.
     pods.wait_succeeded(namespace, pod)
 
 
-def test_metrics_are_scraped_from_the_pod(incluster: InCluster, api: client.ApiClient):
+def test_metrics_are_scraped_from_the_pod(incluster: InCluster):
     for pod in incluster.ready_pods():
-        name, port = pod["metadata"]["name"], pod["metadata"]["annotations"]["prometheus.io/port"]
-        # Through the API server's pod proxy, which dials the Pod's own address.
-        text = incluster.kubectl("get", "--raw",
-                                 f"/api/v1/namespaces/{NAMESPACE}/pods/{name}:{port}/proxy/metrics")
+        annotations = pod["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        # From the pod network, at the Pod's address and annotated port, as Prometheus scrapes.
+        status, text = incluster.http_get(pod["status"]["podIP"], int(annotations["prometheus.io/port"]),
+                                          "/metrics")
+        assert status == 200
         assert "regcred_" in text, text[:500]
 
 
