@@ -228,8 +228,9 @@ class InCluster:
         return list(wait_until(settled, timeout, f"{replicas} regcred pods Ready", interval=0.5))
 
     def active_pod(self) -> str | None:
-        """The Ready pod kopf lets act: of the peers in the ClusterKopfPeering (ids start with
-        the pod's hostname, its name), the one with the highest priority pauses the others."""
+        """The Ready pod kopf lets act: of the peers in the ClusterKopfPeering (ids are
+        `<user>@<hostname>/<start time>/...`, the hostname being the pod's name), the one with
+        the highest priority pauses the others."""
         peering = json.loads(self.kubectl("get", "clusterkopfpeering", RELEASE, "-o", "json"))
         peers: dict[str, dict[str, Any]] = peering.get("status", {})
         by_priority = sorted(((info.get("priority", 0), peer) for peer, info in peers.items()
@@ -237,7 +238,7 @@ class InCluster:
         names = {pod["metadata"]["name"] for pod in self.ready_pods()}
         for _, peer in by_priority:
             for name in names:
-                if peer.startswith(f"{name}@") or peer == name:
+                if f"@{name}" in peer:
                     return name
         return None
 

@@ -56,7 +56,7 @@ def api(incluster: InCluster) -> Iterator[client.ApiClient]:
 @pytest.fixture(scope="module")
 def tenants(incluster: InCluster, api: client.ApiClient) -> dict[str, str]:
     """A RegistryCredential for the run's registry (user `robot`, whose test image prints
-    SUCCESS) selecting namespaces labelled `tenant=<label>`; returns its names."""
+    SUCCESS) selecting namespaces labelled `tenant=<label>`, every ServiceAccount in them."""
     registry = incluster.registry
     secret = password("incluster")
     registry.set_password(TEST_USER, secret)
@@ -65,7 +65,7 @@ def tenants(incluster: InCluster, api: client.ApiClient) -> dict[str, str]:
     name, label = unique("cr"), unique("tenant")
     cluster.put_source(name, username=TEST_USER, secret=secret)
     cluster.create_credential(name, {"registries": [{"server": registry.host}],
-                                     "sourceSecretRef": {"name": name},
+                                     "sourceSecretRef": {"name": name}, "serviceAccounts": ["*"],
                                      "namespaceSelector": {"matchLabels": {"tenant": label}}})
     wait_for(lambda: cluster.ready(name).get("status") == "True", timeout=60, message=f"{name} Ready")
     return {"name": name, "label": label, "image": image, "password": secret}
