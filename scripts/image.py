@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import gzip
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -101,13 +102,20 @@ def context_digest() -> str:
     return digest.hexdigest()
 
 
+def base_command() -> list[str]:
+    """mmdebstrap's command line up to the output; its hash names the cached base."""
+    return ["mmdebstrap", "--variant=minbase", "--format=tar", "--quiet",
+            "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
+            *(f"--dpkgopt={rule}" for rule in SLIM_EXCLUDES), *(f"--aptopt={opt}" for opt in SLIM_APT), SUITE]
+
+
 def build_base(target: Path, log_file: Path) -> Path:
     """The slim Debian 12 root as a one-layer OCI archive (`localhost/debian:bookworm-slim`)."""
     with tempfile.TemporaryDirectory(prefix="regcred-base-") as work:
         root_tar = Path(work) / "root.tar"
-        _run(["mmdebstrap", "--variant=minbase", "--format=tar", "--quiet",
-              *(f"--dpkgopt={rule}" for rule in SLIM_EXCLUDES), *(f"--aptopt={opt}" for opt in SLIM_APT),
-              SUITE, str(root_tar), *MIRRORS], log_file)
+        # The merged-usr hook lays out /usr as debootstrap does, instead of installing the
+        # usrmerge package (and perl with it: 50 MB the official image does not have).
+        _run([*base_command(), str(root_tar), *MIRRORS], log_file)
         raw = root_tar.read_bytes()
     image = images.layered_image([(raw, gzip.compress(raw, compresslevel=6, mtime=0))], {
         "Cmd": ["bash"], "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]})
@@ -156,8 +164,10 @@ def ensure_image(tag: str | None = None) -> Path:
         from regcred import __version__ as tag
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    base = cache / f"base-{SUITE}-slim.oci.tar"
-    image = cache / f"regcred-{tag}-{context_digest()[:16]}.oci.tar"
+    recipe = hashlib.sha256(json.dumps([base_command(), MIRRORS]).encode()).hexdigest()[:12]
+    base = cache / f"base-{SUITE}-slim-{recipe}.oci.tar"
+    inputs = hashlib.sha256((base.name + context_digest()).encode()).hexdigest()[:16]
+    image = cache / f"regcred-{tag}-{inputs}.oci.tar"
     with (cache / ".build.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another suite may be building the same image
         for stale in cache.glob(".*.partial-*"):  # left by a killed build
@@ -170,6 +180,9 @@ def ensure_image(tag: str | None = None) -> Path:
             started = time.monotonic()
             log(f"building the base {base.name} with mmdebstrap (log {log_file})")
             build_base(base, log_file)
+            for old in cache.glob(f"base-{SUITE}-slim*.oci.tar"):  # an earlier recipe's
+                if old != base:
+                    old.unlink()
             log(f"base built in {time.monotonic() - started:.0f}s")
         if not image.exists():
             started = time.monotonic()
