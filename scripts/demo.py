@@ -135,6 +135,16 @@ def source_secret(password: str) -> str:
                        "stringData": {"username": "robot", "password": password}})
 
 
+def credential_for(demo: Demo, password: str, server: str) -> None:
+    """The registry's login as the source Secret, a RegistryCredential for team-*, and
+    team-a onboarded."""
+    demo.kubectl("apply", "-f", "-", stdin=source_secret(password))
+    demo.kubectl("apply", "-f", "-", stdin=PULL_CREDENTIAL.format(server=server))
+    wait_until(lambda: "private-registry" in demo.jsonpath(
+        "serviceaccount", "default", "-n", "team-a", "-o", "jsonpath={.imagePullSecrets}"),
+        60, "team-a onboarded for the registry")
+
+
 def run_pod(demo: Demo, namespace: str, name: str, image: str) -> str:
     """Create the seeds' Pod and wait until it ran or its pull was refused; returns which."""
     manifest = PULL_POD.format(name=name, node=NODE_NAME, image=image)
@@ -169,11 +179,7 @@ def pulls_on_a_real_node(demo: Demo, control_plane: ControlPlane, stack: context
     print(f"private image {image}; anonymous GET /v2/ -> {registry.status('/v2/', None)}")
 
     say("The registry's credentials as a source Secret, and a RegistryCredential for team-*")
-    demo.kubectl("apply", "-f", "-", stdin=source_secret(password))
-    demo.kubectl("apply", "-f", "-", stdin=PULL_CREDENTIAL.format(server=registry.host))
-    wait_until(lambda: "private-registry" in demo.jsonpath(
-        "serviceaccount", "default", "-n", "team-a", "-o", "jsonpath={.imagePullSecrets}"),
-        60, "team-a onboarded for the registry")
+    credential_for(demo, password, registry.host)
 
     say("The seeds' check in team-a (onboarded): the Pod prints SUCCESS")
     print(f"pod pull-check: {run_pod(demo, 'team-a', 'pull-check', image)}")
@@ -219,11 +225,7 @@ def as_users_run_it() -> None:
         password = secrets.token_urlsafe(18)
         cluster.registry.set_password("robot", password)
         private = cluster.registry.push(images.success_image(), "team/success", "1", "robot")
-        demo.kubectl("apply", "-f", "-", stdin=source_secret(password))
-        demo.kubectl("apply", "-f", "-", stdin=PULL_CREDENTIAL.format(server=cluster.registry.host))
-        wait_until(lambda: "private-registry" in demo.jsonpath(
-            "serviceaccount", "default", "-n", "team-a", "-o", "jsonpath={.imagePullSecrets}"),
-            60, "team-a onboarded by the release")
+        credential_for(demo, password, cluster.registry.host)
         say("The seeds' check against the installed release: SUCCESS in team-a, 401 in other")
         print(f"pod pull-check in team-a: {run_pod(demo, 'team-a', 'pull-check', private)}")
         demo.kubectl("logs", "pull-check", "-n", "team-a")

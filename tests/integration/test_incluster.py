@@ -94,6 +94,14 @@ def new_tenant(cluster: Cluster, tenants: dict[str, str]) -> str:
     return namespace
 
 
+def onboarded_tenant(incluster: InCluster, cluster: Cluster, tenants: dict[str, str]) -> str:
+    """A new tenant namespace, once onboarded at birth."""
+    namespace = new_tenant(cluster, tenants)
+    wait_for(lambda: onboarded_at_birth(incluster, cluster, namespace, tenants["name"]), timeout=60,
+             message=f"{namespace} onboarded")
+    return namespace
+
+
 def test_the_release_runs_the_built_image_pulled_with_the_charts_pull_secret(incluster: InCluster,
                                                                              api: client.ApiClient):
     pods = incluster.wait_ready(60)
@@ -139,9 +147,7 @@ def test_a_tenant_is_onboarded_through_the_service_routed_webhook_and_its_pod_pu
         incluster: InCluster, api: client.ApiClient, tenants: dict[str, str]):
     cluster = Cluster(api)
     webhook_calls = incluster.network.proxied
-    namespace = new_tenant(cluster, tenants)
-    wait_for(lambda: onboarded_at_birth(incluster, cluster, namespace, tenants["name"]), timeout=60,
-             message=f"{namespace} onboarded")
+    namespace = onboarded_tenant(incluster, cluster, tenants)
     assert incluster.network.proxied > webhook_calls, "the API server never called the webhook"
     pods = Pods(api, wait_for)
     pod = pods.run(namespace, tenants["image"])
@@ -152,9 +158,7 @@ def test_a_tenant_is_onboarded_through_the_service_routed_webhook_and_its_pod_pu
 def test_a_rotation_reaches_a_fresh_pods_pull(incluster: InCluster, api: client.ApiClient,
                                               tenants: dict[str, str]):
     cluster = Cluster(api)
-    namespace = new_tenant(cluster, tenants)
-    wait_for(lambda: onboarded_at_birth(incluster, cluster, namespace, tenants["name"]), timeout=60,
-             message=f"{namespace} onboarded")
+    namespace = onboarded_tenant(incluster, cluster, tenants)
     rotated = password("rotated")
     incluster.registry.set_password(TEST_USER, rotated)
     cluster.rotate_source(tenants["name"], rotated)
@@ -209,9 +213,7 @@ def test_failover_when_the_active_pod_is_deleted(incluster: InCluster, api: clie
 def test_helm_upgrade_rolls_the_pods_with_the_webhook_available_throughout(
         incluster: InCluster, api: client.ApiClient, tenants: dict[str, str]):
     cluster, core = Cluster(api), client.CoreV1Api(api)
-    namespace = new_tenant(cluster, tenants)
-    wait_for(lambda: onboarded_at_birth(incluster, cluster, namespace, tenants["name"]), timeout=60,
-             message=f"{namespace} onboarded")
+    namespace = onboarded_tenant(incluster, cluster, tenants)
     before = {pod["metadata"]["name"] for pod in incluster.pods()}
     since = len(incluster.plane.audit_events())
     created: list[str] = []
@@ -252,9 +254,7 @@ def test_helm_upgrade_rolls_the_pods_with_the_webhook_available_throughout(
 def test_helm_uninstall_leaves_what_the_docs_say(incluster: InCluster, api: client.ApiClient,
                                                  tenants: dict[str, str]):
     cluster = Cluster(api)
-    namespace = new_tenant(cluster, tenants)
-    wait_for(lambda: onboarded_at_birth(incluster, cluster, namespace, tenants["name"]), timeout=60,
-             message=f"{namespace} onboarded")
+    namespace = onboarded_tenant(incluster, cluster, tenants)
     incluster.helm("uninstall", RELEASE, "--namespace", NAMESPACE)
     assert_uninstalled_as_documented(api, RELEASE, NAMESPACE, wait_for)
     wait_for(lambda: incluster.pods() == [], timeout=120, message="the release's pods gone")
