@@ -271,15 +271,15 @@ def test_the_endpoint_refuses_what_a_kubelet_for_a_matched_pod_would_not_send(
     assert PASSWORD_MARK not in operator.metrics() and PASSWORD_MARK not in operator.log()
 
 
-def test_both_replicas_of_a_peered_pair_answer(cluster, kubeconfig, peering, endpoint, registry, private_image,
-                                               fresh_namespaces, tmp_path, wait_for):
+def test_both_replicas_of_a_peered_pair_answer(cluster, kubeconfig, peering, endpoint, registry,
+                                               private_image, fresh_namespaces, tmp_path, wait_for):
     """The Service sends a kubelet to either replica; the paused one's own view stands still
     (kopf stops its watches), so it answers from live reads."""
     ports = [free_port(), free_port()]
     replicas = [
         OperatorProcess(kubeconfig, tmp_path / f"replica-{port}.log", extra_env={"REGCRED_PEERING": "regcred"},
-                        extra_args=["--credential-provider", "true", "--credential-provider-listen",
-                                    f"127.0.0.1:{port}", "--credential-provider-hosts", "127.0.0.1"]).start()
+                        extra_args=["--credential-provider", "true", "--credential-provider-hosts", "127.0.0.1",
+                                    "--credential-provider-listen", f"127.0.0.1:{port}"]).start()
         for port in ports]
     try:
         label = unique("p")
@@ -289,7 +289,7 @@ def test_both_replicas_of_a_peered_pair_answer(cluster, kubeconfig, peering, end
         wait_ready(cluster, name, wait_for)
         token = bound_token(cluster, namespace, parked_pod(cluster, namespace, wait_for))
         for port in ports:
-            wait_for(lambda p=port: _listening(p), timeout=60, message=f"replica endpoint on {p}")
+            wait_for(lambda p=port: _listening(p), timeout=60, message=f"replica endpoint on {port}")
             replica = Endpoint(f"https://127.0.0.1:{port}/v1/credentials", endpoint.ca)
             answer, stderr = replica.ask(token, private_image)
             assert answer["auth"] == {registry.host: {"username": REGISTRY_USER, "password": secret}}, stderr
