@@ -276,10 +276,10 @@ def test_both_replicas_of_a_peered_pair_answer(cluster, kubeconfig, peering, end
     """The Service sends a kubelet to either replica; the paused one's own view stands still
     (kopf stops its watches), so it answers from live reads."""
     ports = [free_port(), free_port()]
+    flags = ["--credential-provider", "true", "--credential-provider-hosts", "127.0.0.1"]
     replicas = [
         OperatorProcess(kubeconfig, tmp_path / f"replica-{port}.log", extra_env={"REGCRED_PEERING": "regcred"},
-                        extra_args=["--credential-provider", "true", "--credential-provider-hosts", "127.0.0.1",
-                                    "--credential-provider-listen", f"127.0.0.1:{port}"]).start()
+                        extra_args=[*flags, "--credential-provider-listen", f"127.0.0.1:{port}"]).start()
         for port in ports]
     try:
         label = unique("p")
