@@ -278,7 +278,7 @@ def test_both_replicas_of_a_peered_pair_answer(cluster, kubeconfig, peering, end
     ports = [free_port(), free_port()]
     flags = ["--credential-provider", "true", "--credential-provider-hosts", "127.0.0.1"]
     replicas = [
-        OperatorProcess(kubeconfig, tmp_path / f"replica-{port}.log", extra_env={"REGCRED_PEERING": "regcred"},
+        OperatorProcess(kubeconfig, tmp_path / f"r-{port}.log", extra_env={"REGCRED_PEERING": "regcred"},
                         extra_args=[*flags, "--credential-provider-listen", f"127.0.0.1:{port}"]).start()
         for port in ports]
     try:
