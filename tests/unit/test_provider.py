@@ -27,7 +27,7 @@ from regcred.core.spec import parse_credential
 from regcred.kube import ApiUnavailable
 from regcred.metrics import Metrics
 from regcred.provider import plugin
-from regcred.provider.endpoint import PATH, Endpoint, LiveServed, ProviderServer, PullTally
+from regcred.provider.endpoint import PATH, Endpoint, LiveServed, ProviderServer, PullTally, publish_counts
 from regcred.settings import ProviderSettings
 from regcred.tls import issue, utc_now
 
@@ -305,3 +305,12 @@ def test_live_renders_are_reused_for_a_while_and_follow_the_generation():
 ])
 def test_live_reads_serve_nothing_a_syncing_replica_would_not(body, source):
     assert not any(c.active for c in live_served(FakeLiveApi(body, source=source)).credentials())
+
+
+def test_counts_are_published_only_where_the_replica_syncs_the_credential():
+    tally, published = PullTally(600), []
+    for name in ("synced-here", "not-here"):
+        served_one = credential(name, delivery="CredentialProvider")
+        tally.record(resolve([served_one], ns("team-a"), "default", IMAGE))
+    publish_counts(tally, lambda name: name == "synced-here", lambda name, wrote: published.append(name))
+    assert published == ["synced-here"]

@@ -394,8 +394,7 @@ def _maintain(kube: Kube, server: ProviderServer, tally: PullTally, memo: kopf.M
     assert settings.provider is not None
     last_check = time.monotonic()
     while not stop.wait(STATUS_PUBLISH_SECONDS):
-        for name in tally.changed():
-            memo.controller.publisher.publish(name, wrote=False)
+        publish_counts(tally, memo.controller.reconciler.has_synced, memo.controller.publisher.publish)
         if time.monotonic() - last_check >= CERTIFICATE_CHECK_SECONDS:
             last_check = time.monotonic()
             try:
@@ -403,6 +402,15 @@ def _maintain(kube: Kube, server: ProviderServer, tally: PullTally, memo: kopf.M
                     kube, settings.operator_namespace, settings.provider.tls_secret, hosts))
             except KubeError as error:
                 log.warning("cannot check the endpoint's certificate", error=str(error))
+
+
+def publish_counts(tally: PullTally, synced_here: Callable[[str], bool],
+                   publish: Callable[..., None]) -> None:
+    """Publish the CRs whose counts changed, where this replica writes the rest of their
+    status: a paused standby's ledger is empty, and its status would overwrite the active's."""
+    for name in tally.changed():
+        if synced_here(name):
+            publish(name, wrote=False)
 
 
 def stop_provider(memo: kopf.Memo, **_: Any) -> None:
