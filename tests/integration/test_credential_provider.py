@@ -276,7 +276,8 @@ def test_both_replicas_of_a_peered_pair_answer(cluster, kubeconfig, peering, end
     """The Service sends a kubelet to either replica; the paused one's own view stands still
     (kopf stops its watches), so it answers from live reads."""
     ports = [free_port(), free_port()]
-    flags = ["--credential-provider", "true", "--credential-provider-hosts", "127.0.0.1"]
+    flags = ["--credential-provider", "true", "--credential-provider-hosts", "127.0.0.1",
+             "--log-level", "debug"]
     replicas = [
         OperatorProcess(kubeconfig, tmp_path / f"r-{port}.log", extra_env={"REGCRED_PEERING": "regcred"},
                         extra_args=[*flags, "--credential-provider-listen", f"127.0.0.1:{port}"]).start()
@@ -293,6 +294,8 @@ def test_both_replicas_of_a_peered_pair_answer(cluster, kubeconfig, peering, end
             replica = Endpoint(f"https://127.0.0.1:{port}/v1/credentials", endpoint.ca)
             answer, stderr = replica.ask(token, private_image)
             assert answer["auth"] == {registry.host: {"username": REGISTRY_USER, "password": secret}}, stderr
+        assert any("looked again at live reads" in replica.log() for replica in replicas), \
+            "the paused standby answered from live reads"
     finally:
         for replica in replicas:
             replica.stop()

@@ -185,6 +185,8 @@ class Endpoint:
                     and self._live is not None:
                 outcome = resolve(self._live.credentials(), self._live.namespace(identity.namespace),
                                   identity.service_account, image)
+                log.debug("looked again at live reads", namespace=identity.namespace,
+                          answered=isinstance(outcome, Answer))
         except KubeError as error:
             return Refusal(UNAVAILABLE, f"cannot ask the API server: {error}")
         return outcome
