@@ -52,9 +52,9 @@ if tracemalloc.is_tracing() and os.environ.get("REGCRED_MEMORY_REPORT"):
 def _trace_onboarding(path: str) -> None:
     from kopf._cogs.clients import watching
 
-    from regcred.controller import Controller
-    from regcred.kube import Kube
-    from regcred.reconciler import Reconciler
+    from regcred.kube.client import Kube
+    from regcred.sync.controller import Controller
+    from regcred.sync.reconciler import Reconciler
 
     lock = threading.Lock()
     out = open(path, "a", buffering=1)  # noqa: SIM115 - open for the life of the process
@@ -114,7 +114,7 @@ def _trace_onboarding(path: str) -> None:
 def _trace_admission(path: str) -> None:
     from kopf._core.engines import admission as engine
 
-    from regcred.admission import Decider
+    from regcred.admission.webhook import Decider
 
     lock = threading.Lock()
     out = open(path, "a", buffering=1)  # noqa: SIM115 - open for the life of the process

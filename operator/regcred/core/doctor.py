@@ -12,17 +12,30 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
+from regcred.core.conditions import (
+    NAMESPACE_FAILURE_REASONS,
+    PASSING,
+    UNAUTHORIZED,
+    RegistryResult,
+    read_status,
+)
 from regcred.core.errors import InvalidInput
 from regcred.core.images import IF_NOT_PRESENT, ImageRef, default_pull_policy, parse_image
 from regcred.core.keyring import AuthsEntry, lookup, normalized_key
-from regcred.core.matching import SYSTEM_NAMESPACES, NamespaceInfo, namespace_matches, selector_matches
+from regcred.core.matching import (
+    SYSTEM_NAMESPACES,
+    NamespaceInfo,
+    namespace_matches,
+    selector_matches,
+    service_account_matches,
+)
+from regcred.core.pullsecret import check, kubelet_read
 from regcred.core.source import DOCKERCONFIGJSON_KEY, DOCKERCONFIGJSON_TYPE, registry_key
 from regcred.core.spec import (
     CREDENTIAL_LABEL,
@@ -35,7 +48,6 @@ DOCKERCFG_TYPE = "kubernetes.io/dockercfg"
 DOCKERCFG_KEY = ".dockercfg"
 ERROR, WARNING = "error", "warning"
 MAX_EVIDENCE_TEXT = 300
-VERIFIED_CONDITION = "CredentialsVerified"
 
 # Finding codes: (severity, one line on what it means). docs/doctor.md explains each.
 CODES: dict[str, tuple[str, str]] = {
@@ -130,13 +142,15 @@ class ServiceAccountInfo:
 @dataclass(frozen=True)
 class PullSecretInfo:
     """A Secret as far as the kubelet's keyring cares: its type and `auths` keys, never values.
-    `problem` says why the kubelet cannot read it (None: readable)."""
+    `problem` says why regcred's check (core/pullsecret.py) refuses it (None: nothing wrong);
+    `refused`: the kubelet refuses it altogether, so every pull of a Pod listing it fails."""
 
     namespace: str
     name: str
     type: str
     keys: tuple[str, ...] = ()
     problem: str | None = None
+    refused: bool = False
     credential: str = ""  # the regcred.dev/credential label: a regcred copy of that CR
     owner_uids: tuple[str, ...] = ()
 
@@ -157,13 +171,6 @@ class PullEvent:
 
 
 @dataclass(frozen=True)
-class RegistryVerification:
-    server: str
-    result: str
-    message: str = ""
-
-
-@dataclass(frozen=True)
 class CredentialInfo:
     """A RegistryCredential with what the doctor reads from its status."""
 
@@ -175,7 +182,7 @@ class CredentialInfo:
     ready_reason: str = ""
     ready_message: str = ""
     failed_namespaces: Mapping[str, tuple[str, str]] = field(default_factory=dict)
-    verification: tuple[RegistryVerification, ...] = ()
+    verification: tuple[RegistryResult, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -242,18 +249,22 @@ def observe_secret(body: Mapping[str, Any]) -> PullSecretInfo:
     if secret_type not in (DOCKERCONFIGJSON_TYPE, DOCKERCFG_TYPE):
         return PullSecretInfo(**common)
     key = DOCKERCONFIGJSON_KEY if secret_type == DOCKERCONFIGJSON_TYPE else DOCKERCFG_KEY
-    raw = (body.get("data") or {}).get(key)
-    if not raw:
+    encoded = (body.get("data") or {}).get(key)
+    if not encoded:
         return PullSecretInfo(**common, problem=f"it has no {key} key")
     try:
-        config = json.loads(base64.b64decode(raw, validate=True))
+        raw = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
-        return PullSecretInfo(**common, problem=f"its {key} is not valid JSON")
-    auths = config.get("auths") if secret_type == DOCKERCONFIGJSON_TYPE and isinstance(config, dict) \
-        else config
-    if not isinstance(auths, dict):
-        return PullSecretInfo(**common, problem=f"its {key} has no auths object")
-    return PullSecretInfo(**common, keys=tuple(str(k) for k in auths))
+        return PullSecretInfo(**common, problem=f"its {key} is not base64", refused=True)
+    legacy = secret_type == DOCKERCFG_TYPE
+    reading = kubelet_read(raw, legacy=legacy)
+    try:
+        check(reading)
+        problem = None
+    except InvalidInput as refusal:
+        problem = f"its {key}: {refusal.message}"
+    return PullSecretInfo(**common, keys=tuple(reading.entries),
+                          problem=problem, refused=reading.error is not None)
 
 
 def observe_event(body: Mapping[str, Any]) -> PullEvent | None:
@@ -278,7 +289,7 @@ def observe_event(body: Mapping[str, Any]) -> PullEvent | None:
 def observe_credential(body: Mapping[str, Any]) -> CredentialInfo:
     """A RegistryCredential; its source namespace is taken as allowed (the doctor does not know
     the operator's allow-list: the operator's own Ready condition reports refusals)."""
-    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    meta = body.get("metadata") or {}
     ref = (body.get("spec") or {}).get("sourceSecretRef") or {}
     source_namespace = str(ref.get("namespace") or "regcred-system") if isinstance(ref, dict) \
         else "regcred-system"
@@ -287,24 +298,14 @@ def observe_credential(body: Mapping[str, Any]) -> CredentialInfo:
                                          allowed_source_namespaces=frozenset({source_namespace})), ""
     except InvalidInput as error:
         spec, problem = None, error.message
-    conditions = {c.get("type"): c for c in status.get("conditions") or []}
-    ready = conditions.get("Ready") or {}
-    failed = {f.get("namespace", ""): (f.get("reason", ""), f.get("message", ""))
-              for f in status.get("failedNamespaces") or []}
-    verification = tuple(
-        RegistryVerification(v.get("server", ""), v.get("result", ""), v.get("message", ""))
-        for v in status.get("registries") or [])
+    status = read_status(body)
     return CredentialInfo(
         name=meta.get("name", ""), uid=meta.get("uid", ""), spec=spec, problem=problem,
-        ready=ready.get("status", ""), ready_reason=ready.get("reason", ""),
-        ready_message=ready.get("message", ""), failed_namespaces=failed, verification=verification,
+        ready=status.ready.status, ready_reason=status.ready.reason,
+        ready_message=status.ready.message,
+        failed_namespaces={f.namespace: (f.reason, f.message) for f in status.failed_namespaces},
+        verification=status.registries,
     )
-
-
-def observe_namespace(body: Mapping[str, Any]) -> NamespaceInfo:
-    meta = body.get("metadata") or {}
-    return NamespaceInfo(name=meta.get("name", ""), labels=dict(meta.get("labels") or {}),
-                         terminating=bool(meta.get("deletionTimestamp")))
 
 
 def snapshot_from(*, pods: Iterable[Mapping[str, Any]], service_accounts: Iterable[Mapping[str, Any]],
@@ -319,7 +320,7 @@ def snapshot_from(*, pods: Iterable[Mapping[str, Any]], service_accounts: Iterab
         secrets={(s.namespace, s.name): s for s in map(observe_secret, secrets)},
         events=[e for e in map(observe_event, events) if e],
         credentials=[observe_credential(body) for body in credentials],
-        namespaces={n.name: n for n in map(observe_namespace, namespaces)},
+        namespaces={n.name: n for n in map(NamespaceInfo.from_body, namespaces)},
     )
 
 
@@ -498,12 +499,14 @@ def _pod_entries(snapshot: Snapshot, pod: PodInfo, secret_namespaces: Mapping[st
                          "Secrets and ignores this one"],
                         fix=f"recreate it with `kubectl create secret docker-registry {name} -n "
                             f"{pod.namespace} ...`, or let a RegistryCredential manage it")
-        elif secret.problem:
-            context.add("PullSecretInvalid", f"pull secret {name!r} cannot be read: {secret.problem}",
-                        ["the kubelet fails every pull of this Pod while one of its pull secrets "
-                         "does not parse"],
-                        fix="recreate the Secret with `kubectl create secret docker-registry`")
         else:
+            if secret.problem:
+                context.add("PullSecretInvalid", f"pull secret {name!r} cannot be read: {secret.problem}",
+                            ["the kubelet fails every pull of this Pod while one of its pull secrets "
+                             "does not parse" if secret.refused else
+                             "the kubelet reads it, but not as it is written (regcred refuses to copy "
+                             "such a source for the same reason)"],
+                            fix="recreate the Secret with `kubectl create secret docker-registry`")
             entries.extend(AuthsEntry(name, key) for key in secret.keys)
     return entries
 
@@ -566,7 +569,7 @@ def _explain_credential(snapshot: Snapshot, pod: PodInfo, ref: ImageRef, credent
                     [_why_namespace_unmatched(spec, namespace)],
                     fix=_namespace_fix(spec, namespace))
         return
-    if not any(fnmatchcase(pod.service_account, p) for p in spec.service_accounts):
+    if not service_account_matches(spec, pod.service_account):
         context.add("ServiceAccountNotMatched",
                     f"RegistryCredential {name} does not add its copy to ServiceAccount "
                     f"{pod.service_account}",
@@ -635,7 +638,7 @@ def _explain_credential(snapshot: Snapshot, pod: PodInfo, ref: ImageRef, credent
 
 def _report_not_ready(credential: CredentialInfo, consequence: str, context: _Context) -> bool:
     """A CR whose source or spec is broken (not one failing in some namespaces): report it."""
-    if credential.ready != "False" or credential.ready_reason in ("SyncFailed", "Conflict", "ApiError"):
+    if credential.ready != "False" or credential.ready_reason in NAMESPACE_FAILURE_REASONS:
         return False
     context.add("CredentialNotReady",
                 f"RegistryCredential {credential.name} is not Ready ({credential.ready_reason}), so "
@@ -681,9 +684,9 @@ def _check_verification(snapshot: Snapshot, credential_name: str, ref: ImageRef,
         return
     server = _covering_server(credential, ref)
     result = next((v for v in credential.verification if v.server == server), None)
-    if result is None or result.result in ("Verified", "Anonymous"):
+    if result is None or result.result in PASSING:
         return
-    if result.result == "Unauthorized":
+    if result.result == UNAUTHORIZED:
         context.add("CredentialRejected",
                     f"{server} rejects the credential of RegistryCredential {credential_name}",
                     [f"status.registries[{server}]: {result.result}: {result.message}"],

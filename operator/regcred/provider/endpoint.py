@@ -37,7 +37,8 @@ from typing import Any, Protocol
 import kopf
 import structlog
 
-from regcred.admission import ensure_certificate
+from regcred.admission.tls import WebhookTLS
+from regcred.admission.webhook import ensure_certificate
 from regcred.core.admission import namespace_info
 from regcred.core.errors import InvalidInput
 from regcred.core.matching import NamespaceInfo
@@ -55,10 +56,11 @@ from regcred.core.provider import (
 )
 from regcred.core.source import RenderedConfig, SourceSecret, render
 from regcred.core.spec import CredentialSpec
-from regcred.kube import Kube, KubeError, api_client
+from regcred.kube.client import Kube
+from regcred.kube.config import api_client
+from regcred.kube.errors import KubeError
 from regcred.metrics import Metrics
 from regcred.settings import ProviderSettings, Settings
-from regcred.tls import WebhookTLS
 
 log = structlog.get_logger("regcred.provider")
 
