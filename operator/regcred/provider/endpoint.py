@@ -39,7 +39,6 @@ import structlog
 
 from regcred.admission.tls import WebhookTLS
 from regcred.admission.webhook import ensure_certificate
-from regcred.core.admission import namespace_info
 from regcred.core.errors import InvalidInput
 from regcred.core.matching import NamespaceInfo
 from regcred.core.plan import Credential
@@ -118,7 +117,7 @@ class LiveServed:
 
     def namespace(self, name: str) -> NamespaceInfo | None:
         body = self._kube.read_namespace(name)
-        return namespace_info(body) if body is not None else None
+        return NamespaceInfo.from_body(body) if body is not None else None
 
     def _rendered(self, spec: CredentialSpec) -> RenderedConfig | None:
         now, key = self._clock(), (spec.name, spec.generation)
