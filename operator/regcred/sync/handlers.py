@@ -20,7 +20,7 @@ import kopf
 from regcred.core.spec import GROUP, MANAGED_BY_LABEL, MANAGED_BY_VALUE, PLURAL, VERSION
 from regcred.kube.client import Kube
 from regcred.kube.config import api_client
-from regcred.kube.errors import KubeError
+from regcred.kube.errors import OPERATOR_ROLE, KubeError
 from regcred.metrics import Metrics
 from regcred.settings import Settings
 from regcred.sync.caches import Caches
@@ -71,7 +71,7 @@ def credential_index(body: Mapping[str, Any], name: str, **_: Any) -> dict[str, 
 # --- start-up: one step, since each part needs the one before ---------------------------------
 
 def start(settings: kopf.OperatorSettings, memo: kopf.Memo,
-          credential_index: kopf.Index[str, dict[str, Any]], **_: Any) -> None:
+          credential_index: kopf.Index[str, dict[str, Any]], retry: int = 0, **_: Any) -> None:
     """Configure kopf, build the operator, fill the caches (before any watch event), then
     start the workers and the source watches. kopf retries the step while the API is down."""
     options: Settings = memo.settings
@@ -81,7 +81,8 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo,
         # handler threads, and one long watch per source namespace.
         threads = 2 * options.workers + kopf_threads + len(options.source_namespaces)
         metrics: Metrics = memo.metrics
-        memo.kube = Kube(api_client(memo.api_configuration, threads), on_error=metrics.api_error)
+        memo.kube = Kube(api_client(memo.api_configuration, threads), on_error=metrics.api_error,
+                         role=OPERATOR_ROLE)
         memo.caches = Caches(credential_index)
         memo.controller = build(memo.kube, memo.caches, options, metrics)
         memo.listed = set()  # uids seen in a listing: seeing one listed again means a re-list
@@ -89,7 +90,9 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo,
     try:
         memo.caches.fill(memo.kube)
     except KubeError as error:
-        raise kopf.TemporaryError(f"cannot list the cluster yet: {error}", delay=5) from None
+        # kopf logs each attempt: 5, 10, then every 15 s while the outage lasts
+        raise kopf.TemporaryError(f"cannot list the cluster yet: {error}",
+                                  delay=min(15, 5 * 2 ** retry)) from None
     controller: Controller = memo.controller
     controller.start()
     for namespace in sorted(options.source_namespaces):
