@@ -49,6 +49,18 @@ if tracemalloc.is_tracing() and os.environ.get("REGCRED_MEMORY_REPORT"):
     signal.signal(signal.SIGUSR2, _report)
 
 
+def _recorder(path: str):  # type: ignore[no-untyped-def]
+    """record(step, key): one JSON line with the wall-clock time, from any thread."""
+    lock = threading.Lock()
+    out = open(path, "a", buffering=1)  # noqa: SIM115 - open for the life of the process
+
+    def record(step: str, key: str) -> None:
+        with lock:
+            out.write(json.dumps({"t": time.time(), "step": step, "namespace": key}) + "\n")
+
+    return record
+
+
 def _trace_onboarding(path: str) -> None:
     from kopf._cogs.clients import watching
 
@@ -56,13 +68,7 @@ def _trace_onboarding(path: str) -> None:
     from regcred.kube import Kube
     from regcred.reconciler import Reconciler
 
-    lock = threading.Lock()
-    out = open(path, "a", buffering=1)  # noqa: SIM115 - open for the life of the process
-
-    def record(step: str, namespace: str) -> None:
-        with lock:
-            out.write(json.dumps({"t": time.time(), "step": step, "namespace": namespace}) + "\n")
-
+    record = _recorder(path)
     original_watch = watching.watch_objs
 
     async def watch_objs(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -116,13 +122,7 @@ def _trace_admission(path: str) -> None:
 
     from regcred.admission import Decider
 
-    lock = threading.Lock()
-    out = open(path, "a", buffering=1)  # noqa: SIM115 - open for the life of the process
-
-    def record(step: str, key: str) -> None:
-        with lock:
-            out.write(json.dumps({"t": time.time(), "step": step, "namespace": key}) + "\n")
-
+    record = _recorder(path)
     original_serve = engine.serve_admission_request
 
     async def serve_admission_request(request, **kwargs):  # type: ignore[no-untyped-def]
