@@ -232,7 +232,7 @@ def onboarding(namespaces: int, admission: bool) -> list[str]:
     return lines
 
 
-def admission(creates: int, spy: bool) -> list[str]:
+def admission(creates: int, spy: bool, out: Path) -> list[str]:
     """Where an admission request's time goes: `creates` ServiceAccounts created one at a time
     in a matched namespace, as the client sees each create, as the API server's histogram
     has the webhook call, and inside regcred (kopf's engine, the decision's live reads)."""
@@ -244,7 +244,7 @@ def admission(creates: int, spy: bool) -> list[str]:
            "REGCRED_ADMISSION_TRACE": str(trace), "REGCRED_ADMISSION": "true",
            "REGCRED_ADMISSION_LISTEN": f"127.0.0.1:{port}",
            "REGCRED_ADMISSION_URL": f"https://127.0.0.1:{port}"}
-    stacks = PROFILES / f"{machine()['commit']}-admission-{creates}.stacks"
+    stacks = out.with_suffix(".stacks")
     with ControlPlane() as plane:
         bench = Bench(plane)
         bench.install()
@@ -260,7 +260,7 @@ def admission(creates: int, spy: bool) -> list[str]:
             if spy:
                 spying = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
                                            str(operator.process.pid), "--rate", "500", "--format", "raw",
-                                           "--output", str(stacks), "--nonblocking", "--idle"],
+                                           "--output", str(stacks), "--nonblocking"],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1)  # let py-spy attach; attaching late only loses the first samples
             before = bench.webhook_histogram()
@@ -347,7 +347,7 @@ def main() -> int:
             elif args.kind == "onboarding":
                 lines = onboarding(args.namespaces, args.admission)
             elif args.kind == "admission":
-                lines = admission(args.namespaces, args.spy)
+                lines = admission(args.namespaces, args.spy, out)
             else:
                 lines = sync(args.namespaces, out)
     except KeyboardInterrupt:
