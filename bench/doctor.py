@@ -32,8 +32,9 @@ from keep import current_commit, keep  # noqa: E402
 from kubernetes import client  # noqa: E402
 
 from regcred.core.doctor import diagnose  # noqa: E402
-from regcred.doctor import quiet_logging, read_snapshot  # noqa: E402
-from regcred.kube import Kube, connect  # noqa: E402
+from regcred.doctor.command import quiet_logging, read_snapshot  # noqa: E402
+from regcred.kube.client import Kube  # noqa: E402
+from regcred.kube.config import connect  # noqa: E402
 
 PODS_PER_NAMESPACE = 50
 REGISTRY = "bench.registry.test:5000"

@@ -26,7 +26,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.watch.watch import iter_resp_lines
 
-from regcred.kube import connect
+from regcred.kube.config import connect
 
 READY = "floor client watching"  # printed once both watches are open
 OPEN = "OPEN"  # the type of the pseudo-event `events` yields once its watch is open

@@ -48,14 +48,14 @@ from floor import OPEN, READY, events  # noqa: E402
 from kubernetes import client, watch  # noqa: E402
 from operator_process import OperatorProcess, free_port  # noqa: E402
 
-from regcred.kube import connect  # noqa: E402
+from regcred.kube.config import connect  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 USER = "regcred-bench"
 SOURCE_NAMESPACE = "regcred-system"
 WRITE_VERBS = {"create", "update", "patch", "delete"}
 WORKERS = 16
-WEBHOOK = "serviceaccounts.regcred.dev"  # regcred/admission.py WEBHOOK_NAME
+WEBHOOK = "serviceaccounts.regcred.dev"  # regcred/admission/webhook.py WEBHOOK_NAME
 PIDS = Path("/tmp/regcred-bench-pids")  # <bench pid>-<child pid>: what a SIGKILLed bench left
 
 

@@ -48,7 +48,7 @@ from kubernetes.client.exceptions import ApiException  # noqa: E402
 from operator_process import OperatorProcess  # noqa: E402
 from scenario import OPERATOR_NAMESPACE, PASSWORD_MARK, Cluster, password  # noqa: E402
 
-from regcred.kube import connect  # noqa: E402
+from regcred.kube.config import connect  # noqa: E402
 
 SERVER = "stress.registry.example.com"
 JSON_PATCH = "application/json-patch+json"

@@ -64,9 +64,9 @@ def _recorder(path: str):  # type: ignore[no-untyped-def]
 def _trace_onboarding(path: str) -> None:
     from kopf._cogs.clients import watching
 
-    from regcred.controller import Controller
-    from regcred.kube import Kube
-    from regcred.reconciler import Reconciler
+    from regcred.kube.client import Kube
+    from regcred.sync.controller import Controller
+    from regcred.sync.reconciler import Reconciler
 
     record = _recorder(path)
     original_watch = watching.watch_objs
@@ -98,7 +98,7 @@ def _trace_onboarding(path: str) -> None:
 
         setattr(owner, name, traced)
 
-    from regcred import handlers
+    from regcred.sync import handlers
 
     original_handler = handlers.service_account_event
 
@@ -120,7 +120,7 @@ def _trace_onboarding(path: str) -> None:
 def _trace_admission(path: str) -> None:
     from kopf._core.engines import admission as engine
 
-    from regcred.admission import Decider
+    from regcred.admission.webhook import Decider
 
     record = _recorder(path)
     original_serve = engine.serve_admission_request

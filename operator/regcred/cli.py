@@ -10,8 +10,8 @@ import urllib.parse
 from collections.abc import Sequence
 
 from regcred import __version__
-from regcred.doctor import add_parser as add_doctor_parser
-from regcred.doctor import run_doctor
+from regcred.doctor.command import add_parser as add_doctor_parser
+from regcred.doctor.command import run_doctor
 from regcred.settings import AdmissionSettings, ProviderSettings, Settings, operator_namespace
 
 _OPTIONS = [
@@ -177,7 +177,7 @@ def run(settings: Settings) -> int:
     # imports `kubernetes`, whose default kubeconfig location is read at import time.
     if settings.kubeconfig:
         os.environ["KUBECONFIG"] = settings.kubeconfig
-    from regcred.kube import ConfigurationError, load_configuration
+    from regcred.kube.config import ConfigurationError, load_configuration
 
     try:
         api_configuration = load_configuration(settings.kubeconfig)
@@ -187,9 +187,9 @@ def run(settings: Settings) -> int:
 
     import kopf
 
-    from regcred.handlers import SharedMemo, register
     from regcred.logs import configure
     from regcred.metrics import Metrics
+    from regcred.sync.handlers import SharedMemo, register
 
     configure(settings.log_format, settings.log_level)
     metrics = Metrics()
@@ -198,9 +198,9 @@ def run(settings: Settings) -> int:
     registry = kopf.OperatorRegistry()
     register(registry, settings)
     if settings.admission:
-        from regcred import admission
+        from regcred.admission import webhook
 
-        admission.register(registry)
+        webhook.register(registry)
     if settings.provider:
         from regcred.provider import endpoint
 

@@ -19,7 +19,7 @@ def operator_namespace() -> str:
 
 @dataclass(frozen=True)
 class AdmissionSettings:
-    """The ServiceAccount webhook (`--admission`; regcred/admission.py)."""
+    """The ServiceAccount webhook (`--admission`; regcred/admission/webhook.py)."""
 
     listen_host: str = "0.0.0.0"
     listen_port: int = 9443

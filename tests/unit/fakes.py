@@ -11,11 +11,11 @@ from typing import Any
 from regcred.core.matching import NamespaceInfo
 from regcred.core.plan import Action, CreateCopy, ObservedCopy, ObservedServiceAccount
 from regcred.core.source import SourceSecret
-from regcred.kube import Applied
-from regcred.ledger import Ledger, StatusPublisher
 from regcred.metrics import Metrics
-from regcred.reconciler import Reconciler
 from regcred.settings import Settings
+from regcred.sync.executor import Applied
+from regcred.sync.ledger import Ledger, StatusPublisher
+from regcred.sync.reconciler import Reconciler
 
 PASSWORD = "s3cr3t-Pa55-XYZ"
 NAMESPACE = "team-a"
@@ -112,7 +112,7 @@ class Wired:
         self.ledger = Ledger()
         self.publisher = StatusPublisher(api, self.world, self.ledger, Metrics(), clock=lambda: NOW)
         self.requested: list[str] = []
-        self.reconciler = Reconciler(api, self.world, SETTINGS, Metrics(), self.ledger,
+        self.reconciler = Reconciler(api, api, self.world, SETTINGS, Metrics(), self.ledger,
                                      self.publisher, request_credential_sync=self.requested.append)
 
     def close(self) -> None:
@@ -121,9 +121,9 @@ class Wired:
 
 def _conforms() -> None:
     """Never called: `make typecheck` checks that the fakes are what the reconciler expects."""
-    from regcred.ledger import CredentialBodies, StatusWriter
-    from regcred.reconciler import Api as ReconcilerApi
-    from regcred.reconciler import World as ReconcilerWorld
+    from regcred.sync.ledger import CredentialBodies, StatusWriter
+    from regcred.sync.reconciler import Api as ReconcilerApi
+    from regcred.sync.reconciler import World as ReconcilerWorld
 
     world: ReconcilerWorld = World()
     credentials: CredentialBodies = World()

@@ -8,7 +8,8 @@ from datetime import timedelta
 import pytest
 from cryptography import x509
 
-from regcred.admission import (
+from regcred.admission.tls import RENEW_BEFORE, SERVING_LIFETIME, WebhookTLS, issue, renewal, utc_now
+from regcred.admission.webhook import (
     WEBHOOK_ID,
     client_config,
     configuration_differs,
@@ -17,7 +18,6 @@ from regcred.admission import (
 )
 from regcred.cli import build_parser, settings_from
 from regcred.settings import AdmissionSettings
-from regcred.tls import RENEW_BEFORE, SERVING_LIFETIME, WebhookTLS, issue, renewal, utc_now
 
 
 def sans(tls: WebhookTLS) -> list[str]:

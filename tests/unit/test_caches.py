@@ -1,4 +1,4 @@
-"""The watch caches (regcred/caches.py): what an event changes, and the compare-and-set that
+"""The watch caches (regcred/sync/caches.py): what an event changes, and the compare-and-set that
 takes in regcred's own writes without ever going back to an older version."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from core_builders import credential, live_copy, observed, sa_body
 
-from regcred.caches import Caches
 from regcred.core.plan import observe_service_account
+from regcred.sync.caches import Caches
 
 NAMESPACE = "team-a"
 HARBOR = credential("harbor")

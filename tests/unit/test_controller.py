@@ -1,5 +1,5 @@
-"""The controller's dispatch and retries, and the one cache check (regcred/controller.py,
-regcred/cachecheck.py), over fakes."""
+"""The controller's dispatch and retries, and the one cache check (regcred/sync/controller.py,
+regcred/sync/cachecheck.py), over fakes."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from collections.abc import Iterable
 import pytest
 from fakes import CREDENTIAL, NAMESPACE, Api, Wired
 
-from regcred.cachecheck import CacheChecker
-from regcred.controller import Controller
-from regcred.kube import ApiRefused, ApiUnavailable
-from regcred.workqueue import RETRY_DELAYS, CacheCheckKey, CredentialKey, Key, NamespaceKey, WorkQueue
+from regcred.kube.errors import ApiRefused, ApiUnavailable
+from regcred.sync.cachecheck import CacheChecker
+from regcred.sync.controller import Controller
+from regcred.sync.workqueue import RETRY_DELAYS, CacheCheckKey, CredentialKey, Key, NamespaceKey, WorkQueue
 
 
 class Clock:

@@ -15,10 +15,10 @@ from regcred.core.admission import (
     AdmissionCredential,
     add_pull_secrets,
     admission_credentials,
-    namespace_info,
     pull_secrets_at_creation,
     webhook_namespace_selector,
 )
+from regcred.core.matching import NamespaceInfo
 from regcred.core.plan import AddPullSecret, observe_service_account, plan_namespace
 from regcred.core.spec import PULL_SECRETS_ANNOTATION, parse_credential
 
@@ -107,7 +107,8 @@ def test_a_new_service_account_gets_what_the_plan_would_add(spec_a, spec_b):
 
 def test_a_terminating_namespace_gets_nothing():
     [candidate] = admission_credentials([synced(cr_body("a"))], parse)
-    info = namespace_info({"metadata": {"name": "team-a", "deletionTimestamp": "2024-01-01T00:00:00Z"}})
+    info = NamespaceInfo.from_body(
+        {"metadata": {"name": "team-a", "deletionTimestamp": "2024-01-01T00:00:00Z"}})
     assert pull_secrets_at_creation(info, [candidate], "default") == ()
 
 

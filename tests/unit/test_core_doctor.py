@@ -16,7 +16,7 @@ from regcred.core.doctor import (
     report_json,
     snapshot_from,
 )
-from regcred.doctor import UsageError, _pod_name, render_table
+from regcred.doctor.command import UsageError, _pod_name, render_table
 
 NS = "team-a"
 HARBOR = "harbor.example.com"

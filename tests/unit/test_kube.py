@@ -1,4 +1,5 @@
-"""`Kube`'s conflict and retry paths, against a fake of the official client's CoreV1Api.
+"""The executor's conflict and retry paths, and the client's errors, against a fake of the
+official client's CoreV1Api.
 
 A real API server will not produce these races on demand (a Secret replaced between our
 read and our write, a ServiceAccount that changes under every patch), so the client is faked
@@ -27,15 +28,9 @@ from regcred.core.plan import (
     desired_copy,
     observe_service_account,
 )
-from regcred.kube import (
-    COPY_ATTEMPTS,
-    SERVICE_ACCOUNT_ATTEMPTS,
-    ApiConflict,
-    ApiRefused,
-    ApiUnavailable,
-    Kube,
-    api_error,
-)
+from regcred.kube.client import Kube
+from regcred.kube.errors import ApiConflict, ApiRefused, ApiUnavailable, api_error
+from regcred.sync.executor import COPY_ATTEMPTS, SERVICE_ACCOUNT_ATTEMPTS, Executor
 
 NAMESPACE = "team-a"
 
@@ -146,6 +141,11 @@ def kube(core: FakeCore, errors: list[int]) -> Kube:
     return made
 
 
+@pytest.fixture
+def executor(kube: Kube) -> Executor:
+    return Executor(kube)
+
+
 HARBOR = credential("harbor")
 
 
@@ -161,65 +161,65 @@ def stored(core: FakeCore, body: dict[str, Any]) -> dict[str, Any]:
 # --- copies ---------------------------------------------------------------------------------
 
 
-def test_a_create_writes_once(kube, core):
-    applied = kube.apply(CreateCopy(NAMESPACE, "harbor", manifest()))
+def test_a_create_writes_once(executor, core):
+    applied = executor.apply(CreateCopy(NAMESPACE, "harbor", manifest()))
     assert (applied.wrote, core.calls) == (True, ["create"])
     assert applied.written.resource_version == core.secrets["harbor"]["metadata"]["resourceVersion"]
 
 
-def test_a_create_over_our_own_up_to_date_copy_writes_nothing(kube, core):
+def test_a_create_over_our_own_up_to_date_copy_writes_nothing(executor, core):
     stored(core, manifest())
-    applied = kube.apply(CreateCopy(NAMESPACE, "harbor", manifest()))
+    applied = executor.apply(CreateCopy(NAMESPACE, "harbor", manifest()))
     assert (applied.wrote, applied.not_ours, core.calls) == (False, None, ["create", "get"])
 
 
-def test_a_create_over_a_secret_not_ours_leaves_it_alone(kube, core):
+def test_a_create_over_a_secret_not_ours_leaves_it_alone(executor, core):
     foreign = stored(core, {"metadata": {"name": "harbor"}, "type": "Opaque", "data": {"x": "eA=="}})
     before = copy.deepcopy(foreign)
-    applied = kube.apply(CreateCopy(NAMESPACE, "harbor", manifest()))
+    applied = executor.apply(CreateCopy(NAMESPACE, "harbor", manifest()))
     assert applied.wrote is False
     assert applied.not_ours == "secret harbor exists and is not managed by regcred"
     assert core.secrets["harbor"] == before
     assert core.calls == ["create", "get"]
 
 
-def test_a_create_over_our_outdated_copy_adopts_it_with_a_replace(kube, core):
+def test_a_create_over_our_outdated_copy_adopts_it_with_a_replace(executor, core):
     stored(core, manifest(credential("harbor", password="old")))
-    applied = kube.apply(CreateCopy(NAMESPACE, "harbor", manifest()))
+    applied = executor.apply(CreateCopy(NAMESPACE, "harbor", manifest()))
     assert (applied.wrote, applied.rotated) == (True, False)
     assert core.calls == ["create", "get", "replace"]
     assert core.secrets["harbor"]["data"] == manifest()["data"]
 
 
-def test_a_copy_labelled_by_us_but_stripped_of_its_owner_is_still_ours(kube, core):
+def test_a_copy_labelled_by_us_but_stripped_of_its_owner_is_still_ours(executor, core):
     body = manifest(credential("harbor", password="old"))
     body["metadata"]["ownerReferences"] = []
     stored(core, body)
-    assert kube.apply(CreateCopy(NAMESPACE, "harbor", manifest())).wrote
+    assert executor.apply(CreateCopy(NAMESPACE, "harbor", manifest())).wrote
 
 
-def test_a_replace_from_a_stale_version_re_reads_and_keeps_the_rotation(kube, core):
+def test_a_replace_from_a_stale_version_re_reads_and_keeps_the_rotation(executor, core):
     current = stored(core, manifest(credential("harbor", password="old")))
     stale = str(int(current["metadata"]["resourceVersion"]) - 1)
-    applied = kube.apply(ReplaceCopy(NAMESPACE, "harbor", stale, True, manifest()))
+    applied = executor.apply(ReplaceCopy(NAMESPACE, "harbor", stale, True, manifest()))
     assert (applied.wrote, applied.rotated) == (True, True)
     assert core.calls == ["replace", "get", "replace"]
 
 
-def test_a_replace_of_a_copy_deleted_meanwhile_creates_it(kube, core):
-    applied = kube.apply(ReplaceCopy(NAMESPACE, "harbor", "7", True, manifest()))
+def test_a_replace_of_a_copy_deleted_meanwhile_creates_it(executor, core):
+    applied = executor.apply(ReplaceCopy(NAMESPACE, "harbor", "7", True, manifest()))
     assert applied.wrote
     assert core.calls == ["replace", "get", "create"]
 
 
-def test_a_replace_of_a_copy_somebody_else_took_over_leaves_it_alone(kube, core):
+def test_a_replace_of_a_copy_somebody_else_took_over_leaves_it_alone(executor, core):
     stored(core, {"metadata": {"name": "harbor", "labels": {"app": "theirs"}}, "type": "Opaque"})
-    applied = kube.apply(ReplaceCopy(NAMESPACE, "harbor", "1", False, manifest()))
+    applied = executor.apply(ReplaceCopy(NAMESPACE, "harbor", "1", False, manifest()))
     assert applied.not_ours is not None
     assert core.calls == ["replace", "get"]
 
 
-def test_a_copy_changing_under_every_write_gives_up_after_the_stated_bound(kube, core):
+def test_a_copy_changing_under_every_write_gives_up_after_the_stated_bound(executor, core):
     stored(core, manifest(credential("harbor", password="old")))
 
     def rewrite(verb: str, name: str) -> None:  # somebody replaces it before each of our writes
@@ -228,21 +228,21 @@ def test_a_copy_changing_under_every_write_gives_up_after_the_stated_bound(kube,
 
     core.meddle = rewrite
     with pytest.raises(ApiConflict) as raised:
-        kube.apply(CreateCopy(NAMESPACE, "harbor", manifest()))
+        executor.apply(CreateCopy(NAMESPACE, "harbor", manifest()))
     assert raised.value.transient
     writes = [call for call in core.calls if call in ("create", "replace")]
     assert len(writes) == COPY_ATTEMPTS
 
 
-def test_a_delete_of_a_copy_changed_meanwhile_is_refused_and_writes_nothing(kube, core):
+def test_a_delete_of_a_copy_changed_meanwhile_is_refused_and_writes_nothing(executor, core):
     current = stored(core, manifest())
-    applied = kube.apply(DeleteCopy(NAMESPACE, "harbor", "harbor", current["metadata"]["uid"], "1"))
+    applied = executor.apply(DeleteCopy(NAMESPACE, "harbor", "harbor", current["metadata"]["uid"], "1"))
     assert applied.wrote is False
     assert "harbor" in core.secrets
 
 
-def test_a_delete_of_a_copy_gone_already_writes_nothing(kube, core):
-    assert kube.apply(DeleteCopy(NAMESPACE, "harbor", "harbor", "uid", "1")).wrote is False
+def test_a_delete_of_a_copy_gone_already_writes_nothing(executor, core):
+    assert executor.apply(DeleteCopy(NAMESPACE, "harbor", "harbor", "uid", "1")).wrote is False
 
 
 # --- ServiceAccounts --------------------------------------------------------------------------
@@ -253,31 +253,31 @@ def account(core: FakeCore, **kwargs: Any) -> dict[str, Any]:
     return core.accounts["default"]
 
 
-def test_an_entry_added_from_a_stale_cache_is_re_read_and_added_once(kube, core):
+def test_an_entry_added_from_a_stale_cache_is_re_read_and_added_once(executor, core):
     cached = observe_service_account(account(core, pull_secrets=["theirs"]))
     core.bump(core.accounts["default"])  # somebody wrote since our cache saw it
-    applied = kube.apply(AddPullSecret(NAMESPACE, "default", "harbor", "harbor", cached))
+    applied = executor.apply(AddPullSecret(NAMESPACE, "default", "harbor", "harbor", cached))
     assert applied.wrote
     assert core.calls == ["patch-sa", "get-sa", "patch-sa"]
     assert [ref["name"] for ref in core.accounts["default"]["imagePullSecrets"]] == ["theirs", "harbor"]
 
 
-def test_a_service_account_busy_under_every_patch_gives_up_after_the_stated_bound(kube, core):
+def test_a_service_account_busy_under_every_patch_gives_up_after_the_stated_bound(executor, core):
     account(core)
     core.meddle = lambda verb, name: core.bump(core.accounts[name])
     with pytest.raises(ApiConflict):
-        kube.apply(AddPullSecret(NAMESPACE, "default", "harbor", "harbor"))
+        executor.apply(AddPullSecret(NAMESPACE, "default", "harbor", "harbor"))
     assert core.calls.count("patch-sa") == SERVICE_ACCOUNT_ATTEMPTS
 
 
-def test_an_entry_on_a_service_account_gone_meanwhile_writes_nothing(kube, core):
-    assert kube.apply(AddPullSecret(NAMESPACE, "default", "harbor", "harbor")).wrote is False
-    assert kube.apply(RemovePullSecret(NAMESPACE, "default", "harbor")).wrote is False
+def test_an_entry_on_a_service_account_gone_meanwhile_writes_nothing(executor, core):
+    assert executor.apply(AddPullSecret(NAMESPACE, "default", "harbor", "harbor")).wrote is False
+    assert executor.apply(RemovePullSecret(NAMESPACE, "default", "harbor")).wrote is False
 
 
-def test_an_entry_already_there_needs_no_patch(kube, core):
+def test_an_entry_already_there_needs_no_patch(executor, core):
     cached = observe_service_account(account(core, pull_secrets=["harbor"], ours=["harbor"]))
-    assert kube.apply(AddPullSecret(NAMESPACE, "default", "harbor", "harbor", cached)).wrote is False
+    assert executor.apply(AddPullSecret(NAMESPACE, "default", "harbor", "harbor", cached)).wrote is False
     assert core.calls == []
 
 
@@ -295,10 +295,10 @@ def test_a_failed_call_is_typed_by_what_it_means(status, kind, transient):
     assert error.transient is transient
 
 
-def test_a_refused_call_is_counted_and_its_message_holds_no_response_body(kube, core, errors):
+def test_a_refused_call_is_counted_and_its_message_holds_no_response_body(executor, core, errors):
     core.create_namespaced_secret = lambda *a, **k: (_ for _ in ()).throw(refusal(403, "Forbidden"))
     with pytest.raises(ApiRefused) as raised:
-        kube.apply(CreateCopy(NAMESPACE, "harbor", manifest()))
+        executor.apply(CreateCopy(NAMESPACE, "harbor", manifest()))
     assert str(raised.value) == "create secret team-a/harbor: 403 Forbidden"
     assert PASSWORD not in str(raised.value)
     assert errors == [403]

@@ -1,4 +1,4 @@
-"""The ledger and the status publisher (regcred/ledger.py)."""
+"""The ledger and the status publisher (regcred/sync/ledger.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from fakes import CREDENTIAL, NOW, Api, World, credential_body
 
 from regcred.core.errors import InvalidInput, SourceUnreadable
 from regcred.core.status import Failure
-from regcred.ledger import Ledger, StatusPublisher
 from regcred.metrics import Metrics
+from regcred.sync.ledger import Ledger, StatusPublisher
 
 CONFLICT = Failure("b", "Conflict", "secret harbor exists and is not managed by regcred")
 
@@ -109,7 +109,7 @@ def test_extra_conditions_are_published_after_ready(published):
 
 
 def test_a_failed_status_write_is_tried_again_at_the_next_publish(published):
-    from regcred.kube import ApiUnavailable
+    from regcred.kube.errors import ApiUnavailable
 
     publisher, _, api, _ = published
     calls = []

@@ -17,16 +17,16 @@ from pathlib import Path
 import pytest
 from core_builders import PASSWORD, credential, ns
 
+from regcred.admission.tls import issue, utc_now
 from regcred.cli import build_parser, settings_from
 from regcred.core.matching import NamespaceInfo
 from regcred.core.plan import Credential
 from regcred.core.provider import resolve
-from regcred.kube import ApiUnavailable
+from regcred.kube.errors import ApiUnavailable
 from regcred.metrics import Metrics
 from regcred.provider import plugin
 from regcred.provider.endpoint import PATH, Endpoint, ProviderServer, PullTally
 from regcred.settings import ProviderSettings
-from regcred.tls import issue, utc_now
 
 AUDIENCE = "regcred.dev/credential-provider"
 IMAGE = "harbor.example.com/team/app:1"

@@ -21,7 +21,8 @@ from regcred.core.plan import (
     ObservedServiceAccount,
     RemovePullSecret,
 )
-from regcred.kube import ApiConflict, ApiRefused, ApiUnavailable, Applied, KubeError
+from regcred.kube.errors import ApiConflict, ApiRefused, ApiUnavailable, KubeError
+from regcred.sync.executor import Applied
 
 NOT_OURS = Applied(wrote=False, not_ours="secret harbor exists and is not managed by regcred")
 

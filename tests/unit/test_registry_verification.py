@@ -19,10 +19,10 @@ from registry_server import Certificates, fake_registry
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from helpers import wait_for
 
+from regcred.core.conditions import CREDENTIALS_VERIFIED as CONDITION
 from regcred.core.errors import InvalidInput
 from regcred.core.source import render
 from regcred.core.verification import (
-    CONDITION,
     Challenge,
     Refused,
     Result,
@@ -36,9 +36,9 @@ from regcred.core.verification import (
     targets,
     token_url,
 )
-from regcred.ledger import Ledger, StatusPublisher
 from regcred.metrics import Metrics
-from regcred.verification import Verification, check
+from regcred.sync.ledger import Ledger, StatusPublisher
+from regcred.verification.verifier import Verification, check
 
 WRONG = "wrong-" + PASSWORD
 
@@ -293,7 +293,7 @@ def test_resyncs_do_not_recheck_but_a_rotation_does(harness) -> None:
 
 def test_periodic_checks_follow_the_interval(harness, monkeypatch) -> None:
     harness.checked()
-    monkeypatch.setattr("regcred.verification.next_check_delay", lambda settings: 0.0)
+    monkeypatch.setattr("regcred.verification.verifier.next_check_delay", lambda settings: 0.0)
     harness.verify(intervalSeconds=11)
     harness.checked()  # a settings change checks at once
     harness.republished.clear()
@@ -320,7 +320,7 @@ def test_disabling_removes_the_condition_status_and_metric(harness) -> None:
 
 
 def test_a_deleted_credential_is_no_longer_checked(harness, monkeypatch) -> None:
-    monkeypatch.setattr("regcred.verification.next_check_delay", lambda settings: 0.0)
+    monkeypatch.setattr("regcred.verification.verifier.next_check_delay", lambda settings: 0.0)
     harness.checked()  # from now on it checks again at once, over and over
     del harness.world.bodies["harbor-prod"]
     wait_for(lambda: "regcred_registry_verification{" not in harness.metric(), timeout=10,
@@ -330,7 +330,7 @@ def test_a_deleted_credential_is_no_longer_checked(harness, monkeypatch) -> None
 
 def test_a_replica_whose_resyncs_stopped_stops_checking(monkeypatch) -> None:
     """Its own republishes do not count as activity: only publishes from syncs do."""
-    monkeypatch.setattr("regcred.verification.next_check_delay", lambda settings: 0.0)
+    monkeypatch.setattr("regcred.verification.verifier.next_check_delay", lambda settings: 0.0)
     harness = Harness(stale_after=1.0)
     try:
         harness.checked()  # checks again at once, over and over, republishing each time

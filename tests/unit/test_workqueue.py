@@ -1,4 +1,4 @@
-"""The work queue's contract (regcred/workqueue.py), on a clock the tests move by hand."""
+"""The work queue's contract (regcred/sync/workqueue.py), on a clock the tests move by hand."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from regcred.workqueue import (
+from regcred.sync.workqueue import (
     RETRY_DELAYS,
     CacheCheckKey,
     CredentialKey,

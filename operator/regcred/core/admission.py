@@ -13,14 +13,12 @@ from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from regcred.core.conditions import read_status
 from regcred.core.errors import InvalidInput
 from regcred.core.matching import SYSTEM_NAMESPACES, NamespaceInfo, namespace_matches, service_account_matches
 from regcred.core.plan import Credential
 from regcred.core.spec import IGNORE_LABEL, PULL_SECRETS_ANNOTATION, CredentialSpec
 
-# Ready=False for these reasons means some namespaces failed, not the CR: its content was
-# rendered and the other namespaces have their copies (core/status.py).
-NAMESPACE_FAILURE_REASONS = frozenset({"Conflict", "ApiError", "SyncFailed"})
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"  # set by the API server on every namespace
 
 
@@ -37,13 +35,6 @@ class AdmissionCredential:
         return self.credential.spec
 
 
-def namespace_info(body: Mapping[str, Any]) -> NamespaceInfo:
-    """A Namespace body as the matching rule sees it."""
-    meta = body.get("metadata") or {}
-    return NamespaceInfo(meta.get("name", ""), dict(meta.get("labels") or {}),
-                         bool(meta.get("deletionTimestamp")))
-
-
 def admission_credentials(
     bodies: Iterable[Mapping[str, Any]], parse: Callable[[Mapping[str, Any]], CredentialSpec],
 ) -> list[AdmissionCredential]:
@@ -53,24 +44,18 @@ def admission_credentials(
     invalid or not rendered adds nothing; the watch path takes over once it is synced."""
     usable = []
     for body in bodies:
-        meta, status = body.get("metadata") or {}, body.get("status") or {}
-        if meta.get("deletionTimestamp"):
+        if (body.get("metadata") or {}).get("deletionTimestamp"):
             continue
         try:
             spec = parse(body)
         except InvalidInput:
             continue
-        ready: Mapping[str, Any] = next(
-            (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
-        rendered = ready.get("status") == "True" or ready.get("reason") in NAMESPACE_FAILURE_REASONS
-        current = status.get("observedGeneration") == spec.generation == ready.get("observedGeneration")
-        if spec.suspend or not spec.copies or not rendered or not current:
+        status = read_status(body)
+        current = status.observed_generation == spec.generation == status.ready.observed_generation
+        if spec.suspend or not spec.copies or not status.rendered or not current:
             continue
-        conflicted = frozenset(
-            failure.get("namespace", "") for failure in status.get("failedNamespaces") or []
-            if failure.get("reason") == "Conflict"
-        )
-        usable.append(AdmissionCredential(Credential(spec.name, spec.uid, spec), conflicted))
+        usable.append(AdmissionCredential(Credential(spec.name, spec.uid, spec),
+                                          status.conflicted_namespaces))
     return usable
 
 

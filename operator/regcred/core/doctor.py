@@ -19,10 +19,23 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
+from regcred.core.conditions import (
+    NAMESPACE_FAILURE_REASONS,
+    PASSING,
+    UNAUTHORIZED,
+    RegistryResult,
+    read_status,
+)
 from regcred.core.errors import InvalidInput
 from regcred.core.images import IF_NOT_PRESENT, ImageRef, default_pull_policy, parse_image
 from regcred.core.keyring import AuthsEntry, lookup, normalized_key
-from regcred.core.matching import SYSTEM_NAMESPACES, NamespaceInfo, namespace_matches, selector_matches
+from regcred.core.matching import (
+    SYSTEM_NAMESPACES,
+    NamespaceInfo,
+    namespace_matches,
+    selector_matches,
+    service_account_matches,
+)
 from regcred.core.source import DOCKERCONFIGJSON_KEY, DOCKERCONFIGJSON_TYPE, registry_key
 from regcred.core.spec import (
     CREDENTIAL_LABEL,
@@ -35,7 +48,6 @@ DOCKERCFG_TYPE = "kubernetes.io/dockercfg"
 DOCKERCFG_KEY = ".dockercfg"
 ERROR, WARNING = "error", "warning"
 MAX_EVIDENCE_TEXT = 300
-VERIFIED_CONDITION = "CredentialsVerified"
 
 # Finding codes: (severity, one line on what it means). docs/doctor.md explains each.
 CODES: dict[str, tuple[str, str]] = {
@@ -157,13 +169,6 @@ class PullEvent:
 
 
 @dataclass(frozen=True)
-class RegistryVerification:
-    server: str
-    result: str
-    message: str = ""
-
-
-@dataclass(frozen=True)
 class CredentialInfo:
     """A RegistryCredential with what the doctor reads from its status."""
 
@@ -175,7 +180,7 @@ class CredentialInfo:
     ready_reason: str = ""
     ready_message: str = ""
     failed_namespaces: Mapping[str, tuple[str, str]] = field(default_factory=dict)
-    verification: tuple[RegistryVerification, ...] = ()
+    verification: tuple[RegistryResult, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -278,7 +283,7 @@ def observe_event(body: Mapping[str, Any]) -> PullEvent | None:
 def observe_credential(body: Mapping[str, Any]) -> CredentialInfo:
     """A RegistryCredential; its source namespace is taken as allowed (the doctor does not know
     the operator's allow-list: the operator's own Ready condition reports refusals)."""
-    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    meta = body.get("metadata") or {}
     ref = (body.get("spec") or {}).get("sourceSecretRef") or {}
     source_namespace = str(ref.get("namespace") or "regcred-system") if isinstance(ref, dict) \
         else "regcred-system"
@@ -287,24 +292,14 @@ def observe_credential(body: Mapping[str, Any]) -> CredentialInfo:
                                          allowed_source_namespaces=frozenset({source_namespace})), ""
     except InvalidInput as error:
         spec, problem = None, error.message
-    conditions = {c.get("type"): c for c in status.get("conditions") or []}
-    ready = conditions.get("Ready") or {}
-    failed = {f.get("namespace", ""): (f.get("reason", ""), f.get("message", ""))
-              for f in status.get("failedNamespaces") or []}
-    verification = tuple(
-        RegistryVerification(v.get("server", ""), v.get("result", ""), v.get("message", ""))
-        for v in status.get("registries") or [])
+    status = read_status(body)
     return CredentialInfo(
         name=meta.get("name", ""), uid=meta.get("uid", ""), spec=spec, problem=problem,
-        ready=ready.get("status", ""), ready_reason=ready.get("reason", ""),
-        ready_message=ready.get("message", ""), failed_namespaces=failed, verification=verification,
+        ready=status.ready.status, ready_reason=status.ready.reason,
+        ready_message=status.ready.message,
+        failed_namespaces={f.namespace: (f.reason, f.message) for f in status.failed_namespaces},
+        verification=status.registries,
     )
-
-
-def observe_namespace(body: Mapping[str, Any]) -> NamespaceInfo:
-    meta = body.get("metadata") or {}
-    return NamespaceInfo(name=meta.get("name", ""), labels=dict(meta.get("labels") or {}),
-                         terminating=bool(meta.get("deletionTimestamp")))
 
 
 def snapshot_from(*, pods: Iterable[Mapping[str, Any]], service_accounts: Iterable[Mapping[str, Any]],
@@ -319,7 +314,7 @@ def snapshot_from(*, pods: Iterable[Mapping[str, Any]], service_accounts: Iterab
         secrets={(s.namespace, s.name): s for s in map(observe_secret, secrets)},
         events=[e for e in map(observe_event, events) if e],
         credentials=[observe_credential(body) for body in credentials],
-        namespaces={n.name: n for n in map(observe_namespace, namespaces)},
+        namespaces={n.name: n for n in map(NamespaceInfo.from_body, namespaces)},
     )
 
 
@@ -566,7 +561,7 @@ def _explain_credential(snapshot: Snapshot, pod: PodInfo, ref: ImageRef, credent
                     [_why_namespace_unmatched(spec, namespace)],
                     fix=_namespace_fix(spec, namespace))
         return
-    if not any(fnmatchcase(pod.service_account, p) for p in spec.service_accounts):
+    if not service_account_matches(spec, pod.service_account):
         context.add("ServiceAccountNotMatched",
                     f"RegistryCredential {name} does not add its copy to ServiceAccount "
                     f"{pod.service_account}",
@@ -590,8 +585,7 @@ def _explain_credential(snapshot: Snapshot, pod: PodInfo, ref: ImageRef, credent
         return
     if copy is None:
         failed = credential.failed_namespaces.get(pod.namespace)
-        if credential.ready == "False" and credential.ready_reason not in ("SyncFailed", "Conflict",
-                                                                          "ApiError"):
+        if credential.ready == "False" and credential.ready_reason not in NAMESPACE_FAILURE_REASONS:
             context.add("CredentialNotReady",
                         f"RegistryCredential {name} is not Ready ({credential.ready_reason}), so "
                         f"there is no copy in {pod.namespace}",
@@ -670,9 +664,9 @@ def _check_verification(snapshot: Snapshot, credential_name: str, ref: ImageRef,
         return
     server = _covering_server(credential, ref)
     result = next((v for v in credential.verification if v.server == server), None)
-    if result is None or result.result in ("Verified", "Anonymous"):
+    if result is None or result.result in PASSING:
         return
-    if result.result == "Unauthorized":
+    if result.result == UNAUTHORIZED:
         context.add("CredentialRejected",
                     f"{server} rejects the credential of RegistryCredential {credential_name}",
                     [f"status.registries[{server}]: {result.result}: {result.message}"],

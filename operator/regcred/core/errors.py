@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from regcred.core.conditions import SOURCE_UNREADABLE
+
 
 class InvalidInput(ValueError):
     """A CR or a source Secret regcred refuses; `reason` becomes the condition reason.
@@ -24,7 +26,7 @@ class SourceUnreadable:
     as not Ready, its copies stay as they are, and the read is retried with a backoff."""
 
     message: str
-    reason: str = "SourceUnreadable"
+    reason: str = SOURCE_UNREADABLE
 
 
 # What keeps a credential from rendering, as its Ready condition reports it.

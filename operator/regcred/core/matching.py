@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from typing import Any
 
 from regcred.core.spec import IGNORE_LABEL, CredentialSpec, LabelSelector
 
@@ -16,6 +17,13 @@ class NamespaceInfo:
     name: str
     labels: Mapping[str, str] = field(default_factory=dict)
     terminating: bool = False
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> NamespaceInfo:
+        """A Namespace body (from a watch, a listing or an admission review) as the matching
+        rule sees it."""
+        meta = body.get("metadata") or {}
+        return cls(meta.get("name", ""), dict(meta.get("labels") or {}), bool(meta.get("deletionTimestamp")))
 
 
 def namespace_matches(spec: CredentialSpec, namespace: NamespaceInfo) -> bool:

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from regcred.core.conditions import READY, SUSPENDED, SYNC_FAILED, SYNCED
 from regcred.core.errors import Problem
 
 MAX_FAILED_NAMESPACES = 20
@@ -48,20 +49,20 @@ def build_status(
     if problem is not None:
         ready, reason, message = "False", problem.reason, problem.message
     elif suspended:
-        ready, reason = "False", "Suspended"
+        ready, reason = "False", SUSPENDED
         message = "spec.suspend is true: existing copies are kept, nothing is written"
     elif failures:
         reasons = {failure.reason for failure in failures}
-        reason = reasons.pop() if len(reasons) == 1 else "SyncFailed"
+        reason = reasons.pop() if len(reasons) == 1 else SYNC_FAILED
         ready = "False"
         message = (
             f"{synced}/{matched} namespaces synced; {len(failures)} failed "
             "(see status.failedNamespaces)"
         )
     else:
-        ready, reason, message = "True", "Synced", f"{synced}/{matched} namespaces"
+        ready, reason, message = "True", SYNCED, f"{synced}/{matched} namespaces"
 
-    ready_condition = {"type": "Ready", "status": ready, "reason": reason, "message": message}
+    ready_condition = {"type": READY, "status": ready, "reason": reason, "message": message}
     conditions = [
         _condition(wanted, generation, previous, now)
         for wanted in (ready_condition, *extra_conditions)

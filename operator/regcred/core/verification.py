@@ -20,22 +20,28 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from regcred.core.conditions import (
+    ANONYMOUS,
+    CREDENTIALS_VERIFIED,
+    NOT_CHECKED,
+    PASSING,
+    PENDING,
+    TLS_ERROR,
+    UNAUTHORIZED,
+    UNEXPECTED,
+    UNREACHABLE,
+    VERIFIED,
+)
 from regcred.core.errors import InvalidInput
 from regcred.core.source import DOCKER_HUB_KEY, RenderedConfig, registry_key
 
-CONDITION = "CredentialsVerified"
 DEFAULT_INTERVAL_SECONDS = 3600
 MIN_INTERVAL_SECONDS = 10
 DEFAULT_TIMEOUT_SECONDS = 5
 JITTER = 0.1  # each periodic check lands within +-10% of the interval
 
-VERIFIED, ANONYMOUS = "Verified", "Anonymous"
-UNAUTHORIZED, UNREACHABLE, TLS_ERROR, UNEXPECTED = "Unauthorized", "Unreachable", "TLSError", \
-    "UnexpectedResponse"
-NOT_CHECKED = "NotChecked"
 # The condition's reason is the worst result among the registries, in this order.
 _SEVERITY = (UNAUTHORIZED, TLS_ERROR, UNREACHABLE, UNEXPECTED, NOT_CHECKED, ANONYMOUS, VERIFIED)
-_PASSING = frozenset({VERIFIED, ANONYMOUS})
 
 
 @dataclass(frozen=True)
@@ -209,7 +215,7 @@ class Result:
 
     @property
     def passing(self) -> bool:
-        return self.result in _PASSING
+        return self.result in PASSING
 
 
 def registries_status(results: Sequence[Result], source_resource_version: str) -> list[dict[str, str]]:
@@ -223,11 +229,12 @@ def condition(results: Sequence[Result]) -> dict[str, str]:
     the generation and transition time): True when every registry accepts the credential,
     False with the worst result as reason, Unknown while the first check is pending."""
     if not results:
-        return {"type": CONDITION, "status": "Unknown", "reason": "Pending", "message": "not checked yet"}
+        return {"type": CREDENTIALS_VERIFIED, "status": "Unknown", "reason": PENDING,
+                "message": "not checked yet"}
     failing = [r for r in results if not r.passing]
     if not failing:
-        return {"type": CONDITION, "status": "True", "reason": VERIFIED,
+        return {"type": CREDENTIALS_VERIFIED, "status": "True", "reason": VERIFIED,
                 "message": f"{len(results)}/{len(results)} registries accept the credential"}
     worst = min(failing, key=lambda r: _SEVERITY.index(r.result))
     message = "; ".join(f"{r.server}: {r.result}: {r.message}" for r in failing)
-    return {"type": CONDITION, "status": "False", "reason": worst.result, "message": message[:512]}
+    return {"type": CREDENTIALS_VERIFIED, "status": "False", "reason": worst.result, "message": message[:512]}

@@ -36,7 +36,8 @@ from typing import Any, Protocol
 import kopf
 import structlog
 
-from regcred.admission import ensure_certificate
+from regcred.admission.tls import WebhookTLS
+from regcred.admission.webhook import ensure_certificate
 from regcred.core.matching import NamespaceInfo
 from regcred.core.plan import Credential
 from regcred.core.provider import (
@@ -48,10 +49,11 @@ from regcred.core.provider import (
     resolve,
     token_claims,
 )
-from regcred.kube import Kube, KubeError, api_client
+from regcred.kube.client import Kube
+from regcred.kube.config import api_client
+from regcred.kube.errors import KubeError
 from regcred.metrics import Metrics
 from regcred.settings import ProviderSettings, Settings
-from regcred.tls import WebhookTLS
 
 log = structlog.get_logger("regcred.provider")
 

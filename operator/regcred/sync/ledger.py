@@ -8,7 +8,7 @@ it last rendered. Namespace syncs record into it; the status is computed from it
 `core.status.build_status`, writes it only when it differs from what the CR shows, and posts
 an Event on news (a new reason for not being Ready, a rotation). Conditions other than Ready
 (a credential check's, say) come in through `set_condition`, and are published with Ready;
-a `StatusExtension` (regcred/verification.py) adds conditions and fields computed at each
+a `StatusExtension` (regcred/verification/verifier.py) adds conditions and fields computed at each
 publish.
 """
 
@@ -22,9 +22,10 @@ from typing import Any, Protocol
 
 import structlog
 
+from regcred.core.conditions import ROTATED, read_status
 from regcred.core.errors import Problem
 from regcred.core.status import Failure, build_status, status_differs
-from regcred.kube import KubeError
+from regcred.kube.errors import KubeError
 from regcred.metrics import Metrics
 
 log = structlog.get_logger("regcred.ledger")
@@ -201,16 +202,13 @@ class StatusPublisher:
 
     def _post_news(self, name: str, uid: str, status: Mapping[str, Any],
                    previous: Mapping[str, Any], rotated: int) -> None:
-        ready = status["conditions"][0]
-        old: Mapping[str, Any] = next(iter(previous.get("conditions") or []), {})
-        if ready["status"] == "False" and (ready["reason"], ready["message"]) != (
-            old.get("reason"), old.get("message")
-        ):
-            self._kube.post_event(name, uid, "Warning", ready["reason"], ready["message"])
-            log.warning("not ready", credential=name, reason=ready["reason"],
-                        message=ready["message"])
+        ready = read_status({"status": status}).ready
+        old = read_status({"status": previous}).ready
+        if ready.status == "False" and (ready.reason, ready.message) != (old.reason, old.message):
+            self._kube.post_event(name, uid, "Warning", ready.reason, ready.message)
+            log.warning("not ready", credential=name, reason=ready.reason, message=ready.message)
         if rotated:
             message = f"rotated {rotated} copies to source resourceVersion " \
                       f"{status['sourceResourceVersion']}"
-            self._kube.post_event(name, uid, "Normal", "Rotated", message)
+            self._kube.post_event(name, uid, "Normal", ROTATED, message)
             log.info("rotated", credential=name, copies=rotated)

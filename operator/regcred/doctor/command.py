@@ -30,7 +30,7 @@ from regcred.core.doctor import (
 )
 
 if TYPE_CHECKING:  # `regcred run` imports this module (for its parser) before it may import
-    from regcred.kube import Kube  # `kubernetes`, which reads $KUBECONFIG at import time
+    from regcred.kube.client import Kube  # `kubernetes`, which reads $KUBECONFIG at import time
 
 EXIT_HEALTHY, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
@@ -63,7 +63,9 @@ def add_parser(commands: Any) -> None:
 
 def run_doctor(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     quiet_logging(err)
-    from regcred.kube import ConfigurationError, Kube, KubeError, connect_like_kubectl
+    from regcred.kube.client import Kube
+    from regcred.kube.config import ConfigurationError, connect_like_kubectl
+    from regcred.kube.errors import KubeError
 
     try:
         pod_name = _pod_name(args.target)
@@ -134,7 +136,7 @@ def read_snapshot(kube: Kube, namespace: str | None, pod: str | None = None,
 def _credentials(kube: Kube) -> Iterator[Mapping[str, Any]]:
     """RegistryCredentials; none when the CRD is not installed (or not readable: the doctor
     still diagnoses hand-made pull secrets)."""
-    from regcred.kube import KubeError
+    from regcred.kube.errors import KubeError
 
     try:
         yield from kube.list_credentials()
@@ -145,7 +147,7 @@ def _credentials(kube: Kube) -> Iterator[Mapping[str, Any]]:
 
 def _namespaces(kube: Kube, namespace: str | None) -> Iterable[Mapping[str, Any]]:
     """Namespaces with their labels; a user who may not list them gets the name alone."""
-    from regcred.kube import KubeError
+    from regcred.kube.errors import KubeError
 
     try:
         listed = list(kube.list_namespaces())

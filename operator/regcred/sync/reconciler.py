@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from regcred.core.conditions import API_ERROR, CONFLICT
 from regcred.core.errors import InvalidInput, Problem, SourceUnreadable
 from regcred.core.matching import NamespaceInfo
 from regcred.core.plan import (
@@ -38,10 +39,11 @@ from regcred.core.plan import (
 from regcred.core.source import RenderedConfig, SourceSecret, render
 from regcred.core.spec import CredentialSpec, parse_credential
 from regcred.core.status import Failure
-from regcred.kube import Applied, KubeError
-from regcred.ledger import Ledger, StatusPublisher
+from regcred.kube.errors import KubeError
 from regcred.metrics import Metrics
 from regcred.settings import Settings
+from regcred.sync.executor import Applied
+from regcred.sync.ledger import Ledger, StatusPublisher
 
 log = structlog.get_logger("regcred.reconciler")
 
@@ -64,11 +66,16 @@ class World(Protocol):
 
 
 class Api(Protocol):
-    """The calls reconciling makes (`Kube` is the real one)."""
+    """The reads reconciling makes (`Kube` is the real one)."""
 
     def read_source(self, namespace: str, name: str) -> SourceSecret | None: ...
-    def apply(self, action: Action) -> Applied: ...
     def list_credentials(self, *, from_watch_cache: bool = False) -> Iterable[Mapping[str, Any]]: ...
+
+
+class Apply(Protocol):
+    """Carrying out a planned action (`Executor` is the real one)."""
+
+    def apply(self, action: Action) -> Applied: ...
 
 
 @dataclass
@@ -85,10 +92,11 @@ class CredentialOutcome:
 
 
 class Reconciler:
-    def __init__(self, kube: Api, world: World, settings: Settings, metrics: Metrics,
+    def __init__(self, kube: Api, executor: Apply, world: World, settings: Settings, metrics: Metrics,
                  ledger: Ledger, publisher: StatusPublisher,
                  request_credential_sync: Callable[[str], None]) -> None:
         self._kube = kube
+        self._executor = executor
         self._world = world
         self._settings = settings
         self._metrics = metrics
@@ -178,22 +186,22 @@ class Reconciler:
                 plan = plan.only_adding()
                 outcome.transient = True  # again shortly, once kopf has listed the CRs
             failures = {
-                name: Failure(namespace, "Conflict", message)
+                name: Failure(namespace, CONFLICT, message)
                 for name, message in plan.conflicts.items()
             }
             failed_secrets: set[str] = set()
             for secret_action in plan.secret_actions:
                 try:
-                    applied = self._kube.apply(secret_action)
+                    applied = self._executor.apply(secret_action)
                 except KubeError as error:
-                    failures[secret_action.credential] = Failure(namespace, "ApiError", str(error))
+                    failures[secret_action.credential] = Failure(namespace, API_ERROR, str(error))
                     failed_secrets.add(secret_action.secret_name)
                     outcome.transient |= error.transient
                     continue
                 if applied.not_ours is not None:
                     with self._lock:
                         self._foreign[namespace].add(secret_action.secret_name)
-                    failures[secret_action.credential] = Failure(namespace, "Conflict", applied.not_ours)
+                    failures[secret_action.credential] = Failure(namespace, CONFLICT, applied.not_ours)
                     failed_secrets.add(secret_action.secret_name)
                     continue
                 self._took_effect(outcome, secret_action, applied)
@@ -205,11 +213,11 @@ class Reconciler:
                 if isinstance(account_action, AddPullSecret) and account_action.secret_name in failed_secrets:
                     continue
                 try:
-                    applied = self._kube.apply(account_action)
+                    applied = self._executor.apply(account_action)
                 except KubeError as error:
                     outcome.transient |= error.transient
                     if isinstance(account_action, AddPullSecret):
-                        failures[account_action.credential] = Failure(namespace, "ApiError", str(error))
+                        failures[account_action.credential] = Failure(namespace, API_ERROR, str(error))
                     log.warning("serviceaccount edit failed", namespace=namespace,
                                 service_account=account_action.service_account, error=str(error))
                     continue

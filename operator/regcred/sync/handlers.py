@@ -17,13 +17,15 @@ from typing import Any
 
 import kopf
 
-from regcred.caches import Caches
-from regcred.controller import Controller, build
 from regcred.core.spec import GROUP, MANAGED_BY_LABEL, MANAGED_BY_VALUE, PLURAL, VERSION
-from regcred.kube import Kube, KubeError, api_client
+from regcred.kube.client import Kube
+from regcred.kube.config import api_client
+from regcred.kube.errors import KubeError
 from regcred.metrics import Metrics
-from regcred.reconciler import CleanupIncomplete
 from regcred.settings import Settings
+from regcred.sync.caches import Caches
+from regcred.sync.controller import Controller, build
+from regcred.sync.reconciler import CleanupIncomplete
 
 CRD = (GROUP, VERSION, PLURAL)
 MANAGED = {MANAGED_BY_LABEL: MANAGED_BY_VALUE}
@@ -60,7 +62,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
 
 
 # --- RegistryCredentials: the one kopf index (namespaces, ServiceAccounts and copies live in
-# regcred/caches.py, which says why) -------------------------------------------------------
+# regcred/sync/caches.py, which says why) -------------------------------------------------------
 
 def credential_index(body: Mapping[str, Any], name: str, **_: Any) -> dict[str, dict[str, Any]]:
     return {name: {key: body.get(key) for key in ("metadata", "spec", "status")}}

@@ -17,14 +17,16 @@ from typing import Protocol, assert_never
 
 import structlog
 
-from regcred.cachecheck import CacheChecker, CheckableCaches, LiveUids
-from regcred.kube import KubeError
-from regcred.ledger import Ledger, StatusPublisher, StatusWriter
+from regcred.kube.client import Kube
+from regcred.kube.errors import KubeError
 from regcred.metrics import Metrics
-from regcred.reconciler import Api, Reconciler, World
 from regcred.settings import Settings
-from regcred.verification import Verification
-from regcred.workqueue import CacheCheckKey, CredentialKey, Key, NamespaceKey, WorkQueue
+from regcred.sync.cachecheck import CacheChecker, CheckableCaches
+from regcred.sync.executor import Executor
+from regcred.sync.ledger import Ledger, StatusPublisher
+from regcred.sync.reconciler import Reconciler, World
+from regcred.sync.workqueue import CacheCheckKey, CredentialKey, Key, NamespaceKey, WorkQueue
+from regcred.verification.verifier import Verification
 
 log = structlog.get_logger("regcred.controller")
 
@@ -130,16 +132,13 @@ class ObservedState(World, CheckableCaches, Protocol):
     """What the controller reads (`Caches`): the reconciler's view and the cache check's."""
 
 
-class ApiCalls(Api, StatusWriter, LiveUids, Protocol):
-    """What the controller calls (`Kube`): reconciling, publishing status, the cache check."""
-
-
-def build(kube: ApiCalls, caches: ObservedState, settings: Settings, metrics: Metrics) -> Controller:
-    """Wire the operator: one queue, the ledger and its publisher, the reconciler, the check."""
+def build(kube: Kube, caches: ObservedState, settings: Settings, metrics: Metrics) -> Controller:
+    """Wire the operator: one queue, the ledger and its publisher, the reconciler and its
+    executor, the check."""
     queue: WorkQueue[Key] = WorkQueue()
     ledger = Ledger()
     publisher = StatusPublisher(kube, caches, ledger, metrics)
-    reconciler = Reconciler(kube, caches, settings, metrics, ledger, publisher,
+    reconciler = Reconciler(kube, Executor(kube), caches, settings, metrics, ledger, publisher,
                             request_credential_sync=lambda name: queue.add(CredentialKey(name)))
     checker = CacheChecker(caches, kube, min_interval=settings.resync_seconds / 2)
     # spec.verify: checks at the registries on threads of their own; its results join the

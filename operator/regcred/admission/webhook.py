@@ -30,18 +30,20 @@ from typing import Any
 import kopf
 import structlog
 
+from regcred.admission.tls import WebhookTLS, renewal, utc_now
 from regcred.core.admission import (
     add_pull_secrets,
     admission_credentials,
-    namespace_info,
     pull_secrets_at_creation,
     webhook_namespace_selector,
 )
 from regcred.core.errors import InvalidInput
+from regcred.core.matching import NamespaceInfo
 from regcred.core.spec import GROUP, PLURAL, VERSION, CredentialSpec, parse_credential
-from regcred.kube import ApiConflict, ApiInvalid, Kube, KubeError, api_client
+from regcred.kube.client import Kube
+from regcred.kube.config import api_client
+from regcred.kube.errors import ApiConflict, ApiInvalid, KubeError
 from regcred.settings import AdmissionSettings, Settings
-from regcred.tls import WebhookTLS, renewal, utc_now
 
 log = structlog.get_logger("regcred.admission")
 
@@ -77,7 +79,7 @@ class Decider:
         body = self._kube.read_namespace(namespace)
         if body is None:
             return ()
-        return pull_secrets_at_creation(namespace_info(body), credentials, service_account)
+        return pull_secrets_at_creation(NamespaceInfo.from_body(body), credentials, service_account)
 
     def specs(self, bodies: Iterable[Mapping[str, Any]]) -> list[CredentialSpec]:
         specs = []

@@ -26,7 +26,7 @@ from regcred.core.plan import (
     observe_copy,
     observe_service_account,
 )
-from regcred.kube import Kube
+from regcred.kube.client import Kube
 
 Entry = TypeVar("Entry", ObservedCopy, ObservedServiceAccount)
 
@@ -75,9 +75,7 @@ class Caches:
                 return True
             if cached is not None and (cached.uid, cached.resource_version) == (uid, version):
                 return False
-            labels = dict(meta.get("labels") or {})
-            self._namespaces[name] = CachedNamespace(
-                uid, version, NamespaceInfo(name, labels, bool(meta.get("deletionTimestamp"))))
+            self._namespaces[name] = CachedNamespace(uid, version, NamespaceInfo.from_body(body))
             return True
 
     def copy_seen(self, body: Mapping[str, Any], deleted: bool = False) -> bool:

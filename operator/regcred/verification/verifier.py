@@ -28,13 +28,10 @@ from urllib.parse import urlsplit
 
 import structlog
 
+from regcred.core.conditions import ANONYMOUS, TLS_ERROR, UNEXPECTED, UNREACHABLE, VERIFIED
 from regcred.core.errors import InvalidInput
 from regcred.core.source import RenderedConfig
 from regcred.core.verification import (
-    ANONYMOUS,
-    TLS_ERROR,
-    UNEXPECTED,
-    UNREACHABLE,
     Refused,
     Result,
     Target,
@@ -50,8 +47,8 @@ from regcred.core.verification import (
     token_url,
     verdict,
 )
-from regcred.ledger import utc_now
 from regcred.metrics import Metrics
+from regcred.sync.ledger import utc_now
 
 log = structlog.get_logger("regcred.verification")
 
@@ -318,4 +315,4 @@ class Verification:
         if after[0] == "False":
             self._kube.post_event(name, tracked.uid, "Warning", f"Verification{after[1]}", entry["message"])
         elif before[0] == "False":
-            self._kube.post_event(name, tracked.uid, "Normal", "Verified", entry["message"])
+            self._kube.post_event(name, tracked.uid, "Normal", VERIFIED, entry["message"])
