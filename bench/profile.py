@@ -132,8 +132,8 @@ def sync(namespaces: int, out: Path) -> list[str]:
 
 
 ONBOARDING_STEPS = [  # (from, to, what the interval is)
-    ("created", "watch_event", "namespace POST sent -> kopf has the watch event"),
-    ("watch_event", "enqueued", "kopf: event -> regcred's handler (worker spawn, index gate)"),
+    ("created", "watch_event", "namespace POST sent -> regcred has the watch event"),
+    ("watch_event", "enqueued", "regcred: event -> the namespace queued"),
     ("enqueued", "sync", "regcred: queued -> a pool thread starts the sync"),
     ("sync", "post", "regcred: plan (caches, core) -> the copy's POST starts"),
     ("post", "post_done", "the copy's POST (API server + etcd)"),
@@ -142,12 +142,11 @@ ONBOARDING_STEPS = [  # (from, to, what the interval is)
 
 
 ACCOUNT_STEPS = [  # the ServiceAccount's way to our entry, each step the first after the one before
-    ("sa_watch_event", "sa_handler", "kopf: ServiceAccount ADDED -> regcred's handler"),
-    ("sa_handler", "enqueued", "regcred's handler -> the namespace queued"),
+    ("sa_watch_event", "enqueued", "regcred: ServiceAccount ADDED -> the namespace queued"),
     ("enqueued", "sync", "regcred: queued -> a pool thread starts the sync"),
     ("sync", "sa_patch", "regcred: plan -> the JSON Patch starts"),
     ("sa_patch", "sa_patch_done", "the JSON Patch (API server + etcd)"),
-    ("sa_watch_event", "sa_patch_done", "total: ServiceAccount ADDED at kopf -> entry written"),
+    ("sa_watch_event", "sa_patch_done", "total: ServiceAccount ADDED at regcred -> entry written"),
 ]
 
 
