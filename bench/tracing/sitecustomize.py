@@ -11,7 +11,8 @@ copy starting and returning (`bench/profile.py onboarding`); and each step of th
 ServiceAccount's way to its entry: its watch event, the queued sync,
 the JSON Patch starting and returning. With `$REGCRED_ADMISSION_TRACE` set, each admission
 request's steps go there the same way: the review (regcred's `Reviewer`; before issue 21,
-kopf's admission engine) called and returning, the decision's reads starting and returning (`bench/profile.py admission`).
+kopf's admission engine) called and returning, the decision's reads starting and returning
+(`bench/profile.py admission`).
 """
 
 from __future__ import annotations
