@@ -288,8 +288,8 @@ def admission(creates: int, spy: bool, out: Path) -> list[str]:
              "milliseconds                                p50     p95     max"]
     for what, values in (("client: create without the webhook", [1000 * v for v in without]),
                          ("client: create with the webhook", [1000 * v for v in with_webhook]),
-                         ("regcred: kopf's admission engine, whole", engine),
-                         ("regcred: the decision's live reads", read_times)):
+                         ("regcred: the review, whole", engine),
+                         ("regcred: the decision's reads", read_times)):
         if values:
             numbers = percentiles(values)
             lines.append(f"  {what:40s} {numbers['p50']:6.1f}  {numbers['p95']:6.1f}  {numbers['max']:6.1f}")

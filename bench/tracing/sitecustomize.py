@@ -10,8 +10,9 @@ reaching regcred (regcred/sync/watches.py), the sync queued, the sync starting o
 copy starting and returning (`bench/profile.py onboarding`); and each step of the
 ServiceAccount's way to its entry: its watch event, the queued sync,
 the JSON Patch starting and returning. With `$REGCRED_ADMISSION_TRACE` set, each admission
-request's steps go there the same way: kopf's admission engine called and returning, the
-decision's live reads starting and returning (`bench/profile.py admission`).
+request's steps go there the same way: the review (regcred's `Reviewer`; before issue 21,
+kopf's admission engine) called and returning, the decision's reads starting and returning
+(`bench/profile.py admission`).
 """
 
 from __future__ import annotations
@@ -107,22 +108,20 @@ def _trace_onboarding(path: str) -> None:
 
 
 def _trace_admission(path: str) -> None:
-    from kopf._core.engines import admission as engine
-
-    from regcred.admission.webhook import Decider
+    from regcred.admission.webhook import Decider, Reviewer
 
     record = _recorder(path)
-    original_serve = engine.serve_admission_request
+    original_review = Reviewer.__call__
 
-    async def serve_admission_request(request, **kwargs):  # type: ignore[no-untyped-def]
+    async def review(self, request, **kwargs):  # type: ignore[no-untyped-def]
         key = request.get("request", {}).get("uid", "")
         record("engine", key)
         try:
-            return await original_serve(request, **kwargs)
+            return await original_review(self, request, **kwargs)
         finally:
             record("engine_done", key)
 
-    engine.serve_admission_request = serve_admission_request  # bound by kopf after this runs
+    Reviewer.__call__ = review
     original_entries = Decider.entries_for
 
     def entries_for(self, namespace, service_account):  # type: ignore[no-untyped-def]

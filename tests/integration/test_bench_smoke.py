@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+from node import Node
+from node_fixtures import require
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -75,3 +77,14 @@ def test_doctor_bench_smoke():
     summary = json.loads(result.stdout)
     assert (summary["pods"], summary["images"]) == (20, 40)
     assert summary["findings"] == summary["in_memory_findings"] > 0
+
+
+def test_provider_bench_smoke():
+    """Pull-time delivery's benchmark (bench/provider.py) on its own control plane and node."""
+    require(Node.unavailable_reason())
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "provider.py"), "--smoke"],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    summary = json.loads(result.stdout)
+    assert set(summary) == {"commit", "kubernetes", "plugin", "endpoint", "token_reviews", "pull_s"}
+    assert summary["endpoint"]["statuses"] == {"200": 10}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from regcred.core.matching import (
     selector_matches,
     service_account_matches,
 )
+from regcred.core.pullsecret import check, kubelet_read
 from regcred.core.source import DOCKERCONFIGJSON_KEY, DOCKERCONFIGJSON_TYPE, registry_key
 from regcred.core.spec import (
     CREDENTIAL_LABEL,
@@ -142,13 +142,15 @@ class ServiceAccountInfo:
 @dataclass(frozen=True)
 class PullSecretInfo:
     """A Secret as far as the kubelet's keyring cares: its type and `auths` keys, never values.
-    `problem` says why the kubelet cannot read it (None: readable)."""
+    `problem` says why regcred's check (core/pullsecret.py) refuses it (None: nothing wrong);
+    `refused`: the kubelet refuses it altogether, so every pull of a Pod listing it fails."""
 
     namespace: str
     name: str
     type: str
     keys: tuple[str, ...] = ()
     problem: str | None = None
+    refused: bool = False
     credential: str = ""  # the regcred.dev/credential label: a regcred copy of that CR
     owner_uids: tuple[str, ...] = ()
 
@@ -247,18 +249,22 @@ def observe_secret(body: Mapping[str, Any]) -> PullSecretInfo:
     if secret_type not in (DOCKERCONFIGJSON_TYPE, DOCKERCFG_TYPE):
         return PullSecretInfo(**common)
     key = DOCKERCONFIGJSON_KEY if secret_type == DOCKERCONFIGJSON_TYPE else DOCKERCFG_KEY
-    raw = (body.get("data") or {}).get(key)
-    if not raw:
+    encoded = (body.get("data") or {}).get(key)
+    if not encoded:
         return PullSecretInfo(**common, problem=f"it has no {key} key")
     try:
-        config = json.loads(base64.b64decode(raw, validate=True))
+        raw = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
-        return PullSecretInfo(**common, problem=f"its {key} is not valid JSON")
-    auths = config.get("auths") if secret_type == DOCKERCONFIGJSON_TYPE and isinstance(config, dict) \
-        else config
-    if not isinstance(auths, dict):
-        return PullSecretInfo(**common, problem=f"its {key} has no auths object")
-    return PullSecretInfo(**common, keys=tuple(str(k) for k in auths))
+        return PullSecretInfo(**common, problem=f"its {key} is not base64", refused=True)
+    legacy = secret_type == DOCKERCFG_TYPE
+    reading = kubelet_read(raw, legacy=legacy)
+    try:
+        check(reading)
+        problem = None
+    except InvalidInput as refusal:
+        problem = f"its {key}: {refusal.message}"
+    return PullSecretInfo(**common, keys=tuple(reading.entries),
+                          problem=problem, refused=reading.error is not None)
 
 
 def observe_event(body: Mapping[str, Any]) -> PullEvent | None:
@@ -493,12 +499,14 @@ def _pod_entries(snapshot: Snapshot, pod: PodInfo, secret_namespaces: Mapping[st
                          "Secrets and ignores this one"],
                         fix=f"recreate it with `kubectl create secret docker-registry {name} -n "
                             f"{pod.namespace} ...`, or let a RegistryCredential manage it")
-        elif secret.problem:
-            context.add("PullSecretInvalid", f"pull secret {name!r} cannot be read: {secret.problem}",
-                        ["the kubelet fails every pull of this Pod while one of its pull secrets "
-                         "does not parse"],
-                        fix="recreate the Secret with `kubectl create secret docker-registry`")
         else:
+            if secret.problem:
+                context.add("PullSecretInvalid", f"pull secret {name!r} cannot be read: {secret.problem}",
+                            ["the kubelet fails every pull of this Pod while one of its pull secrets "
+                             "does not parse" if secret.refused else
+                             "the kubelet reads it, but not as it is written (regcred refuses to copy "
+                             "such a source for the same reason)"],
+                            fix="recreate the Secret with `kubectl create secret docker-registry`")
             entries.extend(AuthsEntry(name, key) for key in secret.keys)
     return entries
 
@@ -576,6 +584,11 @@ def _explain_credential(snapshot: Snapshot, pod: PodInfo, ref: ImageRef, credent
                     fix=f"kubectl patch registrycredential {name} --type merge -p "
                         "'{\"spec\":{\"suspend\":false}}'")
         return
+    if spec.served_at_pull:
+        # No pull secret is expected: the kubelet's credential provider asks regcred at pull
+        # time (docs/credential-provider.md); a failing pull is reported from its events.
+        _report_not_ready(credential, "the credential provider has nothing to hand out", context)
+        return
     copy = snapshot.secrets.get((pod.namespace, spec.secret_name))
     if copy is not None and copy.credential != name and credential.uid not in copy.owner_uids:
         context.add("CopyConflict",
@@ -585,12 +598,7 @@ def _explain_credential(snapshot: Snapshot, pod: PodInfo, ref: ImageRef, credent
         return
     if copy is None:
         failed = credential.failed_namespaces.get(pod.namespace)
-        if credential.ready == "False" and credential.ready_reason not in NAMESPACE_FAILURE_REASONS:
-            context.add("CredentialNotReady",
-                        f"RegistryCredential {name} is not Ready ({credential.ready_reason}), so "
-                        f"there is no copy in {pod.namespace}",
-                        [credential.ready_message or credential.problem or "no message"],
-                        fix=f"fix what the message says; kubectl describe registrycredential {name}")
+        if _report_not_ready(credential, f"there is no copy in {pod.namespace}", context):
             return
         evidence = [f"no Secret {spec.secret_name} in {pod.namespace}"]
         if failed:
@@ -626,6 +634,18 @@ def _explain_credential(snapshot: Snapshot, pod: PodInfo, ref: ImageRef, credent
                         + (f" (its owner {pod.owner} recreates it)" if pod.owner else
                            " and create it again"),
                     commands=restart)
+
+
+def _report_not_ready(credential: CredentialInfo, consequence: str, context: _Context) -> bool:
+    """A CR whose source or spec is broken (not one failing in some namespaces): report it."""
+    if credential.ready != "False" or credential.ready_reason in NAMESPACE_FAILURE_REASONS:
+        return False
+    context.add("CredentialNotReady",
+                f"RegistryCredential {credential.name} is not Ready ({credential.ready_reason}), so "
+                f"{consequence}",
+                [credential.ready_message or credential.problem or "no message"],
+                fix=f"fix what the message says; kubectl describe registrycredential {credential.name}")
+    return True
 
 
 def _why_namespace_unmatched(spec: CredentialSpec, namespace: NamespaceInfo) -> str:
