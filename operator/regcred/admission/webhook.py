@@ -49,7 +49,7 @@ from regcred.core.matching import NamespaceInfo
 from regcred.core.spec import GROUP, PLURAL, VERSION, CredentialSpec, parse_credential
 from regcred.kube.client import Kube
 from regcred.kube.config import api_client
-from regcred.kube.errors import ApiConflict, ApiInvalid, KubeError
+from regcred.kube.errors import OPERATOR_ROLE, ApiConflict, ApiInvalid, KubeError
 from regcred.settings import AdmissionSettings, Settings
 
 log = structlog.get_logger("regcred.admission")
@@ -430,7 +430,8 @@ def start_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     options: Settings = memo.settings
     if "admission" in memo:  # kopf retries start-up steps: build once
         return
-    kube = Kube(api_client(memo.api_configuration, API_THREADS), on_error=memo.metrics.api_error)
+    kube = Kube(api_client(memo.api_configuration, API_THREADS), on_error=memo.metrics.api_error,
+                role=OPERATOR_ROLE)
     assert options.admission is not None
     decider = Decider(kube, options)
     registrar = Registrar(kube, options.admission, options.operator_namespace,

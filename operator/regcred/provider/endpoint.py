@@ -51,7 +51,7 @@ from regcred.core.provider import (
 )
 from regcred.kube.client import Kube
 from regcred.kube.config import api_client
-from regcred.kube.errors import KubeError
+from regcred.kube.errors import OPERATOR_ROLE, KubeError
 from regcred.metrics import Metrics
 from regcred.settings import ProviderSettings, Settings
 
@@ -301,7 +301,8 @@ def start_provider(memo: kopf.Memo, **_: Any) -> None:
     settings: Settings = memo.settings
     options = settings.provider
     assert options is not None
-    kube = Kube(api_client(memo.api_configuration, API_THREADS), on_error=memo.metrics.api_error)
+    kube = Kube(api_client(memo.api_configuration, API_THREADS), on_error=memo.metrics.api_error,
+                role=OPERATOR_ROLE)
     tally = PullTally(options.window_seconds)
     memo.controller.publisher.extend(tally)
     served = _FromController(memo)

@@ -19,7 +19,7 @@ import kopf
 from regcred.core.spec import GROUP, PLURAL, VERSION
 from regcred.kube.client import Kube
 from regcred.kube.config import api_client
-from regcred.kube.errors import KubeError
+from regcred.kube.errors import OPERATOR_ROLE, KubeError
 from regcred.metrics import Metrics
 from regcred.settings import Settings
 from regcred.sync.activity import Activity
@@ -68,7 +68,7 @@ def credential_index(body: Mapping[str, Any], name: str, **_: Any) -> dict[str, 
 # --- start-up: one step, since each part needs the one before ---------------------------------
 
 def start(settings: kopf.OperatorSettings, memo: kopf.Memo,
-          credential_index: kopf.Index[str, dict[str, Any]], **_: Any) -> None:
+          credential_index: kopf.Index[str, dict[str, Any]], retry: int = 0, **_: Any) -> None:
     """Configure kopf, build the operator, fill the caches (before any work is queued), then
     start the workers and the watches. kopf retries the step while the API is down."""
     options: Settings = memo.settings
@@ -78,7 +78,8 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo,
         # handler threads, and one long watch per source namespace.
         threads = 2 * options.workers + kopf_threads + len(options.source_namespaces)
         metrics: Metrics = memo.metrics
-        memo.kube = Kube(api_client(memo.api_configuration, threads), on_error=metrics.api_error)
+        memo.kube = Kube(api_client(memo.api_configuration, threads), on_error=metrics.api_error,
+                         role=OPERATOR_ROLE)
         memo.caches = Caches(credential_index)
         memo.controller = build(memo.kube, memo.caches, options, metrics)
         memo.stop = threading.Event()
@@ -89,7 +90,9 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo,
         versions = memo.watches.fill()
         memo.activity.start(memo.kube, memo.stop)
     except KubeError as error:
-        raise kopf.TemporaryError(f"cannot list the cluster yet: {error}", delay=5) from None
+        # kopf logs each attempt: 5, 10, then every 15 s while the outage lasts
+        raise kopf.TemporaryError(f"cannot list the cluster yet: {error}",
+                                  delay=min(15, 5 * 2 ** retry)) from None
     controller: Controller = memo.controller
     controller.start()
     memo.watches.start(versions, memo.stop)
