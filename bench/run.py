@@ -446,6 +446,12 @@ def admission_rows(bench: Bench, plane: ControlPlane, log_dir: Path, onboard: in
                                  "REGCRED_ADMISSION_URL": f"https://127.0.0.1:{port}"})
     try:
         Bench.poll(lambda: WEBHOOK in json.dumps(bench.webhooks()), 60, "webhook registered")
+        # A fresh regcred resyncs every CR over every namespace first: measured during that
+        # fan-out, the webhook would be measured against it (at 20,000 namespaces, minutes).
+        credentials = len(bench.custom.list_cluster_custom_object(
+            "regcred.dev", "v1alpha1", "registrycredentials")["items"])
+        Bench.poll(lambda: operator.metric_sum("regcred_reconciles_total", kind="credential")
+                   >= credentials, 900, "every CR resynced")
         before = bench.webhook_histogram()
         onboarding = bench.onboarding(onboard, credential="onboard-admission", prefix="admit-")
         with_webhook = bench.service_account_creates(onboard)

@@ -1,9 +1,8 @@
 """kopf handlers: translate kopf's events into controller calls, and nothing more.
 
-Namespaces, ServiceAccounts and Secrets are only watched with `@kopf.on.event`, so kopf
-never writes annotations or finalizers on them; the finalizer, the progress annotations
-and the resync timer live on RegistryCredentials only. Their events run on kopf's event
-loop: they update the caches and queue work, never calling the API there.
+kopf watches only the RegistryCredentials: the finalizer, the progress annotations and the
+resync timer live on them. Namespaces, ServiceAccounts and our copies are listed and watched
+by regcred itself (regcred/sync/watches.py says why), so kopf writes nothing on them.
 
 Nothing is registered on import: `register(registry, settings)` does it, so every setting
 (the resync interval included) comes from the `Settings` it is given.
@@ -17,18 +16,19 @@ from typing import Any
 
 import kopf
 
-from regcred.core.spec import GROUP, MANAGED_BY_LABEL, MANAGED_BY_VALUE, PLURAL, VERSION
+from regcred.core.spec import GROUP, PLURAL, VERSION
 from regcred.kube.client import Kube
 from regcred.kube.config import api_client
 from regcred.kube.errors import OPERATOR_ROLE, KubeError
 from regcred.metrics import Metrics
 from regcred.settings import Settings
+from regcred.sync.activity import Activity
 from regcred.sync.caches import Caches
 from regcred.sync.controller import Controller, build
 from regcred.sync.reconciler import CleanupIncomplete
+from regcred.sync.watches import Watches
 
 CRD = (GROUP, VERSION, PLURAL)
-MANAGED = {MANAGED_BY_LABEL: MANAGED_BY_VALUE}
 PEERING_LIFETIME_SECONDS = 15
 WORKER_IDLE_SECONDS = 0.5
 
@@ -56,13 +56,10 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
     kopf.timer(*CRD, interval=settings.resync_seconds, initial_delay=settings.resync_seconds,
                registry=registry)(resync)
     kopf.on.delete(*CRD, registry=registry)(credential_deleted)
-    kopf.on.event("namespaces", registry=registry)(namespace_event)
-    kopf.on.event("serviceaccounts", registry=registry)(service_account_event)
-    kopf.on.event("secrets", labels=MANAGED, registry=registry)(copy_event)
 
 
 # --- RegistryCredentials: the one kopf index (namespaces, ServiceAccounts and copies live in
-# regcred/sync/caches.py, which says why) -------------------------------------------------------
+# regcred/sync/caches.py, fed by regcred/sync/watches.py) -------------------------------------
 
 def credential_index(body: Mapping[str, Any], name: str, **_: Any) -> dict[str, dict[str, Any]]:
     return {name: {key: body.get(key) for key in ("metadata", "spec", "status")}}
@@ -72,8 +69,8 @@ def credential_index(body: Mapping[str, Any], name: str, **_: Any) -> dict[str, 
 
 def start(settings: kopf.OperatorSettings, memo: kopf.Memo,
           credential_index: kopf.Index[str, dict[str, Any]], retry: int = 0, **_: Any) -> None:
-    """Configure kopf, build the operator, fill the caches (before any watch event), then
-    start the workers and the source watches. kopf retries the step while the API is down."""
+    """Configure kopf, build the operator, fill the caches (before any work is queued), then
+    start the workers and the watches. kopf retries the step while the API is down."""
     options: Settings = memo.settings
     kopf_threads = configure_kopf(settings, options)
     if "controller" not in memo:
@@ -85,17 +82,21 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo,
                          role=OPERATOR_ROLE)
         memo.caches = Caches(credential_index)
         memo.controller = build(memo.kube, memo.caches, options, metrics)
-        memo.listed = set()  # uids seen in a listing: seeing one listed again means a re-list
         memo.stop = threading.Event()
+        memo.activity = Activity(options.peering, memo.priority,
+                                 on_resumed=lambda: _queue_every_namespace(memo))
+        memo.watches = Watches(memo.kube, memo.caches, memo.controller, metrics.watch_event, memo.activity)
     try:
         memo.kube.check_crd()
-        memo.caches.fill(memo.kube)
+        versions = memo.watches.fill()
+        memo.activity.start(memo.kube, memo.stop)
     except KubeError as error:
         # kopf logs each attempt: 5, 10, then every 15 s while the outage lasts
         raise kopf.TemporaryError(f"cannot list the cluster yet: {error}",
                                   delay=min(15, 5 * 2 ** retry)) from None
     controller: Controller = memo.controller
     controller.start()
+    memo.watches.start(versions, memo.stop)
     for namespace in sorted(options.source_namespaces):
         threading.Thread(
             target=memo.kube.watch_secrets, args=(namespace, controller.source_changed, memo.stop),
@@ -110,11 +111,10 @@ def configure_kopf(settings: kopf.OperatorSettings, options: Settings) -> int:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
     settings.posting.enabled = False  # we post our own events, only on news
-    settings.watching.label_selectors["secrets"] = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
     kopf_threads = max(8, options.workers)
     settings.execution.max_workers = kopf_threads
     # kopf keeps a worker per object for this long after its last event, holding that event's
-    # whole body; a start-up listing of 25,000 objects held them all (docs/performance.md).
+    # whole body (only CRs and the peering object are kopf's now; docs/performance.md).
     settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
     # A killed leader's peering entry expires after `lifetime`: that is the failover time.
     settings.peering.lifetime = PEERING_LIFETIME_SECONDS
@@ -144,43 +144,8 @@ def credential_deleted(name: str, memo: kopf.Memo, **_: Any) -> None:
         raise kopf.TemporaryError(str(error), delay=2) from None
 
 
-# --- what the copies depend on ------------------------------------------------------------
-
-def _relisted(memo: kopf.Memo, type: str | None, uid: str | None) -> None:
-    """kopf re-lists after a lost watch without saying so; an object listed a second time
-    tells. Objects deleted meanwhile linger in the caches: have them checked."""
-    if type == "DELETED":
-        memo.listed.discard(uid)
-    elif type is None and uid:
-        if uid in memo.listed:
-            memo.controller.relisted()
-        memo.listed.add(uid)
-
-
-async def namespace_event(name: str, type: str | None, uid: str | None, body: kopf.Body,
-                          memo: kopf.Memo, **_: Any) -> None:
-    memo.metrics.watch_event("Namespace")
-    _relisted(memo, type, uid)
-    if memo.caches.namespace_seen(body, deleted=type == "DELETED"):
-        memo.controller.namespace_changed(name)
-
-
-# Listing events (type None) count too: after a lost watch (an API server or etcd restart)
-# kopf lists again, and a ServiceAccount or copy changed in the gap shows up only there.
-# Events that change nothing in the caches (the same resourceVersion: a listing of what is
-# cached, or the echo of our own write, already taken in) need no sync.
-
-async def service_account_event(namespace: str | None, type: str | None, uid: str | None,
-                                body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    memo.metrics.watch_event("ServiceAccount")
-    _relisted(memo, type, uid)
-    if memo.caches.service_account_seen(body, deleted=type == "DELETED") and namespace:
-        memo.controller.namespace_changed(namespace)
-
-
-async def copy_event(namespace: str | None, type: str | None, uid: str | None, body: kopf.Body,
-                     memo: kopf.Memo, **_: Any) -> None:
-    memo.metrics.watch_event("Secret")
-    _relisted(memo, type, uid)
-    if memo.caches.copy_seen(body, deleted=type == "DELETED") and namespace:
+def _queue_every_namespace(memo: kopf.Memo) -> None:
+    """This replica took over: whatever it saw while paused was left to the other one; every
+    namespace is looked at once (a plan is empty where nothing is missing)."""
+    for namespace in memo.caches.namespace_names():
         memo.controller.namespace_changed(namespace)
