@@ -34,6 +34,9 @@ class Activity:
 
     def start(self, kube: Any, stop: threading.Event) -> None:
         if self._peering is None:
+            # Active from the start: every namespace is looked at once, as by a replica taking
+            # over, so entries of a CR deleted while regcred was down are removed at start.
+            self._on_resumed()
             return
         listing = kube.listing("peering", name=self._peering)
         self._took_in(listing)
