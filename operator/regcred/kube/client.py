@@ -262,6 +262,7 @@ class Kube:
                 response = method(watch=True, resource_version=version, allow_watch_bookmarks=True,
                                   timeout_seconds=WATCH_SECONDS, _preload_content=False,
                                   _request_timeout=(10, WATCH_SECONDS + 30), **kwargs)
+                self._outage.answered()
                 try:
                     for line in iter_resp_lines(response):
                         event = json.loads(line)
@@ -281,11 +282,26 @@ class Kube:
                 if error.status == 410:
                     version = ""
                     continue
-                log.warning("watch failed, retrying", kind=kind, status=error.status)
+                self._watch_failed(kind, error)
                 stop.wait(RETRY_SECONDS)
-            except (KubeError, urllib3.exceptions.HTTPError, OSError, ValueError) as error:
-                log.warning("watch failed, retrying", kind=kind, error=type(error).__name__)
+            except KubeError:  # the listing failed, and said so (Outage)
                 stop.wait(RETRY_SECONDS)
+            except (urllib3.exceptions.HTTPError, OSError) as error:
+                self._watch_failed(kind, error)
+                stop.wait(RETRY_SECONDS)
+            except ValueError:  # a line that is not JSON: watch again from the last version
+                log.warning("a watch line was not JSON, watching again", kind=kind)
+                stop.wait(RETRY_SECONDS)
+
+    def _watch_failed(self, what: str, error: BaseException) -> None:
+        """A watch that failed goes into the outage's rate-limited line, with its cause."""
+        if isinstance(error, ApiException):
+            status = error.status or 0
+            self._outage.failed(api_error("watch", what, status, _reason(error), server=self.server,
+                                          cause=status_cause(status, role=self._role)))
+        else:
+            self._outage.failed(api_error("watch", what, 0, type(error).__name__, server=self.server,
+                                          cause=connection_cause(error)))
 
     def _followed(self, kind: str, name: str | None) -> tuple[Callable[..., Any], dict[str, Any]]:
         if kind == "namespaces":
@@ -344,13 +360,10 @@ class Kube:
                 if error.status == 410:  # expired resourceVersion: list again
                     resource_version = ""
                     continue
-                self._outage.failed(api_error(
-                    "watch", f"secrets in {namespace}", error.status or 0, _reason(error),
-                    server=self.server, cause=status_cause(error.status or 0, role=self._role)))
+                self._watch_failed(f"secrets in {namespace}", error)
                 stop.wait(2)
             except (urllib3.exceptions.HTTPError, OSError) as error:  # connection drops, restarts
-                self._outage.failed(api_error("watch", f"secrets in {namespace}", 0, type(error).__name__,
-                                              server=self.server, cause=connection_cause(error)))
+                self._watch_failed(f"secrets in {namespace}", error)
                 stop.wait(2)
             except Exception as error:
                 log.warning("source secret watch failed, retrying", namespace=namespace,
