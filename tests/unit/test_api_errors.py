@@ -49,6 +49,7 @@ from regcred.kube.errors import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from controlplane import free_port
 from loopback_https import LoopbackHTTPS, QuietHandler
 
 PLUGIN = Path(sys.executable).parent / "kubectl-regcred"
@@ -76,12 +77,6 @@ def kubeconfig(path: Path, setup: Setup) -> Path:
         "users": [{"name": "u", "user": {"token": "not-a-real-token"}}],
         "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}))
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def answering(status: int) -> type[BaseHTTPRequestHandler]:
