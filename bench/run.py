@@ -16,6 +16,7 @@ writes `bench/results/<commit>.json`, `latest.json` and `latest.png`.
     python bench/run.py --sizes 100,1000,5000   # the smaller sizes of earlier results
     python bench/run.py --smoke    # N = 20, seconds; CI runs this so the bench keeps working
     python bench/run.py --onboarding-only --onboard 50   # onboarding, admission off and on
+    python bench/run.py --admission-only --sizes 1000 --onboard 300   # the webhook's cost only
 
 Ctrl-C, SIGTERM and SIGHUP stop regcred, the floor client and the control plane before the
 bench exits (code 130); what a SIGKILLed run left is stopped by the next run.
@@ -588,6 +589,45 @@ def run_onboarding(onboard: int, log_dir: Path) -> dict[str, Any]:
     return results
 
 
+def run_admission(size: int, onboard: int, log_dir: Path) -> dict[str, Any]:
+    """Only what the webhook adds to a ServiceAccount create (`--admission-only`), among `size`
+    labelled namespaces that a CR matches: a minute or two, for comparing two versions of the
+    webhook on a shared machine."""
+    results: dict[str, Any] = {"population": size}
+    with ControlPlane() as plane:
+        bench = Bench(plane)
+        bench.install()
+        bench.grow_to(size)
+        bench.credential("bench-admission", {"bench": "yes"})
+        results["onboarding_admission"] = admission_rows(bench, plane, log_dir, onboard)
+    admission = results["onboarding_admission"]
+    with_webhook, without = (admission["service_account_create_s"][key]
+                             for key in ("with_webhook", "without_webhook"))
+    results["webhook_added_ms"] = {q: round(1000 * (with_webhook[q] - without[q]), 1)
+                                   for q in ("p50", "p95")}
+    return results
+
+
+def report_admission(results: dict[str, Any]) -> None:
+    admission = results["onboarding_admission"]
+    for key in ("namespace_to_entry", "account_to_entry"):
+        values = admission[key]
+        print(f"onboarding with admission {key}: p50 {values['p50'] * 1000:.1f} ms, "
+              f"p95 {values['p95'] * 1000:.1f} ms")
+    webhook = admission["webhook_duration_s"]
+    print(f"admission latency (API server histogram, {webhook['samples']} calls): "
+          f"p50 {webhook.get('p50', 0) * 1000:.1f} ms, p95 {webhook.get('p95', 0) * 1000:.1f} ms")
+    for key, values in admission["service_account_create_s"].items():
+        print(f"ServiceAccount create, {key}: p50 {values['p50'] * 1000:.1f} ms, "
+              f"p95 {values['p95'] * 1000:.1f} ms")
+    added = results["webhook_added_ms"]
+    print(f"the webhook adds p50 {added['p50']} ms, p95 {added['p95']} ms "
+          f"(N = {results['population']}, load {results['machine']['loadavg_at_start']})")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{results['machine']['commit']}-admission-{results['population']}.json"
+    path.write_text(json.dumps(results, indent=2))
+
+
 def machine() -> dict[str, Any]:
     memory = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
@@ -688,12 +728,16 @@ def main() -> int:
     parser.add_argument("--idle-seconds", type=float, default=300)
     parser.add_argument("--onboarding-only", action="store_true",
                         help="only the onboarding rows, admission off and on (--onboard samples each)")
+    parser.add_argument("--admission-only", action="store_true",
+                        help="only the webhook's cost, among the first of --sizes namespaces")
     args = parser.parse_args()
     log_dir = Path(os.environ.get("REGCRED_BENCH_LOGS", "/tmp"))
     sweep()
     try:
         with interruptible():  # Ctrl-C, SIGTERM, SIGHUP: the finally below and the control plane's
-            if args.onboarding_only:
+            if args.admission_only:
+                results = run_admission(int(args.sizes.split(",")[0]), args.onboard, log_dir)
+            elif args.onboarding_only:
                 results = run_onboarding(args.onboard, log_dir)
             elif args.smoke:
                 results = run([20], 5, 3, 600, [20], log_dir)
@@ -707,6 +751,9 @@ def main() -> int:
     finally:
         stop_started()
     results["machine"] = machine()
+    if args.admission_only:
+        report_admission(results)
+        return 0
     report(results, args.smoke)
     print(json.dumps({"smoke": args.smoke, "sections": sorted(results)}))
     return 0
