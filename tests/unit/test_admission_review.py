@@ -7,26 +7,32 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from typing import Any
+from typing import Any, cast
 
-from core_builders import cr_body, json_patch, sa_body
+from core_builders import OPERATOR_NAMESPACE, cr_body, json_patch, ns, sa_body
 from test_core_admission import parse, synced
 
-from regcred.admission.webhook import LiveCredentials, Reviewer
+from regcred.admission.webhook import Decider, LiveCredentials, Reviewer
+from regcred.core.matching import NamespaceInfo
 from regcred.core.spec import PULL_SECRETS_ANNOTATION
+from regcred.kube.client import Kube
 from regcred.kube.errors import ApiUnavailable
+from regcred.settings import Settings
 
 
 class FakeDecider:
-    def __init__(self, answer: tuple[str, ...] | Exception) -> None:
-        self.answer = answer
-        self.asked: list[tuple[str, str]] = []
+    """Answers `answer`; with `needs_read`, only when asked `live` (a cache miss)."""
 
-    def entries_for(self, namespace: str, service_account: str) -> tuple[str, ...]:
-        self.asked.append((namespace, service_account))
+    def __init__(self, answer: tuple[str, ...] | Exception, needs_read: bool = False) -> None:
+        self.answer = answer
+        self.needs_read = needs_read
+        self.asked: list[tuple[str, str, bool]] = []
+
+    def entries_for(self, namespace: str, service_account: str, live: bool) -> tuple[str, ...] | None:
+        self.asked.append((namespace, service_account, live))
         if isinstance(self.answer, Exception):
             raise self.answer
-        return self.answer
+        return None if self.needs_read and not live else self.answer
 
 
 def review(account: dict[str, Any], operation: str = "CREATE",
@@ -51,7 +57,14 @@ def test_a_new_service_account_is_admitted_with_our_entries_as_a_json_patch():
     admitted = json_patch(account, json.loads(base64.b64decode(payload["patch"])))
     assert [e["name"] for e in admitted["imagePullSecrets"]] == ["foreign", "harbor"]
     assert admitted["metadata"]["annotations"][PULL_SECRETS_ANNOTATION] == "harbor"
-    assert decider.asked == [("team-a", "default")]
+    assert decider.asked == [("team-a", "default", False)]  # from memory, on the loop
+
+
+def test_a_namespace_the_cache_cannot_answer_for_is_read_live():
+    decider = FakeDecider(("harbor",), needs_read=True)
+    payload = answer(decider, review(sa_body()))["response"]
+    assert payload["patchType"] == "JSONPatch"
+    assert decider.asked == [("team-a", "default", False), ("team-a", "default", True)]
 
 
 def test_nothing_to_add_is_an_allowed_answer_without_a_patch():
@@ -70,6 +83,30 @@ def test_other_requests_are_allowed_unasked():
 def test_an_api_failure_or_a_bug_admits_unchanged_never_refuses():
     for failure in (ApiUnavailable("get", "namespace team-a", 503, "ServiceUnavailable"), KeyError("bug")):
         assert answer(FakeDecider(failure), review(sa_body()))["response"] == {"uid": "u-1", "allowed": True}
+
+
+def decider_over(cached: dict[str, NamespaceInfo], *bodies: dict[str, Any]) -> Decider:
+    """A `Decider` over the namespaces `cached` and the CRs `bodies`, never given a client:
+    asked without `live`, it must decide from memory or say that it cannot."""
+    decider = Decider(cast(Kube, None), Settings(operator_namespace=OPERATOR_NAMESPACE,
+                                                 source_namespaces=frozenset({OPERATOR_NAMESPACE})),
+                      cached.get)
+    decider.credentials.listed(list(bodies))
+    return decider
+
+
+def test_the_decider_answers_from_the_cached_namespace_without_a_read():
+    decider = decider_over({"team-a": ns("team-a", {"team": "a"})},
+                           synced(cr_body("a", namespaceSelector={"matchLabels": {"team": "a"}})))
+    assert decider.entries_for("team-a", "default", live=False) == ("a",)
+    assert decider.entries_for("team-a", "builder", live=False) == ()  # serviceAccounts: default
+
+
+def test_the_decider_asks_for_a_read_where_the_cache_may_be_behind():
+    decider = decider_over({"old": ns("old", terminating=True)}, synced(cr_body("a")))
+    assert decider.entries_for("new", "default", live=False) is None  # created a moment ago
+    assert decider.entries_for("old", "default", live=False) is None  # made again since
+    assert decider_over({}).entries_for("new", "default", live=False) == ()  # no CR: no read
 
 
 def test_live_credentials_follow_the_listing_and_each_change():

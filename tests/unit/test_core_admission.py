@@ -16,6 +16,7 @@ from regcred.core.admission import (
     admission_credentials,
     admission_patch,
     pull_secrets_at_creation,
+    trusted_cached_namespace,
     webhook_namespace_selector,
 )
 from regcred.core.matching import NamespaceInfo
@@ -110,6 +111,14 @@ def test_a_terminating_namespace_gets_nothing():
     info = NamespaceInfo.from_body(
         {"metadata": {"name": "team-a", "deletionTimestamp": "2024-01-01T00:00:00Z"}})
     assert pull_secrets_at_creation(info, [candidate], "default") == ()
+
+
+def test_the_cached_namespace_is_trusted_unless_absent_or_terminating():
+    labelled = ns("team-a", {"team": "a"})
+    assert trusted_cached_namespace(labelled) is labelled
+    assert trusted_cached_namespace(None) is None  # created a moment ago: read it
+    # nothing is created in a terminating namespace: this one was deleted and made again
+    assert trusted_cached_namespace(ns("team-a", terminating=True)) is None
 
 
 # --- the mutation ---------------------------------------------------------------------------

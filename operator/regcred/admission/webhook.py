@@ -42,6 +42,7 @@ from regcred.core.admission import (
     admission_credentials,
     admission_patch,
     pull_secrets_at_creation,
+    trusted_cached_namespace,
     webhook_namespace_selector,
 )
 from regcred.core.errors import InvalidInput
@@ -117,29 +118,40 @@ class LiveCredentials:
 
 
 class Decider:
-    """Reads the namespace from the API, now, takes the CRs from `LiveCredentials` (or, until
-    they are listed, from the API), and asks the core."""
+    """Takes the namespace as the sync feature's watch has it (read live when that cannot be
+    trusted: `trusted_cached_namespace`), the CRs from `LiveCredentials` (or, until they are
+    listed, from the API), and asks the core."""
 
-    def __init__(self, kube: Kube, settings: Settings) -> None:
+    def __init__(self, kube: Kube, settings: Settings,
+                 cached_namespace: Callable[[str], NamespaceInfo | None]) -> None:
         self._kube = kube
+        self._cached_namespace = cached_namespace
         self._parse = functools.partial(
             parse_credential, default_source_namespace=settings.operator_namespace,
             allowed_source_namespaces=settings.source_namespaces)
         self.credentials = LiveCredentials(self._parse)
 
-    def entries_for(self, namespace: str, service_account: str) -> tuple[str, ...]:
-        # The CRs may be a few ms behind (a CR is used only once synced, which takes longer);
-        # the namespace is read from etcd: one created a moment ago must be seen with its labels.
+    def entries_for(self, namespace: str, service_account: str, live: bool) -> tuple[str, ...] | None:
+        """Our entries for a new ServiceAccount. Without `live`, from memory alone: None when
+        that needs a read from the API (the caller then asks again with `live`, off its loop)."""
+        # The CRs may be a few ms behind (a CR is used only once synced, which takes longer).
         credentials = self.credentials.usable()
         if credentials is None:
+            if not live:
+                return None
             credentials = admission_credentials(self._kube.list_credentials(from_watch_cache=True),
                                                 self._parse)
         if not credentials:
             return ()
-        body = self._kube.read_namespace(namespace)
-        if body is None:
-            return ()
-        return pull_secrets_at_creation(NamespaceInfo.from_body(body), credentials, service_account)
+        info = trusted_cached_namespace(self._cached_namespace(namespace))
+        if info is None:
+            if not live:
+                return None
+            body = self._kube.read_namespace(namespace)
+            if body is None:
+                return ()
+            info = NamespaceInfo.from_body(body)
+        return pull_secrets_at_creation(info, credentials, service_account)
 
     def specs(self, bodies: Iterable[Mapping[str, Any]]) -> list[CredentialSpec]:
         specs = []
@@ -172,23 +184,27 @@ class Reviewer:
         if (request.get("operation") == "CREATE"
                 and (request.get("resource") or {}).get("resource") == "serviceaccounts"):
             account = request.get("object") or {}
-            names = await asyncio.to_thread(self.entries, request, account)
-            patch = admission_patch(account, names)
+            names = self.entries(request, account, live=False)  # on the loop: no I/O
+            if names is None:  # a live read: off the loop
+                names = await asyncio.to_thread(self.entries, request, account, True)
+            patch = admission_patch(account, names or ())
             if patch:
                 answer["patchType"] = "JSONPatch"
                 answer["patch"] = base64.b64encode(json.dumps(patch).encode()).decode()
         return {"apiVersion": review.get("apiVersion", "admission.k8s.io/v1"),
                 "kind": "AdmissionReview", "response": answer}
 
-    def entries(self, request: Mapping[str, Any], account: Mapping[str, Any]) -> tuple[str, ...]:
-        """Our entries for a new ServiceAccount. Never refuses: an error admits it unchanged
-        (an error answer would deny the create, whatever `failurePolicy` says) and the watch
-        path adds the entries once the ServiceAccount is seen."""
+    def entries(self, request: Mapping[str, Any], account: Mapping[str, Any],
+                live: bool) -> tuple[str, ...] | None:
+        """Our entries for a new ServiceAccount (None: `Decider.entries_for` needs `live`).
+        Never refuses: an error admits it unchanged (an error answer would deny the create,
+        whatever `failurePolicy` says) and the watch path adds the entries once the
+        ServiceAccount is seen."""
         meta = account.get("metadata") or {}
         namespace = meta.get("namespace") or request.get("namespace") or ""
         name = meta.get("name") or request.get("name") or ""
         try:
-            names = self._decider.entries_for(namespace, name)
+            names = self._decider.entries_for(namespace, name, live)
         except KubeError as error:
             log.warning("admitted unchanged: cannot read the cluster", namespace=namespace,
                         service_account=name, error=str(error))
@@ -433,7 +449,7 @@ def start_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     kube = Kube(api_client(memo.api_configuration, API_THREADS), on_error=memo.metrics.api_error,
                 role=OPERATOR_ROLE)
     assert options.admission is not None
-    decider = Decider(kube, options)
+    decider = Decider(kube, options, functools.partial(_cached_namespace, memo))
     registrar = Registrar(kube, options.admission, options.operator_namespace,
                           lambda: decider.specs(kube.list_credentials()))
     server = AdmissionServer(kube, options, registrar, Reviewer(decider))
@@ -441,6 +457,13 @@ def start_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     decider.credentials.start(kube, server.stopped)
     settings.admission.server = server
     settings.admission.managed = None  # regcred writes the configuration (see the docstring)
+
+
+def _cached_namespace(memo: kopf.Memo, name: str) -> NamespaceInfo | None:
+    """The namespace as the sync feature's watch has it, on every replica (the paused standby's
+    watches keep its caches current too); None before its start-up step has built them."""
+    caches = memo.get("caches")
+    return caches.namespace(name) if caches is not None else None
 
 
 def stop_admission(memo: kopf.Memo, **_: Any) -> None:

@@ -1,10 +1,11 @@
 """What a ServiceAccount carries at its creation: the admission decision, without I/O.
 
-The mutating webhook calls this with a live read of the namespace and of the CRs, the
-reconciler's plan decides the same question for ServiceAccounts that already exist; both go
-through `namespace_matches` and `service_account_matches`, so the two can never disagree on
-which ServiceAccount gets which entry. The webhook only ever adds: entries given in the
-manifest stay first and in order, and an entry already there is not added twice.
+The mutating webhook calls this with the namespace as regcred's watch has it (or, when that
+cannot be trusted, as read live) and the CRs as its own watch has them; the reconciler's plan
+decides the same question for ServiceAccounts that already exist. Both go through
+`namespace_matches` and `service_account_matches`, so the two can never disagree on which
+ServiceAccount gets which entry. The webhook only ever adds: entries given in the manifest
+stay first and in order, and an entry already there is not added twice.
 """
 
 from __future__ import annotations
@@ -57,6 +58,18 @@ def admission_credentials(
         usable.append(AdmissionCredential(Credential(spec.name, spec.uid, spec),
                                           status.conflicted_namespaces))
     return usable
+
+
+def trusted_cached_namespace(cached: NamespaceInfo | None) -> NamespaceInfo | None:
+    """The namespace as regcred's watch has it, if the webhook may decide from it; None when it
+    must be read live. Not cached: created a moment ago, its watch event is still on its way.
+    Terminating: nothing can be created in a terminating namespace, so a ServiceAccount
+    created in it means the namespace was deleted and made again since. A label change the
+    watch has not delivered yet is the one thing the cache can miss: the watch path repairs
+    that ServiceAccount moments later, both ways (docs/admission.md)."""
+    if cached is None or cached.terminating:
+        return None
+    return cached
 
 
 def pull_secrets_at_creation(namespace: NamespaceInfo, credentials: Iterable[AdmissionCredential],
