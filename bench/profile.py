@@ -295,6 +295,7 @@ def admission(creates: int, spy: bool, out: Path) -> list[str]:
             lines.append(f"  {what:40s} {numbers['p50']:6.1f}  {numbers['p95']:6.1f}  {numbers['max']:6.1f}")
     lines += [f"  API server histogram (webhook call):      {1000 * webhook.get('p50', 0):6.1f}  "
               f"{1000 * webhook.get('p95', 0):6.1f}   (buckets {webhook['buckets_s'][:4]} s)",
+              f"requests that read the namespace live: {len(read_times)} of {len(engine)}",
               f"regcred CPU per admission request: {1000 * used / creates:.2f} ms"]
     if spy:
         lines += ["", *summarize(stacks)]

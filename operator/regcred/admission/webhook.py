@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import threading
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -388,8 +388,10 @@ class Admission:
 
 
 class AdmissionServer:
-    """kopf's `WebhookServer` with regcred's certificate; each time it (re)starts listening,
-    the webhook configuration is registered with the CA that signed what it serves."""
+    """kopf's `WebhookServer` with regcred's certificate, on a thread and event loop of its own:
+    on kopf's loop each review waited behind whatever the CR handlers, kopf's watches and the
+    peering had queued there (docs/admission.md, "Serving"). Each time it (re)starts
+    listening, the webhook configuration is registered with the CA that signed what it serves."""
 
     def __init__(self, kube: Kube, settings: Settings, registrar: Registrar, reviewer: Reviewer) -> None:
         assert settings.admission is not None
@@ -400,6 +402,9 @@ class AdmissionServer:
         self._registrar = registrar
         self._files = CertificateFiles()
         self.stopped = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._serving: asyncio.Task[None] | None = None
+        self._thread = threading.Thread(target=self._run, name="admission-server", daemon=True)
 
     def refresh_certificate(self) -> WebhookTLS:
         tls = ensure_certificate(self._kube, self._namespace, self._options.tls_secret,
@@ -414,9 +419,16 @@ class AdmissionServer:
             except KubeError as error:
                 log.warning("cannot check the webhook certificate", error=str(error))
 
-    async def __call__(self, _kopf_engine: Any) -> AsyncIterator[Any]:
-        """kopf starts this with its admission engine; the requests go to our `Reviewer`."""
-        while True:
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop, self._serving = asyncio.get_running_loop(), asyncio.current_task()
+        while not self.stopped.is_set():
             try:
                 await asyncio.to_thread(self.refresh_certificate)
                 break
@@ -425,6 +437,15 @@ class AdmissionServer:
                 await asyncio.sleep(2)
         threading.Thread(target=self._renew_periodically, name="webhook-certificate",
                          daemon=True).start()
+        while not self.stopped.is_set():
+            try:
+                await self._listen()
+            except OSError as error:  # the port taken, say: keep trying, the watch path covers it
+                log.error("cannot serve the admission webhook", listen=self._options.listen_port,
+                          error=str(error))
+                await asyncio.sleep(5)
+
+    async def _listen(self) -> None:
         server = kopf.WebhookServer(
             addr=self._options.listen_host, port=self._options.listen_port,
             certfile=self._files.cert, pkeyfile=self._files.key, cafile=self._files.ca,
@@ -435,14 +456,18 @@ class AdmissionServer:
                 await asyncio.to_thread(self._registrar.register, config.get("caBundle"))
             except KubeError as error:  # the configuration follows on the next CR event
                 log.warning("cannot register the admission webhook", error=str(error))
-            yield config
 
     def close(self) -> None:
+        """Stop listening (kopf's clean-up step: the process is exiting) and remove the files."""
         self.stopped.set()
+        if self._loop is not None and self._serving is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has ended already
+                self._loop.call_soon_threadsafe(self._serving.cancel)
+            self._thread.join(timeout=5)
         self._files.remove()
 
 
-def start_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+def start_admission(memo: kopf.Memo, **_: Any) -> None:
     options: Settings = memo.settings
     if "admission" in memo:  # kopf retries start-up steps: build once
         return
@@ -455,8 +480,7 @@ def start_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     server = AdmissionServer(kube, options, registrar, Reviewer(decider))
     memo.admission = Admission(decider, registrar, server)
     decider.credentials.start(kube, server.stopped)
-    settings.admission.server = server
-    settings.admission.managed = None  # regcred writes the configuration (see the docstring)
+    server.start()  # not kopf's `settings.admission.server`: kopf would serve it on its loop
 
 
 def _cached_namespace(memo: kopf.Memo, name: str) -> NamespaceInfo | None:
