@@ -26,6 +26,10 @@ EXERCISED_ELSEWHERE = {
     # A guarded JSON patch refused (409/422) because the cached ServiceAccount was stale:
     # re-read, then retry. The concurrent-writer test in test_robustness.py takes this path.
     ("", "serviceaccounts", "get"),
+    # The webhook reads a namespace live only when a ServiceAccount is created in it before
+    # its watch event reached regcred (a race, docs/admission.md); test_admission.py's
+    # test_a_namespace_created_a_moment_before_its_service_account_is_decided_right runs it.
+    ("", "namespaces", "get"),
 }
 
 Permission = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
