@@ -1,19 +1,21 @@
 """The ServiceAccount admission webhook, wired into kopf: thin handlers over the core.
 
 Registered only with `--admission` (cli.run calls `register`). kopf's `WebhookServer` serves the
-requests (TLS, certificate reloads, the listener's life) and hands each AdmissionReview to
-`Reviewer`, not to kopf's admission engine and an `@kopf.on.mutate` handler: that engine
-cost about 4 ms and a thread hop per ServiceAccount create, on the API server's critical path
-(docs/admission.md, "Measured"). The decision is `regcred.core.admission`. regcred writes the
-MutatingWebhookConfiguration itself rather than through kopf's `settings.admission.managed`:
-kopf 1.45's managed configuration hard-codes `timeoutSeconds: 30` (a dead webhook would hold
-every ServiceAccount create for 30 s), has no `namespaceSelector`, and removes its webhooks
-when the process exits, which would leave the surviving replica of an HA pair without one.
+requests (TLS, certificate reloads, the listener's life) on a thread and event loop of regcred's
+own, and hands each AdmissionReview to `Reviewer`, not to kopf's admission engine and an
+`@kopf.on.mutate` handler: that engine cost about 4 ms and a thread hop per ServiceAccount
+create, on the API server's critical path, and kopf's loop is shared with everything kopf does
+(docs/admission.md, "Why not kopf's admission engine"). The decision is
+`regcred.core.admission`. regcred writes the MutatingWebhookConfiguration itself rather than
+through kopf's `settings.admission.managed`: kopf 1.45's managed configuration hard-codes
+`timeoutSeconds: 30` (a dead webhook would hold every ServiceAccount create for 30 s), has no
+`namespaceSelector`, and removes its webhooks when the process exits, which would leave the
+surviving replica of an HA pair without one.
 
-Every replica serves the webhook, the paused standby included, and decides from a live read
-of the namespace (one created a millisecond earlier may not have reached any watch yet) and
-from the CRs as its own watch has them (`LiveCredentials`: kopf stops its watches while
-paused), docs/admission.md.
+Every replica serves the webhook, the paused standby included, and decides from the namespace
+as the sync feature's watch has it (every replica watches; read live when that watch has not
+delivered it yet) and from the CRs as its own watch has them (`LiveCredentials`: kopf stops
+its watches while paused), docs/admission.md.
 """
 
 from __future__ import annotations
