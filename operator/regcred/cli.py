@@ -142,7 +142,8 @@ def run(settings: Settings) -> int:
 
     from regcred.logs import configure
     from regcred.metrics import Metrics
-    from regcred.sync.handlers import SharedMemo, register
+    from regcred.runtime import Runtime, SharedMemo
+    from regcred.sync.handlers import register
 
     configure(settings.log_format, settings.log_level)
     metrics = Metrics()
@@ -164,7 +165,7 @@ def run(settings: Settings) -> int:
         # replica draws its own: the highest acts, the others wait for its entry to expire.
         priority=random.randint(1, 2**31 - 1) if settings.peering else None,
         liveness_endpoint=liveness,
-        memo=SharedMemo(settings=settings, metrics=metrics, api_configuration=api_configuration),
+        memo=SharedMemo(runtime=Runtime(settings, metrics, api_configuration)),
     )
     return 0
 

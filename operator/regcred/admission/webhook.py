@@ -43,6 +43,7 @@ from regcred.core.spec import GROUP, PLURAL, VERSION, CredentialSpec, parse_cred
 from regcred.kube.client import Kube
 from regcred.kube.config import api_client
 from regcred.kube.errors import ApiConflict, ApiInvalid, KubeError
+from regcred.runtime import runtime_of
 from regcred.settings import AdmissionSettings, Settings
 
 log = structlog.get_logger("regcred.admission")
@@ -107,7 +108,7 @@ def admit_service_account(body: kopf.Body, patch: kopf.Patch, dryrun: bool, memo
     meta = body.get("metadata") or {}
     namespace, name = meta.get("namespace") or "", meta.get("name") or ""
     try:
-        names = memo.admission.decider.entries_for(namespace, name)
+        names = _admission(memo).decider.entries_for(namespace, name)
     except KubeError as error:
         log.warning("admitted unchanged: cannot read the cluster", namespace=namespace,
                     service_account=name, error=str(error))
@@ -348,23 +349,31 @@ class AdmissionServer:
 
 
 def start_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    options: Settings = memo.settings
-    if "admission" in memo:  # kopf retries start-up steps: build once
+    runtime = runtime_of(memo)
+    options = runtime.settings
+    if runtime.admission is not None:  # kopf retries start-up steps: build once
         return
-    kube = Kube(api_client(memo.api_configuration, API_THREADS), on_error=memo.metrics.api_error)
+    kube = Kube(api_client(runtime.api_configuration, API_THREADS), on_error=runtime.metrics.api_error)
     assert options.admission is not None
     decider = Decider(kube, options)
     registrar = Registrar(kube, options.admission, options.operator_namespace,
                           lambda: decider.specs(kube.list_credentials()))
     server = AdmissionServer(kube, options, registrar)
-    memo.admission = Admission(decider, registrar, server)
+    runtime.admission = Admission(decider, registrar, server)
     settings.admission.server = server
     settings.admission.managed = None  # regcred writes the configuration (see the docstring)
 
 
 def stop_admission(memo: kopf.Memo, **_: Any) -> None:
-    if "admission" in memo:
-        memo.admission.server.close()
+    admission = runtime_of(memo).admission
+    if admission is not None:
+        admission.server.close()
+
+
+def _admission(memo: kopf.Memo) -> Admission:
+    admission = runtime_of(memo).admission
+    assert admission is not None  # built by the start-up step, before any handler runs
+    return admission
 
 
 def credential_seen_by_admission(memo: kopf.Memo, credential_index: kopf.Index[str, dict[str, Any]],
@@ -373,6 +382,7 @@ def credential_seen_by_admission(memo: kopf.Memo, credential_index: kopf.Index[s
     namespaces now. Written only when it changes."""
     bodies = [body for store in credential_index.values() for body in store]
     try:
-        memo.admission.registrar.register(specs=memo.admission.decider.specs(bodies))
+        admission = _admission(memo)
+        admission.registrar.register(specs=admission.decider.specs(bodies))
     except KubeError as error:  # the next CR event, or the next start, tries again
         log.warning("cannot update the admission webhook", error=str(error))

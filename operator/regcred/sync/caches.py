@@ -51,6 +51,7 @@ class Caches:
         self._copies: dict[str, dict[str, ObservedCopy]] = {}  # namespace -> name -> copy
         self._accounts: dict[str, dict[str, ObservedServiceAccount]] = {}
         self._credentials = credentials  # kopf's index of RegistryCredential bodies, by name
+        self._listed: set[str] = set()  # uids seen in a listing (kopf's event loop only)
 
     def fill(self, kube: Kube) -> None:
         """Take in the cluster as it is now, a page at a time (start-up, before any event)."""
@@ -77,6 +78,18 @@ class Caches:
                 return False
             self._namespaces[name] = CachedNamespace(uid, version, NamespaceInfo.from_body(body))
             return True
+
+    def relisted(self, type: str | None, uid: str | None) -> bool:
+        """Whether this event shows that kopf listed a watch again. kopf re-lists after a lost
+        watch without saying so; an object listed a second time tells, and objects deleted in
+        the gap then linger here until a cache check finds them. Called on kopf's event loop."""
+        if type == "DELETED":
+            self._listed.discard(uid or "")
+        elif type is None and uid:
+            if uid in self._listed:
+                return True
+            self._listed.add(uid)
+        return False
 
     def copy_seen(self, body: Mapping[str, Any], deleted: bool = False) -> bool:
         return self._seen(self._copies, body, deleted, observe_copy)

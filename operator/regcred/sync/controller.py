@@ -13,18 +13,21 @@ kopf's finalizer waits for its result.
 from __future__ import annotations
 
 import threading
-from typing import Protocol, assert_never
+from collections.abc import Iterable, Mapping
+from typing import Any, assert_never
 
 import structlog
 
 from regcred.kube.client import Kube
+from regcred.kube.config import api_client
 from regcred.kube.errors import KubeError
 from regcred.metrics import Metrics
 from regcred.settings import Settings
-from regcred.sync.cachecheck import CacheChecker, CheckableCaches
+from regcred.sync.cachecheck import CacheChecker
+from regcred.sync.caches import Caches
 from regcred.sync.executor import Executor
 from regcred.sync.ledger import Ledger, StatusPublisher
-from regcred.sync.reconciler import Reconciler, World
+from regcred.sync.reconciler import Reconciler
 from regcred.sync.workqueue import CacheCheckKey, CredentialKey, Key, NamespaceKey, WorkQueue
 from regcred.verification.verifier import Verification
 
@@ -126,13 +129,51 @@ class Controller:
         assert_never(key)
 
 
-class ObservedState(World, CheckableCaches, Protocol):
-    """What the controller reads (`Caches`): the reconciler's view and the cache check's."""
+class SyncLoop:
+    """The sync feature as kopf's start-up step builds it: the client, the caches, the controller
+    and its workers, and one watch per allow-listed source namespace; stopped by kopf's
+    clean-up step."""
+
+    def __init__(self, kube: Kube, caches: Caches, controller: Controller,
+                 source_namespaces: Iterable[str]) -> None:
+        self.kube = kube
+        self.caches = caches
+        self.controller = controller
+        self._source_namespaces = sorted(source_namespaces)
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        """Fill the caches (before any watch event: nothing is planned on a half-filled cache),
+        then start the workers and the source watches. Raises `KubeError` while the API cannot
+        be listed; the caller tries again."""
+        self.caches.fill(self.kube)
+        self.controller.start()
+        for namespace in self._source_namespaces:
+            threading.Thread(
+                target=self.kube.watch_secrets,
+                args=(namespace, self.controller.source_changed, self._stop),
+                name=f"source-watch-{namespace}", daemon=True,
+            ).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.controller.shutdown()
 
 
-def build(kube: Kube, caches: ObservedState, settings: Settings, metrics: Metrics) -> Controller:
-    """Wire the operator: one queue, the ledger and its publisher, the reconciler and its
-    executor, the check."""
+def api_threads(settings: Settings, kopf_threads: int) -> int:
+    """Threads that may call the API at once, which the client's connection pool is sized for:
+    our fan-out pool and queue workers, kopf's handler threads, and one long watch per source
+    namespace."""
+    return 2 * settings.workers + kopf_threads + len(settings.source_namespaces)
+
+
+def build(api_configuration: Any, credential_index: Mapping[str, Iterable[Mapping[str, Any]]],
+          settings: Settings, metrics: Metrics, kopf_threads: int) -> SyncLoop:
+    """Wire the operator: the client, the caches, one queue, the ledger and its publisher, the
+    reconciler and its executor, the check, verification."""
+    kube = Kube(api_client(api_configuration, api_threads(settings, kopf_threads)),
+                on_error=metrics.api_error)
+    caches = Caches(credential_index)
     queue: WorkQueue[Key] = WorkQueue()
     ledger = Ledger()
     publisher = StatusPublisher(kube, caches, ledger, metrics)
@@ -147,4 +188,5 @@ def build(kube: Kube, caches: ObservedState, settings: Settings, metrics: Metric
                                 # an active replica publishes every CR at least once per resync
                                 stale_after=2 * settings.resync_seconds + 60)
     publisher.extend(verification)
-    return Controller(queue, reconciler, checker, settings.workers, verification)
+    controller = Controller(queue, reconciler, checker, settings.workers, verification)
+    return SyncLoop(kube, caches, controller, settings.source_namespaces)

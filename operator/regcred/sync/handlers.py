@@ -11,35 +11,22 @@ Nothing is registered on import: `register(registry, settings)` does it, so ever
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
 from regcred.core.spec import GROUP, MANAGED_BY_LABEL, MANAGED_BY_VALUE, PLURAL, VERSION
-from regcred.kube.client import Kube
-from regcred.kube.config import api_client
 from regcred.kube.errors import KubeError
-from regcred.metrics import Metrics
+from regcred.runtime import runtime_of
 from regcred.settings import Settings
-from regcred.sync.caches import Caches
-from regcred.sync.controller import Controller, build
+from regcred.sync.controller import SyncLoop, build
 from regcred.sync.reconciler import CleanupIncomplete
 
 CRD = (GROUP, VERSION, PLURAL)
 MANAGED = {MANAGED_BY_LABEL: MANAGED_BY_VALUE}
 PEERING_LIFETIME_SECONDS = 15
 WORKER_IDLE_SECONDS = 0.5
-
-
-class SharedMemo(kopf.Memo):
-    """The operator's one memo. kopf gives each watched object a shallow copy of it for state
-    of its own (0.2 KB apiece, 5 MB at 25,000 objects); regcred keeps no per-object state
-    there, so every object shares this one."""
-
-    def __copy__(self) -> SharedMemo:
-        return self
 
 
 def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
@@ -72,31 +59,17 @@ def credential_index(body: Mapping[str, Any], name: str, **_: Any) -> dict[str, 
 
 def start(settings: kopf.OperatorSettings, memo: kopf.Memo,
           credential_index: kopf.Index[str, dict[str, Any]], **_: Any) -> None:
-    """Configure kopf, build the operator, fill the caches (before any watch event), then
-    start the workers and the source watches. kopf retries the step while the API is down."""
-    options: Settings = memo.settings
-    kopf_threads = configure_kopf(settings, options)
-    if "controller" not in memo:
-        # Threads that may call the API at once: our fan-out pool and queue workers, kopf's
-        # handler threads, and one long watch per source namespace.
-        threads = 2 * options.workers + kopf_threads + len(options.source_namespaces)
-        metrics: Metrics = memo.metrics
-        memo.kube = Kube(api_client(memo.api_configuration, threads), on_error=metrics.api_error)
-        memo.caches = Caches(credential_index)
-        memo.controller = build(memo.kube, memo.caches, options, metrics)
-        memo.listed = set()  # uids seen in a listing: seeing one listed again means a re-list
-        memo.stop = threading.Event()
+    """Configure kopf, build the operator once, then start it (caches, workers, source
+    watches). kopf retries the step while the API is down."""
+    runtime = runtime_of(memo)
+    kopf_threads = configure_kopf(settings, runtime.settings)
+    if runtime.sync is None:
+        runtime.sync = build(runtime.api_configuration, credential_index, runtime.settings,
+                             runtime.metrics, kopf_threads)
     try:
-        memo.caches.fill(memo.kube)
+        runtime.sync.start()
     except KubeError as error:
         raise kopf.TemporaryError(f"cannot list the cluster yet: {error}", delay=5) from None
-    controller: Controller = memo.controller
-    controller.start()
-    for namespace in sorted(options.source_namespaces):
-        threading.Thread(
-            target=memo.kube.watch_secrets, args=(namespace, controller.source_changed, memo.stop),
-            name=f"source-watch-{namespace}", daemon=True,
-        ).start()
 
 
 def configure_kopf(settings: kopf.OperatorSettings, options: Settings) -> int:
@@ -118,65 +91,65 @@ def configure_kopf(settings: kopf.OperatorSettings, options: Settings) -> int:
 
 
 def stop(memo: kopf.Memo, **_: Any) -> None:
-    if "controller" in memo:
-        memo.stop.set()
-        memo.controller.shutdown()
+    sync = runtime_of(memo).sync
+    if sync is not None:
+        sync.stop()
+
+
+def _started(memo: kopf.Memo) -> SyncLoop:
+    sync = runtime_of(memo).sync
+    assert sync is not None  # kopf watches and calls handlers only once start-up succeeded
+    return sync
 
 
 # --- the custom resource -------------------------------------------------------------------
 
 def credential_changed(name: str, memo: kopf.Memo, **_: Any) -> None:
-    memo.controller.credential_changed(name)
+    _started(memo).controller.credential_changed(name)
 
 
 def resync(name: str, memo: kopf.Memo, **_: Any) -> None:
-    memo.controller.resync(name)
+    _started(memo).controller.resync(name)
 
 
 def credential_deleted(name: str, memo: kopf.Memo, **_: Any) -> None:
     try:
-        memo.controller.credential_deleted(name)
+        _started(memo).controller.credential_deleted(name)
     except CleanupIncomplete as error:
         raise kopf.TemporaryError(str(error), delay=2) from None
 
 
 # --- what the copies depend on ------------------------------------------------------------
-
-def _relisted(memo: kopf.Memo, type: str | None, uid: str | None) -> None:
-    """kopf re-lists after a lost watch without saying so; an object listed a second time
-    tells. Objects deleted meanwhile linger in the caches: have them checked."""
-    if type == "DELETED":
-        memo.listed.discard(uid)
-    elif type is None and uid:
-        if uid in memo.listed:
-            memo.controller.relisted()
-        memo.listed.add(uid)
-
-
-async def namespace_event(name: str, type: str | None, uid: str | None, body: kopf.Body,
-                          memo: kopf.Memo, **_: Any) -> None:
-    memo.metrics.watch_event("Namespace")
-    _relisted(memo, type, uid)
-    if memo.caches.namespace_seen(body, deleted=type == "DELETED"):
-        memo.controller.namespace_changed(name)
-
-
 # Listing events (type None) count too: after a lost watch (an API server or etcd restart)
 # kopf lists again, and a ServiceAccount or copy changed in the gap shows up only there.
 # Events that change nothing in the caches (the same resourceVersion: a listing of what is
 # cached, or the echo of our own write, already taken in) need no sync.
 
+def _event_seen(memo: kopf.Memo, kind: str, type: str | None, uid: str | None) -> SyncLoop:
+    """Count a watch event; a re-list it shows gets the caches checked."""
+    runtime_of(memo).metrics.watch_event(kind)
+    sync = _started(memo)
+    if sync.caches.relisted(type, uid):
+        sync.controller.relisted()
+    return sync
+
+
+async def namespace_event(name: str, type: str | None, uid: str | None, body: kopf.Body,
+                          memo: kopf.Memo, **_: Any) -> None:
+    sync = _event_seen(memo, "Namespace", type, uid)
+    if sync.caches.namespace_seen(body, deleted=type == "DELETED"):
+        sync.controller.namespace_changed(name)
+
+
 async def service_account_event(namespace: str | None, type: str | None, uid: str | None,
                                 body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    memo.metrics.watch_event("ServiceAccount")
-    _relisted(memo, type, uid)
-    if memo.caches.service_account_seen(body, deleted=type == "DELETED") and namespace:
-        memo.controller.namespace_changed(namespace)
+    sync = _event_seen(memo, "ServiceAccount", type, uid)
+    if sync.caches.service_account_seen(body, deleted=type == "DELETED") and namespace:
+        sync.controller.namespace_changed(namespace)
 
 
 async def copy_event(namespace: str | None, type: str | None, uid: str | None, body: kopf.Body,
                      memo: kopf.Memo, **_: Any) -> None:
-    memo.metrics.watch_event("Secret")
-    _relisted(memo, type, uid)
-    if memo.caches.copy_seen(body, deleted=type == "DELETED") and namespace:
-        memo.controller.namespace_changed(namespace)
+    sync = _event_seen(memo, "Secret", type, uid)
+    if sync.caches.copy_seen(body, deleted=type == "DELETED") and namespace:
+        sync.controller.namespace_changed(namespace)
