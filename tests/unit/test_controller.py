@@ -10,8 +10,8 @@ from fakes import CREDENTIAL, NAMESPACE, Api, Wired
 
 from regcred.kube.errors import ApiRefused, ApiUnavailable
 from regcred.sync.cachecheck import CacheChecker
-from regcred.sync.controller import Controller
-from regcred.sync.workqueue import RETRY_DELAYS, CacheCheckKey, CredentialKey, Key, NamespaceKey, WorkQueue
+from regcred.sync.controller import CacheCheckKey, Controller, CredentialKey, Key, NamespaceKey
+from regcred.workqueue import RETRY_DELAYS, WorkQueue
 
 
 class Clock:

@@ -1,4 +1,4 @@
-"""The work queue's contract (regcred/sync/workqueue.py), on a clock the tests move by hand."""
+"""The work queue's contract (regcred/workqueue.py), on a clock the tests move by hand."""
 
 from __future__ import annotations
 
@@ -6,13 +6,8 @@ import threading
 
 import pytest
 
-from regcred.sync.workqueue import (
-    RETRY_DELAYS,
-    CacheCheckKey,
-    CredentialKey,
-    NamespaceKey,
-    WorkQueue,
-)
+from regcred.sync.controller import CacheCheckKey, CredentialKey, NamespaceKey
+from regcred.workqueue import RETRY_DELAYS, WorkQueue
 
 
 class Clock:

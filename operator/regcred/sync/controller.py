@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, assert_never
 
 import structlog
@@ -26,12 +27,41 @@ from regcred.settings import Settings
 from regcred.sync.cachecheck import CacheChecker
 from regcred.sync.caches import Caches
 from regcred.sync.executor import Executor
-from regcred.sync.ledger import Ledger, StatusPublisher
+from regcred.sync.ledger import Ledger, StatusPublisher, utc_now
 from regcred.sync.reconciler import Reconciler
-from regcred.sync.workqueue import CacheCheckKey, CredentialKey, Key, NamespaceKey, WorkQueue
 from regcred.verification.verifier import Verification
+from regcred.workqueue import WorkQueue
 
 log = structlog.get_logger("regcred.controller")
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceKey:
+    """Converge one namespace against every credential."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialKey:
+    """Re-render one credential from its source and converge every namespace."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class CacheCheckKey:
+    """Check the caches against the API for objects whose DELETED event was lost.
+
+    `periodic` checks may be skipped when one ran recently; a check asked for after a
+    re-list never is.
+    """
+
+    periodic: bool = False
+
+
+# Every way into the controller; `Controller._run` must handle each (it ends in assert_never).
+Key = NamespaceKey | CredentialKey | CacheCheckKey
 
 RELIST_CHECK_DELAY = 1.0  # after a re-list, give the listing a moment before checking
 
@@ -185,6 +215,7 @@ def build(api_configuration: Any, credential_index: Mapping[str, Iterable[Mappin
     verification = Verification(kube, metrics, rendered=reconciler.rendered,
                                 exists=lambda name: caches.credential_body(name) is not None,
                                 republish=lambda name: publisher.publish(name, wrote=False),
+                                clock=utc_now,
                                 # an active replica publishes every CR at least once per resync
                                 stale_after=2 * settings.resync_seconds + 60)
     publisher.extend(verification)
