@@ -6,7 +6,7 @@
   dirty, and `done` queues it once more, so the change made during the run is not lost.
 - `add_after` delays an add; of two delayed adds of one key, the earlier wins.
 - `retry_later` delays by the key's own backoff (`RETRY_DELAYS`, the last one repeating), and
-  `forget` resets that backoff after a success.
+  `reset_backoff` resets that backoff after a success.
 - `shutdown` wakes every waiting worker; `get` then returns None and adds are ignored.
 
 Keys are opaque to the queue (anything hashable), as in client-go: the sync controller's are
@@ -88,7 +88,7 @@ class WorkQueue(Generic[K]):
         self.add_after(key, delay)
         return delay
 
-    def forget(self, key: K) -> None:
+    def reset_backoff(self, key: K) -> None:
         """`key` succeeded: its next failure starts the backoff from the first delay again."""
         with self._condition:
             self._failures.pop(key, None)

@@ -9,7 +9,7 @@ import base64
 import copy as copy_module
 import itertools
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -205,40 +205,51 @@ def json_patch(doc: Mapping[str, Any], ops: Iterable[Mapping[str, Any]]) -> dict
     doc = copy_module.deepcopy(dict(doc))
     for op in ops:
         parts = _pointer(op["path"])
-        parent = _parent(doc, parts)
-        last = parts[-1]
-        kind = op["op"]
-        if kind == "test":
-            current = parent[int(last)] if isinstance(parent, list) else parent[last]
-            if current != op["value"]:
-                raise PatchTestFailed(op["path"])
-        elif kind == "add":
-            value = copy_module.deepcopy(op["value"])
-            if isinstance(parent, list):
-                if last == "-":
-                    parent.append(value)
-                else:
-                    index = int(last)
-                    if index > len(parent):
-                        raise IndexError(op["path"])
-                    parent.insert(index, value)
-            else:
-                parent[last] = value
-        elif kind == "remove":
-            if isinstance(parent, list):
-                del parent[int(last)]
-            else:
-                del parent[last]
-        elif kind == "replace":
-            if isinstance(parent, list):
-                parent[int(last)] = copy_module.deepcopy(op["value"])
-            else:
-                if last not in parent:
-                    raise KeyError(op["path"])
-                parent[last] = copy_module.deepcopy(op["value"])
-        else:  # pragma: no cover - the core only emits the ops above
-            raise AssertionError(f"unexpected op {kind}")
+        apply = _PATCH_OPS.get(op["op"])
+        if apply is None:  # pragma: no cover - the core only emits the ops below
+            raise AssertionError(f"unexpected op {op['op']}")
+        apply(_parent(doc, parts), parts[-1], op)
     return doc
+
+
+def _patch_test(parent: Any, last: str, op: Mapping[str, Any]) -> None:
+    current = parent[int(last)] if isinstance(parent, list) else parent[last]
+    if current != op["value"]:
+        raise PatchTestFailed(op["path"])
+
+
+def _patch_add(parent: Any, last: str, op: Mapping[str, Any]) -> None:
+    value = copy_module.deepcopy(op["value"])
+    if not isinstance(parent, list):
+        parent[last] = value
+    elif last == "-":
+        parent.append(value)
+    else:
+        index = int(last)
+        if index > len(parent):
+            raise IndexError(op["path"])
+        parent.insert(index, value)
+
+
+def _patch_remove(parent: Any, last: str, op: Mapping[str, Any]) -> None:
+    if isinstance(parent, list):
+        del parent[int(last)]
+    else:
+        del parent[last]
+
+
+def _patch_replace(parent: Any, last: str, op: Mapping[str, Any]) -> None:
+    if isinstance(parent, list):
+        parent[int(last)] = copy_module.deepcopy(op["value"])
+        return
+    if last not in parent:
+        raise KeyError(op["path"])
+    parent[last] = copy_module.deepcopy(op["value"])
+
+
+_PATCH_OPS: dict[str, Callable[[Any, str, Mapping[str, Any]], None]] = {
+    "test": _patch_test, "add": _patch_add, "remove": _patch_remove, "replace": _patch_replace,
+}
 
 
 def json_roundtrip(value: Any) -> Any:

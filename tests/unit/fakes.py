@@ -59,7 +59,7 @@ class World:
     def credential_body(self, name: str) -> Mapping[str, Any] | None:
         return self.bodies.get(name)
 
-    def wrote(self, written: ObservedCopy | ObservedServiceAccount, planned_from: str | None) -> None:
+    def take_in(self, written: ObservedCopy | ObservedServiceAccount, planned_from: str | None) -> None:
         """Recorded, not taken in: every sync here plans from the same observed state."""
         self.written.append((written, planned_from))
 

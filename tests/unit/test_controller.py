@@ -32,7 +32,7 @@ class Cached:
     def cached_uids(self) -> dict[str, str]:
         return dict(self.cached)
 
-    def forget(self, uids: Iterable[str]) -> None:
+    def drop_uids(self, uids: Iterable[str]) -> None:
         for uid in list(uids):
             self.cached.pop(uid, None)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import pytest
 from fakes import CREDENTIAL, NOW, Api, World, credential_body
 
@@ -98,10 +101,18 @@ def test_a_credential_gone_or_being_deleted_gets_no_status(published):
     assert api.statuses == []
 
 
+class Verified:
+    """A status extension with one condition of its own."""
+
+    def status_for(self, name: str, body: Mapping[str, Any], previous: Mapping[str, Any],
+                   ) -> tuple[tuple[Mapping[str, Any], ...], Mapping[str, Any]]:
+        return ({"type": "CredentialsVerified", "status": "True", "reason": "Verified",
+                 "message": "registry accepted them"},), {}
+
+
 def test_extra_conditions_are_published_after_ready(published):
     publisher, _, api, _ = published
-    publisher.set_condition(CREDENTIAL, {"type": "CredentialsVerified", "status": "True",
-                                         "reason": "Verified", "message": "registry accepted them"})
+    publisher.extend(Verified())
     publisher.publish(CREDENTIAL, wrote=False)
     types = [c["type"] for c in api.statuses[-1]["conditions"]]
     assert types == ["Ready", "CredentialsVerified"]

@@ -350,15 +350,15 @@ class AdmissionServer:
 
 def start_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     runtime = runtime_of(memo)
-    options = runtime.settings
+    regcred_settings = runtime.settings
     if runtime.admission is not None:  # kopf retries start-up steps: build once
         return
     kube = Kube(api_client(runtime.api_configuration, API_THREADS), on_error=runtime.metrics.api_error)
-    assert options.admission is not None
-    decider = Decider(kube, options)
-    registrar = Registrar(kube, options.admission, options.operator_namespace,
+    assert regcred_settings.admission is not None
+    decider = Decider(kube, regcred_settings)
+    registrar = Registrar(kube, regcred_settings.admission, regcred_settings.operator_namespace,
                           lambda: decider.specs(kube.list_credentials()))
-    server = AdmissionServer(kube, options, registrar)
+    server = AdmissionServer(kube, regcred_settings, registrar)
     runtime.admission = Admission(decider, registrar, server)
     settings.admission.server = server
     settings.admission.managed = None  # regcred writes the configuration (see the docstring)

@@ -133,7 +133,7 @@ class Controller:
         finally:
             self._queue.done(key)
         if not transient:
-            self._queue.forget(key)
+            self._queue.reset_backoff(key)
             return
         delay = self._queue.retry_later(key)
         log.info("retrying after a transient API failure", key=repr(key), seconds=delay)

@@ -72,21 +72,21 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo,
         raise kopf.TemporaryError(f"cannot list the cluster yet: {error}", delay=5) from None
 
 
-def configure_kopf(settings: kopf.OperatorSettings, options: Settings) -> int:
+def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: Settings) -> int:
     """Set kopf up for regcred; returns the number of kopf's handler threads."""
-    settings.persistence.finalizer = f"{GROUP}/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    kopf_settings.persistence.finalizer = f"{GROUP}/finalizer"
+    kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
-    settings.posting.enabled = False  # we post our own events, only on news
-    settings.watching.label_selectors["secrets"] = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
-    kopf_threads = max(8, options.workers)
-    settings.execution.max_workers = kopf_threads
+    kopf_settings.posting.enabled = False  # we post our own events, only on news
+    kopf_settings.watching.label_selectors["secrets"] = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
+    kopf_threads = max(8, settings.workers)
+    kopf_settings.execution.max_workers = kopf_threads
     # kopf keeps a worker per object for this long after its last event, holding that event's
     # whole body; a start-up listing of 25,000 objects held them all (docs/performance.md).
-    settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
+    kopf_settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
     # A killed leader's peering entry expires after `lifetime`: that is the failover time.
-    settings.peering.lifetime = PEERING_LIFETIME_SECONDS
+    kopf_settings.peering.lifetime = PEERING_LIFETIME_SECONDS
     return kopf_threads
 
 

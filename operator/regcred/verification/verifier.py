@@ -72,25 +72,7 @@ def check(target: Target, settings: VerifySettings) -> tuple[str, str]:
     timeout = settings.timeout_seconds
     url = target.base + "/v2/"
     try:
-        status, challenge_header, _ = _get(url, None, context, timeout)
-        if status == 200:
-            return ANONYMOUS, "GET /v2/ answers 200 without credentials: nothing to verify"
-        if status != 401:
-            return UNEXPECTED, f"GET /v2/ without credentials: {status} (expected 401 with a challenge)"
-        challenge = parse_challenge(challenge_header)
-        basic = basic_header(target.username, target.password)
-        if challenge.scheme == "basic":
-            status, _, _ = _get(url, basic, context, timeout)
-            return verdict("GET /v2/ (Basic)", status)
-        if challenge.scheme == "bearer":
-            realm = token_url(challenge, target.username)
-            status, _, body = _get(realm, basic, context, timeout)
-            realm_host = urlsplit(realm).netloc
-            if status != 200:
-                return verdict(f"token request to {realm_host}", status)
-            status, _, _ = _get(url, "Bearer " + token_from(body), context, timeout)
-            return verdict("GET /v2/ (Bearer token)", status)
-        return UNEXPECTED, f"GET /v2/: 401 with an unsupported challenge {challenge.scheme or 'none'!r}"
+        return _auth_flow(target, url, context, timeout)
     except Refused as error:
         return UNEXPECTED, str(error)
     except ssl.SSLCertVerificationError as error:
@@ -104,6 +86,30 @@ def check(target: Target, settings: VerifySettings) -> tuple[str, str]:
     except (OSError, http.client.HTTPException) as error:
         why = getattr(error, "strerror", None) or "connection failed"
         return UNREACHABLE, f"{type(error).__name__}: {why}"
+
+
+def _auth_flow(target: Target, url: str, context: ssl.SSLContext, timeout: float) -> tuple[str, str]:
+    """`docker login`'s requests: anonymous `GET /v2/`, then Basic or the Bearer token flow as
+    the challenge asks. Connection and TLS failures raise; `check` turns them into results."""
+    status, challenge_header, _ = _get(url, None, context, timeout)
+    if status == 200:
+        return ANONYMOUS, "GET /v2/ answers 200 without credentials: nothing to verify"
+    if status != 401:
+        return UNEXPECTED, f"GET /v2/ without credentials: {status} (expected 401 with a challenge)"
+    challenge = parse_challenge(challenge_header)
+    basic = basic_header(target.username, target.password)
+    if challenge.scheme == "basic":
+        status, _, _ = _get(url, basic, context, timeout)
+        return verdict("GET /v2/ (Basic)", status)
+    if challenge.scheme == "bearer":
+        realm = token_url(challenge, target.username)
+        status, _, body = _get(realm, basic, context, timeout)
+        realm_host = urlsplit(realm).netloc
+        if status != 200:
+            return verdict(f"token request to {realm_host}", status)
+        status, _, _ = _get(url, "Bearer " + token_from(body), context, timeout)
+        return verdict("GET /v2/ (Bearer token)", status)
+    return UNEXPECTED, f"GET /v2/: 401 with an unsupported challenge {challenge.scheme or 'none'!r}"
 
 
 def _get(url: str, authorization: str | None, context: ssl.SSLContext,
