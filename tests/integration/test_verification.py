@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 from scenario import PASSWORD_MARK, Cluster, password, unique
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from registry_server import Certificates, fake_registry
+from support.registry import Certificates, fake_registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("remove_new_credentials")]
 

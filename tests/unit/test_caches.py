@@ -7,10 +7,10 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from core_builders import credential, live_copy, observed, sa_body
 
 from regcred.core.plan import observe_service_account
 from regcred.sync.caches import Caches
+from support.builders import credential, live_copy, observed, sa_body
 
 NAMESPACE = "team-a"
 HARBOR = credential("harbor")

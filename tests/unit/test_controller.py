@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import pytest
-from fakes import CREDENTIAL, NAMESPACE, Api, Wired
 
 from regcred.kube.errors import ApiRefused, ApiUnavailable
 from regcred.sync.cachecheck import CacheChecker
 from regcred.sync.controller import CacheCheckKey, Controller, CredentialKey, Key, NamespaceKey
 from regcred.workqueue import RETRY_DELAYS, WorkQueue
+from support.fakes import CREDENTIAL, NAMESPACE, Api, Wired
 
 
 class Clock:

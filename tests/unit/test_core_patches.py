@@ -7,10 +7,10 @@ check the object that results, the way the API server would.
 from __future__ import annotations
 
 import pytest
-from core_builders import PatchTestFailed, json_patch, sa_body
 
 from regcred.core.patches import pull_secret_patch
 from regcred.core.plan import observe_service_account
+from support.builders import PatchTestFailed, json_patch, sa_body
 
 ANNOTATION = "regcred.dev/image-pull-secrets"
 ANNOTATION_PATH = "/metadata/annotations/regcred.dev~1image-pull-secrets"

@@ -7,17 +7,6 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
-from core_builders import (
-    PASSWORD,
-    World,
-    credential,
-    live_copy,
-    make_spec,
-    ns,
-    observed,
-    sa_body,
-    with_password,
-)
 
 from regcred.core.plan import (
     AddPullSecret,
@@ -35,6 +24,17 @@ from regcred.core.plan import (
     observe_copy,
     observe_service_account,
     plan_namespace,
+)
+from support.builders import (
+    PASSWORD,
+    World,
+    credential,
+    live_copy,
+    make_spec,
+    ns,
+    observed,
+    sa_body,
+    with_password,
 )
 
 NS = "team-a"

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 import urllib3
-from core_builders import PASSWORD, PatchTestFailed, credential, json_patch, sa_body
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -31,6 +30,7 @@ from regcred.core.plan import (
 from regcred.kube.client import Kube
 from regcred.kube.errors import ApiConflict, ApiRefused, ApiUnavailable, api_error
 from regcred.sync.executor import COPY_ATTEMPTS, SERVICE_ACCOUNT_ATTEMPTS, Executor
+from support.builders import PASSWORD, PatchTestFailed, credential, json_patch, sa_body
 
 NAMESPACE = "team-a"
 

@@ -6,12 +6,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from fakes import CREDENTIAL, NOW, Api, World, credential_body
 
 from regcred.core.errors import InvalidInput, SourceUnreadable
 from regcred.core.status import Failure
 from regcred.metrics import Metrics
 from regcred.sync.ledger import Ledger, StatusPublisher
+from support.fakes import CREDENTIAL, NOW, Api, World, credential_body
 
 CONFLICT = Failure("b", "Conflict", "secret harbor exists and is not managed by regcred")
 

@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
-from fakes import CREDENTIAL, NAMESPACE, PASSWORD, Api, Wired, World, credential_body
 
 from regcred.core.plan import (
     AddPullSecret,
@@ -23,6 +22,7 @@ from regcred.core.plan import (
 )
 from regcred.kube.errors import ApiConflict, ApiRefused, ApiUnavailable, KubeError
 from regcred.sync.executor import Applied
+from support.fakes import CREDENTIAL, NAMESPACE, PASSWORD, Api, Wired, World, credential_body
 
 NOT_OURS = Applied(wrote=False, not_ours="secret harbor exists and is not managed by regcred")
 

@@ -138,6 +138,7 @@ def credential(
 
 def with_password(cred: Credential, password: str) -> Credential:
     """The same credential after a rotation of its source Secret."""
+    assert cred.spec is not None
     config = render(cred.spec, basic_source(password=password, resource_version="200"))
     return replace(cred, config=config)
 
@@ -202,14 +203,14 @@ def _parent(doc: Any, parts: list[str]) -> Any:
 
 def json_patch(doc: Mapping[str, Any], ops: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Apply `ops` to a deep copy of `doc`; raise PatchTestFailed or KeyError/IndexError like a server."""
-    doc = copy_module.deepcopy(dict(doc))
+    patched: dict[str, Any] = copy_module.deepcopy(dict(doc))
     for op in ops:
         parts = _pointer(op["path"])
         apply = _PATCH_OPS.get(op["op"])
         if apply is None:  # pragma: no cover - the core only emits the ops below
             raise AssertionError(f"unexpected op {op['op']}")
-        apply(_parent(doc, parts), parts[-1], op)
-    return doc
+        apply(_parent(patched, parts), parts[-1], op)
+    return patched
 
 
 def _patch_test(parent: Any, last: str, op: Mapping[str, Any]) -> None:
@@ -293,16 +294,17 @@ class World:
                 del self.copies[action.secret_name]
             else:  # pragma: no cover
                 raise AssertionError(action)
-        for action in plan.service_account_actions:
-            body = self.accounts[action.service_account]
-            present = isinstance(action, AddPullSecret)
-            assert present or isinstance(action, RemovePullSecret)
-            ops = pull_secret_patch(observe_service_account(body), action.secret_name, present=present)
+        for account_action in plan.service_account_actions:
+            body = self.accounts[account_action.service_account]
+            present = isinstance(account_action, AddPullSecret)
+            assert present or isinstance(account_action, RemovePullSecret)
+            ops = pull_secret_patch(observe_service_account(body), account_action.secret_name,
+                                    present=present)
             if ops is None:
                 continue
             body = json_patch(body, ops)
             body["metadata"]["resourceVersion"] = next_rv()
-            self.accounts[action.service_account] = body
+            self.accounts[account_action.service_account] = body
 
     def converge(self, max_passes: int = 5) -> int:
         """Plan and apply until the plan is empty; the number of non-empty passes."""
@@ -321,7 +323,7 @@ class World:
 
     @staticmethod
     def _stored(manifest: Mapping[str, Any], current: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        body = json_roundtrip(manifest)
+        body: dict[str, Any] = json_roundtrip(manifest)
         uid = current["metadata"]["uid"] if current else f"secret-uid-{next_rv()}"
         body["metadata"]["uid"] = uid
         body["metadata"]["resourceVersion"] = next_rv()
