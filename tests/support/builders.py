@@ -49,8 +49,9 @@ def unb64(text: str) -> str:
 # --- CR bodies and specs -------------------------------------------------------------------
 
 
-def cr_body(name: str = "harbor-prod", **spec: Any) -> dict[str, Any]:
-    """A RegistryCredential body; `spec` keys (camelCase) override the minimal valid spec."""
+def cr_body(name: str = "harbor-prod", *, generation: int = 3, **spec: Any) -> dict[str, Any]:
+    """A RegistryCredential body (the one builder of them); `spec` keys (camelCase) override
+    the minimal valid spec, and one set to `...` is left out."""
     base: dict[str, Any] = {
         "registries": [{"server": "harbor.example.com"}],
         "sourceSecretRef": {"name": "harbor-robot"},
@@ -59,7 +60,7 @@ def cr_body(name: str = "harbor-prod", **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": "regcred.dev/v1alpha1",
         "kind": "RegistryCredential",
-        "metadata": {"name": name, "uid": f"uid-{name}", "creationTimestamp": T0, "generation": 3},
+        "metadata": {"name": name, "uid": f"uid-{name}", "creationTimestamp": T0, "generation": generation},
         "spec": {k: v for k, v in base.items() if v is not ...},
     }
 
@@ -261,8 +262,9 @@ def json_roundtrip(value: Any) -> Any:
 
 
 @dataclass
-class World:
-    """One namespace as the planner observes it; `apply` plays the executor, API server included."""
+class PlannedNamespace:
+    """One namespace as the planner observes it; `apply` plays the executor, API server included.
+    (The reconciler's `World`, the watch caches, is faked by `support.fakes.World`.)"""
 
     namespace: NamespaceInfo | None
     credentials: list[Credential]

@@ -11,7 +11,8 @@ from regcred.core.errors import InvalidInput, SourceUnreadable
 from regcred.core.status import Failure
 from regcred.metrics import Metrics
 from regcred.sync.ledger import Ledger, StatusPublisher
-from support.fakes import CREDENTIAL, NOW, Api, World, credential_body
+from support.builders import cr_body
+from support.fakes import CREDENTIAL, NOW, Api, World
 
 CONFLICT = Failure("b", "Conflict", "secret harbor exists and is not managed by regcred")
 
@@ -95,8 +96,8 @@ def test_a_rotation_is_news(published):
 def test_a_credential_gone_or_being_deleted_gets_no_status(published):
     publisher, _, api, world = published
     publisher.publish("other", wrote=True)
-    world.bodies[CREDENTIAL] = {**credential_body(), "metadata": {
-        **credential_body()["metadata"], "deletionTimestamp": NOW}}
+    world.bodies[CREDENTIAL] = {**cr_body(CREDENTIAL, generation=1), "metadata": {
+        **cr_body(CREDENTIAL, generation=1)["metadata"], "deletionTimestamp": NOW}}
     publisher.publish(CREDENTIAL, wrote=True)
     assert api.statuses == []
 

@@ -22,7 +22,8 @@ from regcred.core.plan import (
 )
 from regcred.kube.errors import ApiConflict, ApiRefused, ApiUnavailable, KubeError
 from regcred.sync.executor import Applied
-from support.fakes import CREDENTIAL, NAMESPACE, PASSWORD, Api, Wired, World, credential_body
+from support.builders import cr_body
+from support.fakes import CREDENTIAL, NAMESPACE, PASSWORD, Api, Wired, World
 
 NOT_OURS = Applied(wrote=False, not_ours="secret harbor exists and is not managed by regcred")
 
@@ -166,7 +167,7 @@ class IndexedDuringThePlan(ResumedWorld):
     def credential_bodies(self) -> list[Mapping[str, Any]]:
         self.reads += 1
         if self.reads > 2:
-            self.bodies["newer"] = credential_body("newer")
+            self.bodies["newer"] = cr_body("newer", generation=1)
         return super().credential_bodies()
 
 

@@ -33,7 +33,7 @@ from regcred.metrics import Metrics
 from regcred.sync.ledger import Ledger, StatusPublisher
 from regcred.verification.verifier import Verification, check
 from support import fakes
-from support.builders import PASSWORD, basic_source, make_spec
+from support.builders import PASSWORD, basic_source, cr_body, make_spec
 from support.registry import Certificates, fake_registry
 from support.wait import wait_for
 
@@ -240,7 +240,7 @@ class Harness:
 
 
 def verify_body() -> dict:
-    body = fakes.credential_body("harbor-prod")
+    body = cr_body("harbor-prod", generation=1)
     body["spec"]["verify"] = {"enabled": True}
     return body
 
