@@ -527,6 +527,10 @@ class ControlPlane(RunContext):
                         "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
                         "--service-cluster-ip-range", "10.0.0.0/24",
                         "--authorization-mode", "Node,RBAC",
+                        # As kubeadm and managed clusters run it: a kubelet may only touch its
+                        # own Node and Pods, and request ServiceAccount tokens only for the
+                        # audiences RBAC grants it (the credential provider's, docs/credential-provider.md).
+                        "--enable-admission-plugins", "NodeRestriction",
                         "--kubelet-client-certificate", str(kubelet_client_cert),
                         "--kubelet-client-key", str(kubelet_client_key),
                         "--kubelet-certificate-authority", str(pki.ca),

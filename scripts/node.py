@@ -39,7 +39,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -344,6 +346,45 @@ def kubelet_config(run_dir: Path, ca: Path, serving: tuple[Path, Path], port: in
     }
 
 
+# --- regcred's image credential provider (docs/credential-provider.md) ---------------------------
+
+PROVIDER_NAME = "regcred-credential-provider"  # the plugin's file name in the bin dir
+
+
+@dataclass(frozen=True)
+class CredentialProvider:
+    """What the kubelet needs to run regcred's plugin: the executable, the endpoint it asks
+    (URL and CA), the images it is asked for, and the token audience."""
+
+    plugin: Path
+    url: str
+    ca: Path
+    match_images: tuple[str, ...]
+    audience: str = "regcred.dev/credential-provider"
+    default_cache_duration: str = "5m"
+
+
+def credential_provider_config(provider: CredentialProvider) -> dict[str, Any]:
+    """The kubelet's CredentialProviderConfig (kubelet.config.k8s.io/v1): the Pod's
+    ServiceAccount token for `audience`, answers cached per ServiceAccount, never called for
+    a Pod without one."""
+    return {
+        "apiVersion": "kubelet.config.k8s.io/v1", "kind": "CredentialProviderConfig",
+        "providers": [{
+            "name": PROVIDER_NAME,
+            "apiVersion": "credentialprovider.kubelet.k8s.io/v1",
+            "matchImages": list(provider.match_images),
+            "defaultCacheDuration": provider.default_cache_duration,
+            "args": ["--url", provider.url, "--ca-file", str(provider.ca)],
+            "tokenAttributes": {
+                "serviceAccountTokenAudience": provider.audience,
+                "cacheType": "ServiceAccount",
+                "requireServiceAccount": True,
+            },
+        }],
+    }
+
+
 # --- the node -----------------------------------------------------------------------------------
 
 
@@ -356,8 +397,10 @@ class Node(RunContext):
 
     error_type = NodeError
 
-    def __init__(self, control_plane: ControlPlane, *, start_timeout: float = 120.0) -> None:
+    def __init__(self, control_plane: ControlPlane, *, start_timeout: float = 120.0,
+                 credential_provider: CredentialProvider | None = None) -> None:
         self.control_plane = control_plane
+        self.credential_provider = credential_provider
         self.start_timeout = start_timeout
         self.name = NODE_NAME
         self.dir: Path | None = None
@@ -441,6 +484,40 @@ class Node(RunContext):
         }
         self.components = {name: Component(name, command, self.log_dir / f"{name}.log")
                            for name, command in argv.items()}
+        self._kubelet_argv = argv[KUBELET]
+        if self.credential_provider is not None:
+            self.components[KUBELET].argv = self._with_provider(self.credential_provider)
+
+    def _with_provider(self, provider: CredentialProvider) -> list[str]:
+        """The kubelet's command line with regcred's credential provider configured."""
+        bin_dir = self._path("credential-providers")
+        bin_dir.mkdir(exist_ok=True)
+        link = bin_dir / PROVIDER_NAME
+        link.unlink(missing_ok=True)
+        link.symlink_to(provider.plugin)
+        config = self._path("credential-provider.yaml")
+        config.write_text(json.dumps(credential_provider_config(provider), indent=2))
+        return [*self._kubelet_argv, "--image-credential-provider-config", str(config),
+                "--image-credential-provider-bin-dir", str(bin_dir)]
+
+    def use_credential_provider(self, provider: CredentialProvider | None) -> None:
+        """Restart the kubelet with `provider` configured (None: without one) and wait until
+        the Node is Ready again; running pods keep running."""
+        kubelet = self.components[KUBELET]
+        kubelet.stop(STOP_GRACE)
+        self.credential_provider = provider
+        kubelet.argv = self._with_provider(provider) if provider else self._kubelet_argv
+        kubelet.start()
+        wait_until(self._kubelet_healthy, self.start_timeout, "the restarted kubelet healthy")
+        wait_until(self.ready, self.start_timeout, f"Node {self.name} Ready")
+
+    def _kubelet_healthy(self) -> bool:
+        self.components[KUBELET].check_running()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.healthz_port}/healthz", timeout=2) as answer:
+                return bool(answer.status == 200)
+        except OSError:
+            return False
 
     def ctr(self, *args: str) -> str:
         """`ctr` against this node's containerd, in the CRI's namespace."""

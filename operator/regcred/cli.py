@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from regcred import __version__
 from regcred.doctor.command import add_parser as add_doctor_parser
 from regcred.doctor.command import run_doctor
-from regcred.settings import AdmissionSettings, Settings, operator_namespace
+from regcred.settings import AdmissionSettings, ProviderSettings, Settings, operator_namespace
 
 _OPTIONS = [
     # flag, environment variable, default, help
@@ -43,6 +43,23 @@ _OPTIONS = [
      "the Service in front of the webhook port, used when --admission-url is not set"),
     ("--admission-tls-secret", "REGCRED_ADMISSION_TLS_SECRET", "regcred-webhook-tls",
      "Secret in the operator's namespace holding the webhook's CA and certificate (made if absent)"),
+    # The credential provider endpoint (docs/credential-provider.md).
+    ("--credential-provider", "REGCRED_CREDENTIAL_PROVIDER", "false",
+     "true: serve kubelets' image credential provider plugins at pull time (spec.delivery)"),
+    ("--credential-provider-listen", "REGCRED_CREDENTIAL_PROVIDER_LISTEN", "0.0.0.0:9444",
+     "host:port the credential provider endpoint listens on (HTTPS)"),
+    ("--credential-provider-audience", "REGCRED_CREDENTIAL_PROVIDER_AUDIENCE",
+     "regcred.dev/credential-provider",
+     "the token audience: the kubelets' tokenAttributes.serviceAccountTokenAudience"),
+    ("--credential-provider-hosts", "REGCRED_CREDENTIAL_PROVIDER_HOSTS", None,
+     "comma-separated DNS names or IPs the plugins reach the endpoint by (the certificate's names); "
+     "default: the --credential-provider-service Service in the operator's namespace"),
+    ("--credential-provider-service", "REGCRED_CREDENTIAL_PROVIDER_SERVICE", "regcred-provider",
+     "the Service in front of the endpoint, used when --credential-provider-hosts is not set"),
+    ("--credential-provider-tls-secret", "REGCRED_CREDENTIAL_PROVIDER_TLS_SECRET", "regcred-provider-tls",
+     "Secret in the operator's namespace holding the endpoint's CA and certificate (made if absent)"),
+    ("--credential-provider-cache-seconds", "REGCRED_CREDENTIAL_PROVIDER_CACHE_SECONDS", "300",
+     "how long a kubelet may reuse an answer: the longest a rotation takes to reach pulls"),
 ]
 
 
@@ -89,27 +106,57 @@ def settings_from(args: argparse.Namespace) -> Settings:
         kubeconfig=args.kubeconfig or os.environ.get("KUBECONFIG") or None,
         peering=args.peering or None,
         admission=admission_settings_from(args),
+        provider=provider_settings_from(args),
     )
 
 
 def admission_settings_from(args: argparse.Namespace) -> AdmissionSettings | None:
     """The webhook's options, or None when `--admission` is off; exits on bad values."""
-    switch = str(args.admission).strip().lower()
-    if switch not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-        raise SystemExit("regcred: --admission must be true or false")
-    if switch in ("false", "0", "no", "off"):
+    if not _switch(args.admission, "--admission"):
         return None
-    host, _, port = str(args.admission_listen).rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise SystemExit("regcred: --admission-listen must be host:port, e.g. 127.0.0.1:9443")
+    host, port = _listen(args.admission_listen, "--admission-listen")
     url = args.admission_url or None
     if url is not None:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme != "https" or not parsed.hostname or parsed.query or parsed.fragment:
             raise SystemExit("regcred: --admission-url must be an https URL without query, "
                              "e.g. https://127.0.0.1:9443")
-    return AdmissionSettings(listen_host=host.strip("[]"), listen_port=int(port), url=url,
+    return AdmissionSettings(listen_host=host, listen_port=port, url=url,
                              service=args.admission_service, tls_secret=args.admission_tls_secret)
+
+
+def provider_settings_from(args: argparse.Namespace) -> ProviderSettings | None:
+    """The credential provider endpoint's options, or None when it is off; exits on bad values."""
+    if not _switch(args.credential_provider, "--credential-provider"):
+        return None
+    host, port = _listen(args.credential_provider_listen, "--credential-provider-listen")
+    audience = str(args.credential_provider_audience).strip()
+    if not audience:
+        raise SystemExit("regcred: --credential-provider-audience must not be empty")
+    try:
+        cache_seconds = int(args.credential_provider_cache_seconds)
+    except ValueError:
+        cache_seconds = -1
+    if cache_seconds < 0:
+        raise SystemExit("regcred: --credential-provider-cache-seconds must be a whole number >= 0")
+    hosts = tuple(h.strip() for h in str(args.credential_provider_hosts or "").split(",") if h.strip())
+    return ProviderSettings(listen_host=host, listen_port=port, audience=audience, hosts=hosts,
+                            service=args.credential_provider_service,
+                            tls_secret=args.credential_provider_tls_secret, cache_seconds=cache_seconds)
+
+
+def _switch(value: object, flag: str) -> bool:
+    switch = str(value).strip().lower()
+    if switch not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        raise SystemExit(f"regcred: {flag} must be true or false")
+    return switch in ("true", "1", "yes", "on")
+
+
+def _listen(value: object, flag: str) -> tuple[str, int]:
+    host, _, port = str(value).rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SystemExit(f"regcred: {flag} must be host:port, e.g. 127.0.0.1:9443")
+    return host.strip("[]"), int(port)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -155,6 +202,10 @@ def run(settings: Settings) -> int:
         from regcred.admission import webhook
 
         webhook.register(registry)
+    if settings.provider:
+        from regcred.provider import endpoint
+
+        endpoint.register(registry)
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
     kopf.run(
         registry=registry,

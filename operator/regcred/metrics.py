@@ -46,6 +46,22 @@ class Metrics:
             ["credential", "registry", "result"], registry=self.registry,
         )
 
+        self.provider_requests = Counter(
+            "regcred_credential_provider_requests_total",
+            "Pull-time requests of kubelets' credential providers: answered, or refused by reason.",
+            ["result", "reason"], registry=self.registry,
+        )
+        self.provider_duration = Histogram(
+            "regcred_credential_provider_duration_seconds",
+            "Time to answer a pull-time request, TokenReview and Pod read included.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=self.registry,
+        )
+        self.token_reviews = Counter(
+            "regcred_credential_provider_token_reviews_total",
+            "TokenReviews the credential provider endpoint sent to the API server.",
+            registry=self.registry,
+        )
+
     def serve(self, port: int) -> None:
         start_http_server(port, registry=self.registry)
 
@@ -62,6 +78,14 @@ class Metrics:
 
     def set_copies(self, credential: str, count: int) -> None:
         self.copies.labels(credential).set(count)
+
+    def provider_request(self, refusal_reason: str | None, seconds: float) -> None:
+        """One pull-time request: answered (`refusal_reason` None) or refused for that reason."""
+        if refusal_reason is None:
+            self.provider_requests.labels("answered", "").inc()
+        else:
+            self.provider_requests.labels("refused", refusal_reason).inc()
+        self.provider_duration.observe(seconds)
 
     def api_error(self, code: int) -> None:
         self.api_errors.labels(str(code)).inc()

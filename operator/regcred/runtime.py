@@ -13,6 +13,7 @@ from regcred.settings import Settings
 
 if TYPE_CHECKING:
     from regcred.admission.webhook import Admission
+    from regcred.provider.endpoint import Provider
     from regcred.sync.controller import SyncLoop
 
 
@@ -25,6 +26,7 @@ class Runtime:
     api_configuration: Any  # kubernetes.client.Configuration (the client has no type hints)
     sync: SyncLoop | None = None  # sync/handlers.py's start-up step builds it once
     admission: Admission | None = None  # admission/webhook.py's start-up step, with --admission
+    provider: Provider | None = None  # provider/endpoint.py's, with --credential-provider
 
 
 class SharedMemo(kopf.Memo):

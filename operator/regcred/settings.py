@@ -30,6 +30,22 @@ class AdmissionSettings:
 
 
 @dataclass(frozen=True)
+class ProviderSettings:
+    """The credential provider endpoint (`--credential-provider`; regcred/provider/endpoint.py)."""
+
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 9444
+    # The audience the kubelet requests tokens for (its tokenAttributes.serviceAccountTokenAudience).
+    audience: str = "regcred.dev/credential-provider"
+    # Names the serving certificate is for: what the plugin's --url uses (default: the Service).
+    hosts: tuple[str, ...] = ()
+    service: str = "regcred-provider"
+    tls_secret: str = "regcred-provider-tls"
+    cache_seconds: int = 300  # how long a kubelet may reuse an answer (cacheDuration)
+    window_seconds: int = 600  # status.pullTime counts requests this recent
+
+
+@dataclass(frozen=True)
 class Settings:
     operator_namespace: str
     source_namespaces: frozenset[str]
@@ -42,3 +58,4 @@ class Settings:
     kubeconfig: str | None = None
     peering: str | None = None  # kopf peering object name; None = standalone (single replica)
     admission: AdmissionSettings | None = None  # None = no webhook
+    provider: ProviderSettings | None = None  # None = no credential provider endpoint

@@ -145,11 +145,15 @@ class Pods:
                 return status.state.waiting.reason
         return pod.status.phase
 
-    def wait_succeeded(self, namespace: str, name: str, timeout: float = 90) -> None:
-        """Until the pod Succeeded; AssertionError at once if it failed or its pull was refused."""
+    def wait_succeeded(self, namespace: str, name: str, timeout: float = 90, *,
+                       through_retries: bool = False) -> None:
+        """Until the pod Succeeded; AssertionError at once if it failed or its pull was refused
+        (`through_retries`: a refused pull is retried by the kubelet, so wait on)."""
+        refusals = set() if through_retries else PULL_REFUSED
+
         def finished() -> bool:
             state = self.state(namespace, name)
-            assert state not in PULL_REFUSED | {"Failed"}, (
+            assert state not in refusals | {"Failed"}, (
                 f"pod {namespace}/{name} is {state}: {self.event_messages(namespace, name)}")
             return state == "Succeeded"
 

@@ -56,6 +56,7 @@ def test_a_synced_cr_is_used():
     ("its source is broken", synced(cr_body("a"), ready="False", reason="SourceNotFound")),
     ("suspended", synced(cr_body("a", suspend=True), ready="False", reason="Suspended")),
     ("invalid", synced(cr_body("a", registries=[]))),
+    ("delivered by the credential provider only", synced(cr_body("a", delivery="CredentialProvider"))),
     ("being deleted", {**synced(cr_body("a")), "metadata": {
         **cr_body("a")["metadata"], "deletionTimestamp": "2024-01-02T00:00:00Z"}}),
 ])

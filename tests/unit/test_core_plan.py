@@ -748,3 +748,32 @@ def test_only_adding_keeps_creates_and_additions_and_drops_what_undoes():
     assert (adding.secret_actions, adding.service_account_actions) == ((create,), (add,))
     assert not adding.undoes
     assert not NamespacePlan("team-a", (create,), (add,)).undoes
+
+
+# --- spec.delivery ---------------------------------------------------------------------------
+
+
+def test_credential_provider_delivery_wants_no_copy_and_no_entry():
+    plan = world(credential("harbor-prod", delivery="CredentialProvider")).plan()
+    assert kinds(plan) == []
+    assert plan.matched == {"harbor-prod"}  # still served in this namespace, at pull time
+
+
+def test_both_delivers_copies_like_secrets():
+    plan = world(credential("harbor-prod", delivery="Both")).plan()
+    assert kinds(plan) == [("create", "harbor-prod"), ("add", "default", "harbor-prod")]
+
+
+def test_leaving_secrets_removes_the_copy_and_our_entry_only():
+    before = credential("harbor-prod")
+    after = credential("harbor-prod", delivery="CredentialProvider")
+    accounts = [sa_body("default", NS, ["theirs", "harbor-prod"], ours=["harbor-prod"])]
+    plan = world(after, copies=[live_copy(before, NS)], accounts=accounts).plan()
+    assert kinds(plan) == [("delete", "harbor-prod"), ("remove", "default", "harbor-prod")]
+
+
+def test_leaving_secrets_keeps_everything_until_the_new_generation_is_rendered():
+    before = credential("harbor-prod")
+    after = credential("harbor-prod", delivery="CredentialProvider", frozen="config")
+    accounts = [sa_body("default", NS, ["harbor-prod"], ours=["harbor-prod"])]
+    assert kinds(world(after, copies=[live_copy(before, NS)], accounts=accounts).plan()) == []

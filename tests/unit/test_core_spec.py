@@ -88,6 +88,14 @@ def test_defaults():
     assert spec.namespace_selector is None
     assert spec.namespaces == () and spec.exclude_namespaces == ()
     assert spec.suspend is False
+    assert spec.delivery == "Secrets" and spec.copies and not spec.served_at_pull
+
+
+@pytest.mark.parametrize(("delivery", "copies", "served"), [
+    ("Secrets", True, False), ("CredentialProvider", False, True), ("Both", True, True)])
+def test_delivery(delivery, copies, served):
+    spec = parse(cr_body(delivery=delivery))
+    assert (spec.delivery, spec.copies, spec.served_at_pull) == (delivery, copies, served)
 
 
 def test_default_source_namespace_is_the_operators():
@@ -208,6 +216,8 @@ INVALID = {
         {"namespaceSelector": {"matchExpressions": [
             {"key": "b", "operator": "DoesNotExist", "values": ["x"]}]}},
         "InvalidSpec", ["spec.namespaceSelector.matchExpressions[0]", "no values"]),
+    "delivery unknown": ({"delivery": "Pull"}, "InvalidSpec",
+                         ["spec.delivery", "'Pull'", "Secrets, CredentialProvider, Both"]),
     "namespaces not a list": ({"namespaces": "team-*"}, "InvalidSpec", ["spec.namespaces", "list"]),
     "namespaces empty entry": ({"namespaces": ["ci", ""]}, "InvalidSpec", ["spec.namespaces", "list"]),
     "excludeNamespaces not strings": ({"excludeNamespaces": [1]}, "InvalidSpec",

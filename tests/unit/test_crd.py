@@ -141,6 +141,7 @@ def test_spec_fields_match_the_contract(schema):
         "excludeNamespaces",
         "serviceAccounts",
         "suspend",
+        "delivery",
         "verify",
     }
     assert set(prop(schema, "spec.verify")["properties"]) == {
@@ -201,6 +202,7 @@ def test_status_fields(schema):
         "sourceResourceVersion",
         "lastSyncTime",
         "lastRotationTime",
+        "pullTime",
         "registries",
         "kopf",
     }

@@ -52,7 +52,7 @@ def admission_credentials(
             continue
         status = read_status(body)
         current = status.observed_generation == spec.generation == status.ready.observed_generation
-        if spec.suspend or not status.rendered or not current:
+        if spec.suspend or not spec.copies or not status.rendered or not current:
             continue
         usable.append(AdmissionCredential(Credential(spec.name, spec.uid, spec),
                                           status.conflicted_namespaces))

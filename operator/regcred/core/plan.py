@@ -11,7 +11,9 @@ Ownership rules, in one place:
 - a copy whose credential is gone is an orphan: deleted, or adopted by a claimant;
 - a ServiceAccount entry is ours only if it is listed in our annotation;
 - a *frozen* credential (suspended, invalid, or not rendered yet) keeps what it has:
-  nothing of it is created, replaced, deleted, added or removed.
+  nothing of it is created, replaced, deleted, added or removed;
+- a credential delivered only by the credential provider (`spec.delivery`) wants no copy
+  and no entry: what it made while it delivered Secrets is removed once it is rendered.
 """
 
 from __future__ import annotations
@@ -215,7 +217,10 @@ def plan_namespace(
     holders = {copy.name: _holder(copy, by_name) for copy in copies}
     matched = [c for c in by_name.values() if c.spec and namespace_matches(c.spec, namespace)]
 
-    desired, conflicts = _assign_secret_names(matched, holders, foreign_secrets)
+    # Only credentials delivered by copies claim a Secret name: leaving Secrets (spec.delivery)
+    # makes an active credential's copies and entries undesired, so they are removed.
+    copying = [c for c in matched if c.valid_spec.copies]
+    desired, conflicts = _assign_secret_names(copying, holders, foreign_secrets)
     secret_actions: list[SecretAction] = []
     observed = {copy.name: copy for copy in copies}
     for secret_name, winner in sorted(desired.items()):

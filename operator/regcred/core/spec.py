@@ -28,6 +28,12 @@ IGNORE_LABEL = "regcred.dev/ignore"
 PULL_SECRETS_ANNOTATION = "regcred.dev/image-pull-secrets"
 RESERVED_LABELS = frozenset({MANAGED_BY_LABEL, CREDENTIAL_LABEL})
 
+# spec.delivery: how a credential reaches the kubelet. Secrets: copies and ServiceAccount
+# entries; CredentialProvider: answered at pull time by regcred's credential provider
+# endpoint (docs/credential-provider.md), no copies; Both.
+SECRETS, CREDENTIAL_PROVIDER, BOTH = "Secrets", "CredentialProvider", "Both"
+DELIVERIES = (SECRETS, CREDENTIAL_PROVIDER, BOTH)
+
 SELECTOR_OPERATORS = frozenset({"In", "NotIn", "Exists", "DoesNotExist"})
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -76,6 +82,17 @@ class CredentialSpec:
     exclude_namespaces: tuple[str, ...] = ()
     service_accounts: tuple[str, ...] = ("default",)
     suspend: bool = False
+    delivery: str = SECRETS
+
+    @property
+    def copies(self) -> bool:
+        """Whether it delivers by copies and ServiceAccount entries."""
+        return self.delivery in (SECRETS, BOTH)
+
+    @property
+    def served_at_pull(self) -> bool:
+        """Whether the credential provider endpoint hands it out."""
+        return self.delivery in (CREDENTIAL_PROVIDER, BOTH)
 
 
 def parse_credential(
@@ -118,6 +135,9 @@ def parse_credential(
         ("default",) if spec.get("serviceAccounts") is None
         else _patterns(spec["serviceAccounts"], "spec.serviceAccounts")
     )
+    delivery = spec.get("delivery") or SECRETS
+    if delivery not in DELIVERIES:
+        raise InvalidInput("InvalidSpec", f"spec.delivery {delivery!r} is not one of {', '.join(DELIVERIES)}")
     return CredentialSpec(
         name=name,
         uid=str(meta.get("uid", "")),
@@ -134,6 +154,7 @@ def parse_credential(
         exclude_namespaces=_patterns(spec.get("excludeNamespaces"), "spec.excludeNamespaces"),
         service_accounts=service_accounts,
         suspend=bool(spec.get("suspend", False)),
+        delivery=str(delivery),
     )
 
 

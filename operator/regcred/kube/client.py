@@ -48,6 +48,7 @@ class Kube:
         self._core = client.CoreV1Api(api_client)
         self._custom = client.CustomObjectsApi(api_client)
         self._admission = client.AdmissionregistrationV1Api(api_client)
+        self._authentication = client.AuthenticationV1Api(api_client)
         self._on_error = on_error or (lambda status: None)
 
     # --- reads -------------------------------------------------------------------------
@@ -275,6 +276,17 @@ class Kube:
         self._call("patch", f"mutatingwebhookconfiguration {name}",
                    self._admission.patch_mutating_webhook_configuration, name, {"webhooks": webhooks},
                    _content_type="application/merge-patch+json")
+
+    # --- the credential provider endpoint (regcred/provider/) ----------------------------
+
+    def review_token(self, token: str, audience: str) -> dict[str, Any]:
+        """A TokenReview's status: whether the API server accepts `token` for `audience`, and
+        whose it is. The token goes only into the request body."""
+        review = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                  "spec": {"token": token, "audiences": [audience]}}
+        answer = self._call("create", "tokenreview", self._authentication.create_token_review, review)
+        status: dict[str, Any] = (answer or {}).get("status") or {}
+        return status
 
     # --- plumbing ----------------------------------------------------------------------
 

@@ -68,9 +68,11 @@ RELIST_CHECK_DELAY = 1.0  # after a re-list, give the listing a moment before ch
 
 class Controller:
     def __init__(self, queue: WorkQueue[Key], reconciler: Reconciler, checker: CacheChecker,
-                 workers: int, verification: Verification | None = None) -> None:
+                 workers: int, verification: Verification | None = None,
+                 publisher: StatusPublisher | None = None) -> None:
         self._queue = queue
         self.reconciler = reconciler
+        self.publisher = publisher  # features publishing status of their own extend it
         self._checker = checker
         self._verification = verification
         self._workers = [
@@ -219,5 +221,5 @@ def build(api_configuration: Any, credential_index: Mapping[str, Iterable[Mappin
                                 # an active replica publishes every CR at least once per resync
                                 stale_after=2 * settings.resync_seconds + 60)
     publisher.extend(verification)
-    controller = Controller(queue, reconciler, checker, settings.workers, verification)
+    controller = Controller(queue, reconciler, checker, settings.workers, verification, publisher)
     return SyncLoop(kube, caches, controller, settings.source_namespaces)

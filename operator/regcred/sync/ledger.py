@@ -134,10 +134,10 @@ class StatusPublisher:
         # One computation and write at a time per CR: two publishes racing could otherwise
         # let the one computed from an older ledger land last, and stay.
         self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
-        self._extension: StatusExtension | None = None
+        self._extensions: list[StatusExtension] = []
 
     def extend(self, extension: StatusExtension) -> None:
-        self._extension = extension
+        self._extensions.append(extension)
 
     def publish(self, name: str, *, wrote: bool, rotated: int = 0) -> None:
         """Write the CR's status if it differs from what it shows; post events on news."""
@@ -159,8 +159,12 @@ class StatusPublisher:
         with self._lock:
             previous = self._published.get(name) or dict(body.get("status") or {})
         failures = tuple(f for f in entries.values() if f)
-        conditions, fields = self._extension.status_for(name, body, previous) if self._extension \
-            else ((), {})
+        conditions: tuple[Mapping[str, Any], ...] = ()
+        fields: dict[str, Any] = {}
+        for extension in self._extensions:
+            more_conditions, more_fields = extension.status_for(name, body, previous)
+            conditions += more_conditions
+            fields.update(more_fields)
         status = build_status(
             generation=int(meta.get("generation") or 0),
             previous=previous,

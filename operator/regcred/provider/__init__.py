@@ -1,0 +1,1 @@
+"""Pull-time delivery: the kubelet's image credential provider plugin and regcred's endpoint."""
