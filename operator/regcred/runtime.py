@@ -3,30 +3,42 @@ attributes, so `mypy --strict` checks the wiring from `cli.run` to every handler
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import kopf
 
 from regcred.metrics import Metrics
 from regcred.settings import Settings
 
-if TYPE_CHECKING:
-    from regcred.admission.webhook import Admission
-    from regcred.provider.endpoint import Provider
-    from regcred.sync.controller import SyncLoop
+Part = TypeVar("Part")
 
 
 @dataclass
 class Runtime:
-    """Given at start (`cli.run`); each feature's start-up step adds what it built."""
+    """Given at start (`cli.run`). Each feature's start-up step adds what it built, one part per
+    type (`SyncLoop`, `Admission`, `Provider`): the runtime names no feature, so features
+    depend on it and never the other way round."""
 
     settings: Settings
     metrics: Metrics
     api_configuration: Any  # kubernetes.client.Configuration (the client has no type hints)
-    sync: SyncLoop | None = None  # sync/handlers.py's start-up step builds it once
-    admission: Admission | None = None  # admission/webhook.py's start-up step, with --admission
-    provider: Provider | None = None  # provider/endpoint.py's, with --credential-provider
+    _parts: dict[type, object] = field(default_factory=dict)
+
+    def add(self, part: object) -> None:
+        self._parts[type(part)] = part
+
+    def get(self, kind: type[Part]) -> Part | None:
+        """The part of that type, if its start-up step has built it."""
+        part = self._parts.get(kind)
+        assert part is None or isinstance(part, kind)
+        return part
+
+    def started(self, kind: type[Part]) -> Part:
+        """The part of that type, for handlers kopf calls only once start-up succeeded."""
+        part = self.get(kind)
+        assert part is not None, f"{kind.__name__} is not started"
+        return part
 
 
 class SharedMemo(kopf.Memo):

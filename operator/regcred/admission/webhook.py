@@ -351,7 +351,7 @@ class AdmissionServer:
 def start_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     runtime = runtime_of(memo)
     regcred_settings = runtime.settings
-    if runtime.admission is not None:  # kopf retries start-up steps: build once
+    if runtime.get(Admission) is not None:  # kopf retries start-up steps: build once
         return
     kube = Kube(api_client(runtime.api_configuration, API_THREADS), on_error=runtime.metrics.api_error)
     assert regcred_settings.admission is not None
@@ -359,21 +359,19 @@ def start_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     registrar = Registrar(kube, regcred_settings.admission, regcred_settings.operator_namespace,
                           lambda: decider.specs(kube.list_credentials()))
     server = AdmissionServer(kube, regcred_settings, registrar)
-    runtime.admission = Admission(decider, registrar, server)
+    runtime.add(Admission(decider, registrar, server))
     settings.admission.server = server
     settings.admission.managed = None  # regcred writes the configuration (see the docstring)
 
 
 def stop_admission(memo: kopf.Memo, **_: Any) -> None:
-    admission = runtime_of(memo).admission
+    admission = runtime_of(memo).get(Admission)
     if admission is not None:
         admission.server.close()
 
 
 def _admission(memo: kopf.Memo) -> Admission:
-    admission = runtime_of(memo).admission
-    assert admission is not None  # built by the start-up step, before any handler runs
-    return admission
+    return runtime_of(memo).started(Admission)  # built by the start-up step, before any handler
 
 
 def credential_seen_by_admission(memo: kopf.Memo, credential_index: kopf.Index[str, dict[str, Any]],

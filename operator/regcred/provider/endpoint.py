@@ -298,9 +298,9 @@ def register(registry: kopf.OperatorRegistry) -> None:
 
 def start_provider(memo: kopf.Memo, **_: Any) -> None:
     runtime = runtime_of(memo)
-    if runtime.provider is not None:  # kopf retries start-up steps: build once
+    if runtime.get(Provider) is not None:  # kopf retries start-up steps: build once
         return
-    sync = runtime.sync
+    sync = runtime.get(SyncLoop)
     if sync is None:
         raise kopf.TemporaryError("waiting for the operator to start", delay=1)
     settings = runtime.settings
@@ -321,7 +321,7 @@ def start_provider(memo: kopf.Memo, **_: Any) -> None:
     server = ProviderServer((options.listen_host, options.listen_port), endpoint)
     server.use_certificate(tls)
     stop = threading.Event()
-    runtime.provider = Provider(server, stop)
+    runtime.add(Provider(server, stop))
     threading.Thread(target=server.serve_forever, name="credential-provider", daemon=True).start()
     threading.Thread(target=_maintain, args=(kube, server, tally, publisher, settings, hosts, stop),
                      name="credential-provider-upkeep", daemon=True).start()
@@ -347,7 +347,7 @@ def _maintain(kube: Kube, server: ProviderServer, tally: PullTally, publisher: S
 
 
 def stop_provider(memo: kopf.Memo, **_: Any) -> None:
-    provider = runtime_of(memo).provider
+    provider = runtime_of(memo).get(Provider)
     if provider is not None:
         provider.stop.set()
         provider.server.shutdown()

@@ -63,11 +63,13 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo,
     watches). kopf retries the step while the API is down."""
     runtime = runtime_of(memo)
     kopf_threads = configure_kopf(settings, runtime.settings)
-    if runtime.sync is None:
-        runtime.sync = build(runtime.api_configuration, credential_index, runtime.settings,
-                             runtime.metrics, kopf_threads)
+    sync = runtime.get(SyncLoop)
+    if sync is None:
+        sync = build(runtime.api_configuration, credential_index, runtime.settings,
+                     runtime.metrics, kopf_threads)
+        runtime.add(sync)
     try:
-        runtime.sync.start()
+        sync.start()
     except KubeError as error:
         raise kopf.TemporaryError(f"cannot list the cluster yet: {error}", delay=5) from None
 
@@ -91,15 +93,13 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: Settings) -> 
 
 
 def stop(memo: kopf.Memo, **_: Any) -> None:
-    sync = runtime_of(memo).sync
+    sync = runtime_of(memo).get(SyncLoop)
     if sync is not None:
         sync.stop()
 
 
 def _started(memo: kopf.Memo) -> SyncLoop:
-    sync = runtime_of(memo).sync
-    assert sync is not None  # kopf watches and calls handlers only once start-up succeeded
-    return sync
+    return runtime_of(memo).started(SyncLoop)  # kopf watches only once start-up succeeded
 
 
 # --- the custom resource -------------------------------------------------------------------
