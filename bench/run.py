@@ -5,13 +5,20 @@ Starts its own control plane and `regcred run` (with an identity of its own, so 
 server's audit log tells regcred's requests from the benchmark's), then measures:
 initial sync and rotation fan-out against a plain-client ceiling for each N, onboarding
 latency, idle writes over a window that includes a resync, RSS with three CRs (running,
-and after a restart on the populated cluster, with its peak), and requests per onboarded
-namespace and per rotated copy. Prints a table and writes
-`bench/results/<commit>.json`, `latest.json` and `latest.png`.
+and after a restart on the populated cluster, with its peak), requests per onboarded
+namespace and per rotated copy, and regcred's CPU per copy written and per namespace
+onboarded. Then the floor, with regcred stopped: a plain ServiceAccount create (no webhook)
+and a minimal client on the same Python client (`bench/floor.py`: watch, one write), measured
+exactly as regcred is; regcred's latencies are reported as ratios to it. Prints a table and
+writes `bench/results/<commit>.json`, `latest.json` and `latest.png`.
 
     python bench/run.py            # N = 100, 1000, 5000; about 15 minutes on 2 cores
+    python bench/run.py --sizes 1000,20000   # the scale run (about 30 minutes; run it alone)
     python bench/run.py --smoke    # N = 20, seconds; CI runs this so the bench keeps working
     python bench/run.py --onboarding-only --onboard 50   # onboarding, admission off and on
+
+Ctrl-C, SIGTERM and SIGHUP stop regcred, the floor client and the control plane before the
+bench exits (code 130); what a SIGKILLed run left is stopped by the next run.
 
 Onboarding is measured twice: with the watch path only, and with `--admission true`, where
 the ServiceAccount should be born with its entry; the latter also reports the webhook's
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import json
 import os
 import statistics
@@ -35,7 +43,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "scripts"), str(REPO / "tests" / "integration")]
-from controlplane import ControlPlane  # noqa: E402
+from controlplane import ControlPlane, interruptible  # noqa: E402
+from floor import OPEN, READY, events  # noqa: E402
 from kubernetes import client, watch  # noqa: E402
 from operator_process import OperatorProcess, free_port  # noqa: E402
 
@@ -47,6 +56,55 @@ SOURCE_NAMESPACE = "regcred-system"
 WRITE_VERBS = {"create", "update", "patch", "delete"}
 WORKERS = 16
 WEBHOOK = "serviceaccounts.regcred.dev"  # regcred/admission/webhook.py WEBHOOK_NAME
+PIDS = Path("/tmp/regcred-bench-pids")  # <bench pid>-<child pid>: what a SIGKILLed bench left
+
+
+# --- the processes the bench starts: stopped on exit, on Ctrl-C and SIGTERM; swept after
+# a SIGKILL by the next run ------------------------------------------------------------------
+
+STARTED: list[OperatorProcess | subprocess.Popen[str]] = []
+
+
+def track(pid: int) -> None:
+    PIDS.mkdir(exist_ok=True)
+    (PIDS / f"{os.getpid()}-{pid}").touch()
+
+
+def launch(kubeconfig: str, log_path: Path, **options: Any) -> OperatorProcess:
+    """`regcred run`, stopped by `stop_started` whatever happens to the bench."""
+    operator = OperatorProcess(kubeconfig, log_path, **options)
+    STARTED.append(operator)
+    operator.start()
+    assert operator.process is not None
+    track(operator.process.pid)
+    return operator
+
+
+def stop_started() -> None:
+    while STARTED:
+        started = STARTED.pop()
+        if isinstance(started, OperatorProcess):
+            started.stop()
+        elif started.poll() is None:
+            started.terminate()
+            started.wait(20)
+    for path in PIDS.glob(f"{os.getpid()}-*"):
+        path.unlink(missing_ok=True)
+
+
+def sweep() -> None:
+    """Stop what an earlier bench left running when it was SIGKILLed (only our own commands:
+    a pid may have been reused)."""
+    for path in PIDS.glob("*-*") if PIDS.exists() else ():
+        parent, child = (int(part) for part in path.name.split("-", 1))
+        if not Path(f"/proc/{parent}").exists():
+            try:
+                command = Path(f"/proc/{child}/cmdline").read_bytes()
+                if b"regcred.cli" in command or b"floor.py" in command:
+                    os.kill(child, 9)
+            except (OSError, ValueError):
+                pass
+            path.unlink(missing_ok=True)
 
 
 class Bench:
@@ -56,6 +114,7 @@ class Bench:
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.namespaces: list[str] = []
+        self.created: set[str] = set()
 
     # --- setup -----------------------------------------------------------------------
 
@@ -79,12 +138,20 @@ class Bench:
             list(pool.map(lambda n: self.core.create_namespace(
                 {"metadata": {"name": n, "labels": {"bench": "yes"}}}), wanted))
         self.namespaces += wanted
-        self.poll(lambda: self.count_accounts() >= len(self.namespaces), 600, "default SAs")
+        self.created.update(wanted)
+        self.poll(lambda: self.count_accounts() >= len(self.namespaces), 600, "default SAs",
+                  interval=1)
+
+    def default_accounts(self) -> list[dict[str, Any]]:
+        """Every namespace's `default` ServiceAccount as JSON (model objects for 20,000 of
+        them would cost the bench seconds of CPU per poll, beside the process it measures)."""
+        response = self.core.list_service_account_for_all_namespaces(
+            field_selector="metadata.name=default", _preload_content=False)
+        return json.loads(response.data)["items"]
 
     def count_accounts(self) -> int:
-        accounts = self.core.list_service_account_for_all_namespaces(
-            field_selector="metadata.name=default").items
-        return sum(1 for sa in accounts if sa.metadata.namespace.startswith("bench-0"))
+        """How many of the namespaces `grow_to` made have their `default` ServiceAccount."""
+        return sum(1 for sa in self.default_accounts() if sa["metadata"]["namespace"] in self.created)
 
     # --- measurements ----------------------------------------------------------------
 
@@ -124,25 +191,38 @@ class Bench:
                 label_selector=f"regcred.dev/credential={n}", limit=1).items, 900, f"{name} removed")
 
     def entries(self, name: str) -> int:
-        accounts = self.core.list_service_account_for_all_namespaces(
-            field_selector="metadata.name=default").items
-        return sum(1 for sa in accounts
-                   if any(ref.name == name for ref in sa.image_pull_secrets or []))
+        return sum(1 for sa in self.default_accounts()
+                   if any(ref.get("name") == name for ref in sa.get("imagePullSecrets") or []))
 
     def rotate(self, name: str, count: int, secret: str) -> float:
+        """Seconds from the source's change until `count` copies carry it, seen on a watch of
+        the copies (listing all of them every few ms would load the API server it measures)."""
+        rotated: set[str] = set()
+        watching, done = threading.Event(), threading.Event()
+
+        def follow() -> None:
+            copies = functools.partial(self.core.list_secret_for_all_namespaces,
+                                       label_selector=f"regcred.dev/credential={name}")
+            for event in events(copies):
+                if event["type"] == OPEN:
+                    watching.set()
+                    continue
+                copy = event["object"]
+                if secret in base64.b64decode(copy["data"][".dockerconfigjson"]).decode():
+                    rotated.add(copy["metadata"]["namespace"])
+                    if len(rotated) >= count:
+                        done.set()
+                        return
+
+        threading.Thread(target=follow, daemon=True).start()
+        if not watching.wait(60):
+            raise TimeoutError("the watch of the copies did not start")
         started = time.monotonic()
         self.core.patch_namespaced_secret("robot", SOURCE_NAMESPACE,
                                           {"data": {"password": _b64(secret)}},
                                           _content_type="application/merge-patch+json")
-
-        def rotated() -> bool:
-            copies = self.core.list_secret_for_all_namespaces(
-                label_selector=f"regcred.dev/credential={name}", _preload_content=False)
-            items = json.loads(copies.data)["items"]
-            return sum(secret in base64.b64decode(s["data"][".dockerconfigjson"]).decode()
-                       for s in items) >= count
-
-        self.poll(rotated, 900, "rotation", interval=0.05)
+        if not done.wait(900):
+            raise TimeoutError(f"rotation: {len(rotated)} of {count} copies rotated")
         return time.monotonic() - started
 
     def ceiling(self, count: int) -> float:
@@ -166,9 +246,10 @@ class Bench:
             list(pool.map(lambda n: put(n, "b"), namespaces))
         return time.monotonic() - started
 
-    def onboarding(self, count: int, credential: str = "onboard",
-                   prefix: str = "onboard-") -> dict[str, list[float]]:
-        """Create namespaces one by one; watch copies and ServiceAccounts for our results."""
+    def onboarding(self, count: int, credential: str = "onboard", prefix: str = "onboard-",
+                   floor: bool = False) -> dict[str, list[float]]:
+        """Create namespaces one by one; watch copies and ServiceAccounts for our results
+        (regcred's, or with `floor` the minimal client's: bench/floor.py)."""
         seen: dict[str, dict[str, float]] = {}
         stop = threading.Event()
         connected = {"account": threading.Event(), "copy": threading.Event()}
@@ -199,10 +280,13 @@ class Bench:
         ]
         for thread in threads:
             thread.start()
-        # bench-onboard matches too: its copy shows the CR is synced and both watches are live.
-        self.credential(credential, {"onboard": "yes"})
-        self.poll(lambda: all(event.is_set() for event in connected.values()), 60, "watches")
-        self.poll(lambda: self.ready(credential), 60, f"{credential} Ready")  # the webhook uses it then
+        if floor:  # its copy there shows the floor client and both watches are live
+            self.core.create_namespace({"metadata": {"name": f"{prefix}ready"}})
+            self.poll(lambda: all(event.is_set() for event in connected.values()), 60, "watches")
+        else:  # bench-onboard matches too: its copy shows the CR is synced and both watches are live
+            self.credential(credential, {"onboard": "yes"})
+            self.poll(lambda: all(event.is_set() for event in connected.values()), 60, "watches")
+            self.poll(lambda: self.ready(credential), 60, f"{credential} Ready")  # the webhook uses it then
         created: dict[str, float] = {}
         for i in range(count):
             name = f"{prefix}{i:04d}"
@@ -304,8 +388,8 @@ def restart(operator: OperatorProcess, credentials: int, listed: int,
     each listed namespace, ServiceAccount and copy)."""
     operator.stop()
     started = time.monotonic()
-    fresh = OperatorProcess(operator.kubeconfig, operator.log_path, resync_seconds=operator.resync_seconds,
-                            extra_env=operator.extra_env if extra_env is None else extra_env).start()
+    fresh = launch(operator.kubeconfig, operator.log_path, resync_seconds=operator.resync_seconds,
+                   extra_env=operator.extra_env if extra_env is None else extra_env)
     Bench.poll(lambda: fresh.metric_sum("regcred_reconciles_total", kind="credential") >= credentials,
                900, "every CR resynced after the restart")
     Bench.poll(lambda: fresh.metric_sum("regcred_watch_events_total") >= listed,
@@ -356,10 +440,10 @@ def admission_rows(bench: Bench, plane: ControlPlane, log_dir: Path, onboard: in
     without = bench.service_account_creates(onboard)
     port = free_port()
     identity = plane.user_kubeconfig(USER, ("system:masters",))
-    operator = OperatorProcess(str(identity), log_dir / "regcred-admission.log", resync_seconds=600,
-                               extra_env={"REGCRED_ADMISSION": "true",
-                                          "REGCRED_ADMISSION_LISTEN": f"127.0.0.1:{port}",
-                                          "REGCRED_ADMISSION_URL": f"https://127.0.0.1:{port}"}).start()
+    operator = launch(str(identity), log_dir / "regcred-admission.log", resync_seconds=600,
+                      extra_env={"REGCRED_ADMISSION": "true",
+                                 "REGCRED_ADMISSION_LISTEN": f"127.0.0.1:{port}",
+                                 "REGCRED_ADMISSION_URL": f"https://127.0.0.1:{port}"})
     try:
         Bench.poll(lambda: WEBHOOK in json.dumps(bench.webhooks()), 60, "webhook registered")
         before = bench.webhook_histogram()
@@ -378,6 +462,44 @@ def admission_rows(bench: Bench, plane: ControlPlane, log_dir: Path, onboard: in
     return rows
 
 
+def floor_rows(bench: Bench, plane: ControlPlane, onboard: int) -> dict[str, Any]:
+    """The floor, with regcred stopped: a plain ServiceAccount create (no webhook), and the
+    minimal client's onboarding (bench/floor.py: watch, then one write, on the same client)."""
+    rows: dict[str, Any] = {"service_account_create_s": percentiles(bench.service_account_creates(onboard))}
+    process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("floor.py")),
+                                str(plane.kubeconfig), "floor-", "floor"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    STARTED.append(process)
+    track(process.pid)
+    assert process.stdout is not None
+    if process.stdout.readline().strip() != READY:
+        raise RuntimeError(f"the floor client did not start (exit code {process.wait()})")
+    onboarding = bench.onboarding(onboard, credential="floor", prefix="floor-", floor=True)
+    process.terminate()
+    process.wait(20)
+    rows["onboarding"] = {key: percentiles(values) for key, values in onboarding.items()}
+    rows["onboarding"]["samples"] = onboard
+    return rows
+
+
+def ratios(results: dict[str, Any]) -> dict[str, Any]:
+    """regcred's latencies divided by the floor's (p50 and p95): 1.0 is the floor itself."""
+    floor = results["floor"]
+    pairs = {f"{key} (watch path)": (results["onboarding"][key], floor["onboarding"][key])
+             for key in ("namespace_to_copy", "account_to_entry", "namespace_to_entry")}
+    admission = results["onboarding_admission"]
+    pairs["namespace_to_entry (webhook on)"] = (admission["namespace_to_entry"],
+                                                floor["onboarding"]["namespace_to_entry"])
+    pairs["service_account_create (webhook on)"] = (admission["service_account_create_s"]["with_webhook"],
+                                                    floor["service_account_create_s"])
+    found: dict[str, Any] = {key: {q: round(ours[q] / theirs[q], 2) for q in ("p50", "p95")}
+                             for key, (ours, theirs) in pairs.items()}
+    with_webhook, without = (admission["service_account_create_s"][key]
+                             for key in ("with_webhook", "without_webhook"))
+    found["webhook_added_ms"] = {q: round(1000 * (with_webhook[q] - without[q]), 1) for q in ("p50", "p95")}
+    return found
+
+
 def run(sizes: list[int], onboard: int, idle_seconds: float, resync: float, memory_sizes: list[int],
         log_dir: Path) -> dict[str, Any]:
     results: dict[str, Any] = {"sizes": {}, "memory_mb": {}, "restart": {}}
@@ -385,15 +507,18 @@ def run(sizes: list[int], onboard: int, idle_seconds: float, resync: float, memo
         bench = Bench(plane)
         bench.install()
         identity = plane.user_kubeconfig(USER, ("system:masters",))
-        operator = OperatorProcess(str(identity), log_dir / "regcred.log",
-                                   resync_seconds=resync).start()
+        operator = launch(str(identity), log_dir / "regcred.log", resync_seconds=resync)
         try:
             for size in sizes:
                 bench.grow_to(size)
                 name = f"bench-{size}"
+                pid = operator.process.pid
+                cpu = cpu_seconds(pid)
                 entry: dict[str, Any] = {"initial_sync_s": bench.initial_sync(name, size)}
-                since = time.time()
+                entry["cpu_ms_per_copy_sync"] = round(1000 * (cpu_seconds(pid) - cpu) / size, 2)
+                since, cpu = time.time(), cpu_seconds(pid)
                 entry["rotation_s"] = bench.rotate(name, size, f"rotated-{size}")
+                entry["cpu_ms_per_copy_rotation"] = round(1000 * (cpu_seconds(pid) - cpu) / size, 2)
                 rotation_requests = bench.requests(since)
                 entry["rotation_requests_per_copy"] = sum(rotation_requests.values()) / size
                 entry["ceiling_s"] = bench.ceiling(size)
@@ -419,15 +544,19 @@ def run(sizes: list[int], onboard: int, idle_seconds: float, resync: float, memo
                                "namespaces": len(bench.namespaces),
                                "writes": bench.requests(since, writes_only=True)}
 
-            since = time.time()
+            since, cpu = time.time(), cpu_seconds(operator.process.pid)
             onboarding = bench.onboarding(onboard)
             results["onboarding"] = {key: percentiles(values) for key, values in onboarding.items()}
             results["onboarding"]["samples"] = onboard
             results["onboarding_requests_per_namespace"] = sum(bench.requests(since).values()) / onboard
+            results["onboarding_cpu_ms_per_namespace"] = round(
+                1000 * (cpu_seconds(operator.process.pid) - cpu) / onboard, 2)
             results["onboarding_raw"] = onboarding
         finally:
             operator.stop()
+        results["floor"] = floor_rows(bench, plane, onboard)
         results["onboarding_admission"] = admission_rows(bench, plane, log_dir, onboard)
+    results["ratios_to_floor"] = ratios(results)
     return results
 
 
@@ -439,7 +568,7 @@ def run_onboarding(onboard: int, log_dir: Path) -> dict[str, Any]:
         bench = Bench(plane)
         bench.install()
         identity = plane.user_kubeconfig(USER, ("system:masters",))
-        operator = OperatorProcess(str(identity), log_dir / "regcred.log", resync_seconds=600).start()
+        operator = launch(str(identity), log_dir / "regcred.log", resync_seconds=600)
         try:
             onboarding = bench.onboarding(onboard)
         finally:
@@ -447,7 +576,9 @@ def run_onboarding(onboard: int, log_dir: Path) -> dict[str, Any]:
         results["onboarding"] = {key: percentiles(values) for key, values in onboarding.items()}
         results["onboarding"]["samples"] = onboard
         results["onboarding_raw"] = onboarding
+        results["floor"] = floor_rows(bench, plane, onboard)
         results["onboarding_admission"] = admission_rows(bench, plane, log_dir, onboard)
+    results["ratios_to_floor"] = ratios(results)
     return results
 
 
@@ -460,12 +591,14 @@ def machine() -> dict[str, Any]:
 
 
 def report(results: dict[str, Any], smoke: bool) -> None:
-    print("\n| N | initial sync (s) | rotation (s) | ceiling (s) | ratio | requests/copy rotated |")
-    print("|---|---|---|---|---|---|")
+    print("\n| N | initial sync (s) | rotation (s) | ceiling (s) | ratio | requests/copy rotated "
+          "| CPU ms/copy sync | CPU ms/copy rotation |")
+    print("|---|---|---|---|---|---|---|---|")
     for size, entry in results.get("sizes", {}).items():
         print(f"| {size} | {entry['initial_sync_s']:.2f} | {entry['rotation_s']:.2f} | "
               f"{entry['ceiling_s']:.2f} | {entry['ratio_to_ceiling']:.2f} | "
-              f"{entry['rotation_requests_per_copy']:.2f} |")
+              f"{entry['rotation_requests_per_copy']:.2f} | {entry['cpu_ms_per_copy_sync']} | "
+              f"{entry['cpu_ms_per_copy_rotation']} |")
     onboarding = results["onboarding"]
     for key in ("namespace_to_copy", "namespace_to_entry", "account_to_entry"):
         values = onboarding[key]
@@ -484,13 +617,26 @@ def report(results: dict[str, Any], smoke: bool) -> None:
     print("ServiceAccount create as a client sees it: "
           + ", ".join(f"{k} p50 {v['p50'] * 1000:.1f} ms p95 {v['p95'] * 1000:.1f} ms"
                       for k, v in creates.items()))
+    floor = results["floor"]
+    for key in ("namespace_to_copy", "namespace_to_entry", "account_to_entry"):
+        values = floor["onboarding"][key]
+        print(f"floor (minimal client) {key}: p50 {values['p50'] * 1000:.1f} ms, "
+              f"p95 {values['p95'] * 1000:.1f} ms")
+    values = floor["service_account_create_s"]
+    print(f"floor ServiceAccount create (no webhook): p50 {values['p50'] * 1000:.1f} ms, "
+          f"p95 {values['p95'] * 1000:.1f} ms")
+    print("ratios to the floor (p50 / p95):")
+    for key, value in results["ratios_to_floor"].items():
+        unit = " ms" if key.endswith("_ms") else "x"
+        print(f"  {key}: {value['p50']}{unit} / {value['p95']}{unit}")
     if "sizes" not in results:  # --onboarding-only
         if not smoke:
             RESULTS.mkdir(parents=True, exist_ok=True)
             path = RESULTS / f"{results['machine']['commit']}-onboarding.json"
             path.write_text(json.dumps(results, indent=2))
         return
-    print(f"onboarding requests per namespace: {results['onboarding_requests_per_namespace']:.1f}")
+    print(f"onboarding requests per namespace: {results['onboarding_requests_per_namespace']:.1f}, "
+          f"regcred CPU per namespace: {results['onboarding_cpu_ms_per_namespace']} ms")
     print(f"idle writes in {results['idle']['seconds']} s: {results['idle']['writes'] or 0}")
     print(f"memory (3 CRs): {results['memory_mb']}")
     print(f"restart with 3 CRs (RSS settled, peak): {results['restart']}")
@@ -538,14 +684,22 @@ def main() -> int:
                         help="only the onboarding rows, admission off and on (--onboard samples each)")
     args = parser.parse_args()
     log_dir = Path(os.environ.get("REGCRED_BENCH_LOGS", "/tmp"))
-    if args.onboarding_only:
-        results = run_onboarding(args.onboard, log_dir)
-    elif args.smoke:
-        results = run([20], 5, 3, 600, [20], log_dir)
-    else:
-        sizes = [int(n) for n in args.sizes.split(",")]
-        results = run(sizes, args.onboard, args.idle_seconds, 120,
-                      [n for n in sizes if n >= 1000], log_dir)
+    sweep()
+    try:
+        with interruptible():  # Ctrl-C, SIGTERM, SIGHUP: the finally below and the control plane's
+            if args.onboarding_only:
+                results = run_onboarding(args.onboard, log_dir)
+            elif args.smoke:
+                results = run([20], 5, 3, 600, [20], log_dir)
+            else:
+                sizes = [int(n) for n in args.sizes.split(",")]
+                results = run(sizes, args.onboard, args.idle_seconds, 120,
+                              [n for n in sizes if n >= 1000], log_dir)
+    except KeyboardInterrupt:
+        print("stopped; everything the bench started is stopped", file=sys.stderr)
+        return 130
+    finally:
+        stop_started()
     results["machine"] = machine()
     report(results, args.smoke)
     print(json.dumps({"smoke": args.smoke, "sections": sorted(results)}))

@@ -6,7 +6,10 @@ the jobs users hire regcred for: declare once, onboard a late namespace, rotate,
 leave other people's things alone. It ends with the seed tutorials' check on a real node
 (containerd + kubelet, scripts/node.py) and a private registry (scripts/registry.py): a Pod
 with the private image prints SUCCESS in an onboarded namespace and shows ErrImagePull with
-the registry's 401 in an unmatched one; then a rotation and a fresh Pod. Where the node
+the registry's 401 in an unmatched one; then a rotation and a fresh Pod; then pull-time
+delivery (scripts/demo_provider.py): the kubelet restarted with regcred's credential provider,
+a Pod with no pull secret anywhere printing SUCCESS, and a Pod created before its
+RegistryCredential recovering on the kubelet's retry. Where the node
 cannot run (not root, packages missing) it says so in one line and shows the rest.
 Everything is torn down at the end (or on Ctrl-C); `--keep` leaves it running (the node
 too) and prints the KUBECONFIG to explore it.
@@ -27,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import images
 from controlplane import ControlPlane, free_port, interruptible, wait_until
+from demo_provider import endpoint_flags, pull_time_delivery
 from node import NODE_NAME, Node
 from registry import Registry
 
@@ -137,7 +141,8 @@ def run_pod(demo: Demo, namespace: str, name: str, image: str) -> str:
     return wait_until(outcome, 90, f"pod {namespace}/{name} to run or be refused")
 
 
-def pulls_on_a_real_node(demo: Demo, control_plane: ControlPlane, stack: contextlib.ExitStack) -> None:
+def pulls_on_a_real_node(demo: Demo, control_plane: ControlPlane, stack: contextlib.ExitStack,
+                         provider_listen: str) -> None:
     """The seed tutorials' check: SUCCESS from a private image, and the 401 next to it."""
     reason = Node.unavailable_reason()
     if reason:
@@ -177,6 +182,7 @@ def pulls_on_a_real_node(demo: Demo, control_plane: ControlPlane, stack: context
     wait_until(lambda: demo.registry_password("team-a", registry.host) == rotated, 60, "rotation")
     print(f"a fresh pod, pull-after-rotation: {run_pod(demo, 'team-a', 'pull-after-rotation', image)}")
     demo.kubectl("logs", "pull-after-rotation", "-n", "team-a")
+    pull_time_delivery(demo, node, registry.host, image, provider_listen, run_pod, say)
 
 
 def run(keep: bool) -> None:
@@ -192,11 +198,12 @@ def run(keep: bool) -> None:
         say("Start regcred with its ServiceAccount webhook on loopback (log: regcred-demo.log)")
         log = open(REPO / "regcred-demo.log", "w")  # noqa: SIM115 (lives as long as the process)
         webhook = f"127.0.0.1:{free_port()}"  # the API server calls it there (docs/admission.md)
+        provider_listen, provider_flags = endpoint_flags()  # kubelets' plugin asks it there
         operator = subprocess.Popen(
             [sys.executable, "-m", "regcred.cli", "run", "--kubeconfig", str(control_plane.kubeconfig),
              "--namespace", "regcred-system", "--metrics-port", "0", "--health-port", "0",
              "--log-format", "console", "--admission", "true", "--admission-listen", webhook,
-             "--admission-url", f"https://{webhook}"],
+             "--admission-url", f"https://{webhook}", *provider_flags],
             stdout=log, stderr=subprocess.STDOUT)
         try:
             say("Tenant namespaces, one with somebody else's pull secret on its ServiceAccount")
@@ -254,7 +261,7 @@ def run(keep: bool) -> None:
             demo.kubectl("get", "serviceaccounts", "-A", "-o",
                          "custom-columns=NAMESPACE:.metadata.namespace,NAME:.metadata.name,"
                          "PULL-SECRETS:.imagePullSecrets[*].name")
-            pulls_on_a_real_node(demo, control_plane, node_and_registry)
+            pulls_on_a_real_node(demo, control_plane, node_and_registry, provider_listen)
             if keep:
                 demo.kubectl("apply", "-f", "-", stdin=CREDENTIAL)
                 say(f"Still running. export KUBECONFIG={control_plane.kubeconfig}  (Ctrl-C to stop)")

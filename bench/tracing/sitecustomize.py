@@ -7,7 +7,11 @@ regcred's own code.
 With `$REGCRED_ONBOARDING_TRACE` set, each step a new namespace takes on its way to its copy
 is appended there as a JSON line (wall-clock time, step, namespace): the raw watch event
 reaching kopf, the handler queueing the sync, the sync starting on a worker, the POST of the
-copy starting and returning (`bench/profile.py onboarding`).
+copy starting and returning (`bench/profile.py onboarding`); and each step of the
+ServiceAccount's way to its entry: its raw watch event, regcred's handler, the queued sync,
+the JSON Patch starting and returning. With `$REGCRED_ADMISSION_TRACE` set, each admission
+request's steps go there the same way: kopf's admission engine called and returning, the
+decision's live reads starting and returning (`bench/profile.py admission`).
 """
 
 from __future__ import annotations
@@ -64,8 +68,11 @@ def _trace_onboarding(path: str) -> None:
     async def watch_objs(*args, **kwargs):  # type: ignore[no-untyped-def]
         plural = getattr(kwargs.get("resource"), "plural", "")
         async for raw in original_watch(*args, **kwargs):
-            if plural == "namespaces" and isinstance(raw, dict) and raw.get("type") == "ADDED":
-                record("watch_event", raw["object"]["metadata"]["name"])
+            if isinstance(raw, dict) and raw.get("type") == "ADDED":
+                if plural == "namespaces":
+                    record("watch_event", raw["object"]["metadata"]["name"])
+                elif plural == "serviceaccounts":
+                    record("sa_watch_event", raw["object"]["metadata"]["namespace"])
             yield raw
 
     watching.watch_objs = watch_objs
@@ -85,12 +92,61 @@ def _trace_onboarding(path: str) -> None:
 
         setattr(owner, name, traced)
 
+    from regcred import handlers
+
+    original_handler = handlers.service_account_event
+
+    async def service_account_event(**kwargs):  # type: ignore[no-untyped-def]
+        record("sa_handler", kwargs.get("namespace") or "")
+        return await original_handler(**kwargs)
+
+    handlers.service_account_event = service_account_event  # registered after this runs
+
     wrap(Controller, "namespace_changed", "enqueued", lambda namespace: namespace)
     wrap(Reconciler, "sync_namespace", "sync", lambda namespace: namespace)
     # Kube._call(verb, what, ...): the POST of a copy is ("create", "secret <ns>/<name>").
     wrap(Kube, "_call", "post", lambda verb, what, *_: what.split(" ", 1)[1].split("/")[0]
          if verb == "create" and what.startswith("secret ") else None)
+    wrap(Kube, "_call", "sa_patch", lambda verb, what, *_: what.split(" ", 1)[1].split("/")[0]
+         if verb == "patch" and what.startswith("serviceaccount ") else None)
+
+
+def _trace_admission(path: str) -> None:
+    from kopf._core.engines import admission as engine
+
+    from regcred.admission.webhook import Decider
+
+    lock = threading.Lock()
+    out = open(path, "a", buffering=1)  # noqa: SIM115 - open for the life of the process
+
+    def record(step: str, key: str) -> None:
+        with lock:
+            out.write(json.dumps({"t": time.time(), "step": step, "namespace": key}) + "\n")
+
+    original_serve = engine.serve_admission_request
+
+    async def serve_admission_request(request, **kwargs):  # type: ignore[no-untyped-def]
+        key = request.get("request", {}).get("uid", "")
+        record("engine", key)
+        try:
+            return await original_serve(request, **kwargs)
+        finally:
+            record("engine_done", key)
+
+    engine.serve_admission_request = serve_admission_request  # bound by kopf after this runs
+    original_entries = Decider.entries_for
+
+    def entries_for(self, namespace, service_account):  # type: ignore[no-untyped-def]
+        record("reads", namespace)
+        try:
+            return original_entries(self, namespace, service_account)
+        finally:
+            record("reads_done", namespace)
+
+    Decider.entries_for = entries_for
 
 
 if os.environ.get("REGCRED_ONBOARDING_TRACE"):
     _trace_onboarding(os.environ["REGCRED_ONBOARDING_TRACE"])
+if os.environ.get("REGCRED_ADMISSION_TRACE"):
+    _trace_admission(os.environ["REGCRED_ADMISSION_TRACE"])

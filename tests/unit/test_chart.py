@@ -152,6 +152,34 @@ def test_admission_switches_the_webhook_and_everything_it_needs(template):
     assert {port["port"] for rule in ingress for port in rule["ports"]} == {9090, 8080}
 
 
+def test_credential_provider_switches_the_endpoint_and_everything_it_needs(template):
+    on = template("--set", "credentialProvider.enabled=true", "--set", "credentialProvider.cacheSeconds=60",
+                  "--set", "credentialProvider.extraHosts={10.9.8.7}")
+    settings = settings_from(build_parser().parse_args(["run", *container(on)["args"]]))
+    assert settings.provider is not None
+    assert (settings.provider.listen_port, settings.provider.cache_seconds) == (9444, 60)
+    assert settings.provider.tls_secret == "regcred-provider-tls"
+    assert settings.provider.hosts == ("regcred-provider.regcred-system.svc",
+                                       "regcred-provider.regcred-system.svc.cluster.local", "10.9.8.7")
+    [service] = [doc for doc in on
+                 if doc["kind"] == "Service" and doc["metadata"]["name"] == "regcred-provider"]
+    assert service["spec"]["ports"] == [{"name": "provider", "port": 443, "targetPort": "provider"}]
+    operator_rules = str(next(doc for doc in on if doc["kind"] == "ClusterRole"
+                              and doc["metadata"]["name"] == "regcred")["rules"])
+    assert "tokenreviews" in operator_rules and "'pods'" in operator_rules
+    [node_role] = [doc for doc in on if doc["metadata"]["name"] == "regcred-provider-audience"
+                   and doc["kind"] == "ClusterRole"]
+    assert node_role["rules"] == [{"apiGroups": [""], "resources": ["regcred.dev/credential-provider"],
+                                   "verbs": ["request-serviceaccounts-token-audience"]}]
+    ingress = only(on, "NetworkPolicy")["spec"]["ingress"]
+    assert 9444 in {port["port"] for rule in ingress for port in rule["ports"]}
+
+    off = template()
+    assert settings_from(build_parser().parse_args(["run", *container(off)["args"]])).provider is None
+    assert "tokenreviews" not in str(only(off, "ClusterRole")["rules"])
+    assert not [doc for doc in off if "provider" in doc["metadata"]["name"]]
+
+
 def test_the_namespace_object_only_when_asked(template):
     assert "Namespace" not in {doc["kind"] for doc in template()}
     namespace = only(template("--set", "namespace.create=true"), "Namespace")

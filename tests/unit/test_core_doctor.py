@@ -163,6 +163,27 @@ def test_suspended_credential() -> None:
     only(snap, "CredentialSuspended")
 
 
+@pytest.mark.parametrize("delivery", ["CredentialProvider", "Both"])
+def test_no_pull_secret_where_the_credential_provider_serves_is_not_a_finding(delivery) -> None:
+    snap = snapshot([pod_body(pull_secrets=())], secrets=[], accounts=[sa_body("default", NS)],
+                    credentials=[credential_body(delivery=delivery)])
+    assert codes(snap) == []
+
+
+def test_provider_delivery_of_a_credential_that_is_not_ready() -> None:
+    snap = snapshot([pod_body(pull_secrets=())], secrets=[], accounts=[sa_body("default", NS)],
+                    credentials=[credential_body(delivery="CredentialProvider", ready="False",
+                                                 reason="SourceNotFound", message="not found")])
+    assert "credential provider" in only(snap, "CredentialNotReady").message
+
+
+def test_provider_delivery_still_reports_a_refused_pull() -> None:
+    failed = pod_body(pull_secrets=(), waiting=("ErrImagePull", "401 Unauthorized"))
+    snap = snapshot([failed], secrets=[], accounts=[sa_body("default", NS)],
+                    credentials=[credential_body(delivery="CredentialProvider")])
+    assert codes(snap) == ["PullUnauthorized"]
+
+
 def test_copy_conflict_with_a_foreign_secret() -> None:
     foreign = dockerconfig_secret("harbor-prod", ("other.example.com",))
     snap = snapshot([pod_body(pull_secrets=("harbor-prod",))], secrets=[foreign],

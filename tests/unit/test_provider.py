@@ -6,8 +6,10 @@ refusals' wiring, the wire format the kubelet reads, and what the plugin does on
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
+import ssl
 import subprocess
 import sys
 import threading
@@ -156,6 +158,26 @@ def test_an_endpoint_it_cannot_trust_or_reach(endpoint, tmp_path):
     assert response == plugin.EMPTY and "cannot reach" in stderr and "SSL" in stderr
     response, stderr = run_plugin("https://127.0.0.1:1/v1/credentials", other_ca, kubelet_request())
     assert response == plugin.EMPTY and "cannot reach 127.0.0.1:1" in stderr
+
+
+@pytest.mark.parametrize("headers, body, status", [
+    ({"Content-Length": "x"}, b"", 400),
+    ({"Content-Length": "0"}, b"", 400),
+    ({}, b"[1]", 403),  # no image, no token
+])
+def test_malformed_requests_get_an_answer_not_a_traceback(endpoint, headers, body, status):
+    url, ca, _, _ = endpoint
+    port = int(url.split(":")[2].split("/")[0])
+    context = ssl.create_default_context(cafile=ca)
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context)
+    connection.putrequest("POST", PATH)
+    for key, value in {"Content-Length": str(len(body)), **headers}.items():
+        connection.putheader(key, value)
+    connection.endheaders(body)
+    response = connection.getresponse()
+    assert response.status == status
+    assert json.loads(response.read())["reason"] == "BadRequest"
+    connection.close()
 
 
 def test_unconfigured_plugin_says_what_to_set():

@@ -195,12 +195,12 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path != PATH:
             self._send(404, {"reason": "NotFound", "message": f"POST {PATH}"})
             return
-        length = int(self.headers.get("Content-Length") or 0)
-        if not 0 < length <= MAX_BODY:
+        length = self.headers.get("Content-Length") or ""
+        if not length.isdigit() or not 0 < int(length) <= MAX_BODY:
             self._send(400, {"reason": BAD_REQUEST, "message": "a JSON body {\"image\": ...} is needed"})
             return
         try:
-            image = json.loads(self.rfile.read(length)).get("image")
+            image = json.loads(self.rfile.read(int(length))).get("image")
         except (ValueError, AttributeError):
             image = None
         scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")

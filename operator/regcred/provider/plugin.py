@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """`regcred-credential-provider`: the kubelet's image credential provider plugin.
 
 The kubelet runs it for each pull its CredentialProviderConfig matches, with a

@@ -354,17 +354,19 @@ def _copy_conflict(case: _Case) -> bool:
     return True
 
 
-def _credential_not_ready(case: _Case) -> bool:
-    credential, namespace = case.credential, case.pod.namespace
-    if case.copy is not None or credential.ready != "False" \
-            or credential.ready_reason in NAMESPACE_FAILURE_REASONS:
+def _served_at_pull(case: _Case) -> bool:
+    """No pull secret is expected: the kubelet's credential provider asks regcred at pull time
+    (docs/credential-provider.md); a failing pull is reported from its events."""
+    if not case.spec.served_at_pull:
         return False
-    case.context.add("CredentialNotReady",
-                     f"RegistryCredential {case.name} is not Ready ({credential.ready_reason}), so "
-                     f"there is no copy in {namespace}",
-                     [credential.ready_message or credential.problem or "no message"],
-                     fix=f"fix what the message says; kubectl describe registrycredential {case.name}")
+    _report_not_ready(case.credential, "the credential provider has nothing to hand out", case.context)
     return True
+
+
+def _credential_not_ready(case: _Case) -> bool:
+    if case.copy is not None:
+        return False
+    return _report_not_ready(case.credential, f"there is no copy in {case.pod.namespace}", case.context)
 
 
 def _copy_missing(case: _Case) -> bool:
@@ -426,12 +428,25 @@ CREDENTIAL_CHECKS: tuple[Callable[[_Case], bool], ...] = (
     _namespace_not_matched,
     _service_account_not_matched,
     _credential_suspended,
+    _served_at_pull,
     _copy_conflict,
     _credential_not_ready,
     _copy_missing,
     _service_account_missing_entry,
     _pod_admitted_before_entry,
 )
+
+
+def _report_not_ready(credential: CredentialInfo, consequence: str, context: _Context) -> bool:
+    """A CR whose source or spec is broken (not one failing in some namespaces): report it."""
+    if credential.ready != "False" or credential.ready_reason in NAMESPACE_FAILURE_REASONS:
+        return False
+    context.add("CredentialNotReady",
+                f"RegistryCredential {credential.name} is not Ready ({credential.ready_reason}), so "
+                f"{consequence}",
+                [credential.ready_message or credential.problem or "no message"],
+                fix=f"fix what the message says; kubectl describe registrycredential {credential.name}")
+    return True
 
 
 def _why_namespace_unmatched(spec: CredentialSpec, namespace: NamespaceInfo) -> str:
