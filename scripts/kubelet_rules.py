@@ -1,17 +1,21 @@
 #!/usr/bin/env python3
-"""Regenerate tests/unit/data/kubelet_rules.json from the kubelet's own code.
+"""Regenerate tests/unit/data/kubelet_rules.json and kubelet_configs.json from the kubelet's
+own code.
 
-    python3 scripts/kubelet_rules.py          # after editing tests/unit/data/kubelet_rules_cases.json
+    python3 scripts/kubelet_rules.py          # after editing tests/unit/data/kubelet_*_cases.json
                                               # or bumping controlplane.KUBERNETES_VERSION
 
 It runs scripts/kubelet_rules/main.go inside a copy of the control plane's build module
 (scripts/controlplane.py: the same k8s.io/kubernetes version, go.mod and go.sum, so no new
-downloads), feeding it the cases and writing what the kubelet computes. The unit test
-tests/unit/test_doctor_kubelet_rules.py checks regcred's matcher against that file.
+downloads), feeding it the cases and writing what the kubelet computes. The unit tests
+tests/unit/test_doctor_kubelet_rules.py (image parsing, `auths` matching) and
+tests/unit/test_kubelet_configs.py (what the kubelet reads from a `.dockerconfigjson`) check
+regcred against those files.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -24,8 +28,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 import controlplane  # noqa: E402
 
-CASES = REPO / "tests" / "unit" / "data" / "kubelet_rules_cases.json"
-OUTPUT = REPO / "tests" / "unit" / "data" / "kubelet_rules.json"
+DATA = REPO / "tests" / "unit" / "data"
+CASES = DATA / "kubelet_rules_cases.json"
+OUTPUT = DATA / "kubelet_rules.json"
+CONFIG_CASES = DATA / "kubelet_configs_cases.json"
+CONFIG_OUTPUT = DATA / "kubelet_configs.json"
 PROGRAM = REPO / "scripts" / "kubelet_rules" / "main.go"
 
 
@@ -48,14 +55,18 @@ def main() -> int:
         shutil.copy(PROGRAM, module / "main.go")
         env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0",
                "KUBERNETES_VERSION": controlplane.KUBERNETES_VERSION}
-        with CASES.open("rb") as cases:
-            result = subprocess.run(["go", "run", "."], cwd=module, env=env, stdin=cases,
-                                    capture_output=True)
+        cases = {**json.loads(CASES.read_text()), **json.loads(CONFIG_CASES.read_text())}
+        result = subprocess.run(["go", "run", "."], cwd=module, env=env,
+                                input=json.dumps(cases).encode(), capture_output=True)
     if result.returncode != 0:
         sys.stderr.write(result.stderr.decode(errors="replace"))
         return 1
-    OUTPUT.write_bytes(result.stdout)
-    print(f"wrote {OUTPUT.relative_to(REPO)} ({controlplane.KUBERNETES_VERSION})")
+    rules = json.loads(result.stdout)
+    configs = {key: rules[key] for key in ("generator", "kubernetesVersion")}
+    configs["configs"] = rules.pop("configs")
+    for path, table in ((OUTPUT, rules), (CONFIG_OUTPUT, configs)):
+        path.write_text(json.dumps(table, indent=2, ensure_ascii=False) + "\n")
+        print(f"wrote {path.relative_to(REPO)} ({controlplane.KUBERNETES_VERSION})")
     return 0
 
 

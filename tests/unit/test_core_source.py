@@ -131,19 +131,36 @@ GHCR = {"username": "bot", "password": PASSWORD, "auth": b64(f"bot:{PASSWORD}")}
 QUAY = {"auth": b64(f"q:{PASSWORD}"), "email": "q@example.com"}
 
 
-def test_dockerconfigjson_copied_and_filtered_to_registries():
+def kubectl_entry(username: str, password: str, email: str | None = None) -> dict:
+    """What `kubectl create secret docker-registry` writes for these credentials."""
+    entry = {"username": username, "password": password}
+    if email:
+        entry["email"] = email
+    entry["auth"] = b64(f"{username}:{password}")
+    return entry
+
+
+def test_dockerconfigjson_filtered_to_registries_and_written_as_kubectl_does():
     source = dockerconfig(
         {"quay.io": QUAY, "harbor.example.com": HARBOR, "ghcr.io": GHCR}, credsStore="desktop"
     )
     config = render(make_spec(servers=("harbor.example.com", "quay.io")), source)
-    assert decoded(config) == {"auths": {"harbor.example.com": HARBOR, "quay.io": QUAY}}
+    # each entry written anew from what the kubelet reads in it; credsStore is not copied
+    assert decoded(config) == {"auths": {"harbor.example.com": kubectl_entry("robot", PASSWORD),
+                                         "quay.io": kubectl_entry("q", PASSWORD, "q@example.com")}}
     assert list(decoded(config)["auths"]) == ["harbor.example.com", "quay.io"]
 
 
 def test_dockerconfigjson_entry_with_username_and_password_only():
     entry = {"username": "bot", "password": PASSWORD}
     config = render(make_spec(servers=("ghcr.io",)), dockerconfig({"ghcr.io": entry}))
-    assert decoded(config) == {"auths": {"ghcr.io": entry}}
+    assert decoded(config) == {"auths": {"ghcr.io": kubectl_entry("bot", PASSWORD)}}
+
+
+def test_dockerconfigjson_fields_in_another_case_are_read_as_the_kubelet_reads_them():
+    entry = {"Username": "bot", "PASSWORD": PASSWORD, "unknown": [1, {"x": None}]}
+    config = render(make_spec(servers=("ghcr.io",)), dockerconfig({"ghcr.io": entry}))
+    assert decoded(config) == {"auths": {"ghcr.io": kubectl_entry("bot", PASSWORD)}}
 
 
 @pytest.mark.parametrize(
@@ -156,20 +173,24 @@ def test_dockerconfigjson_entry_with_username_and_password_only():
         ("registry-1.docker.io", "docker.io"),
         ("https://harbor.example.com/", "harbor.example.com"),
         ("https://harbor.example.com:8443/team", "harbor.example.com:8443/team"),
+        # found by the property tests: a trailing '/' after a path names the same repositories
+        ("https://quay.io/org/", "quay.io/org"),
+        # ... and a Docker Hub alias is written under docker login's key, which the kubelet uses
+        ("registry-1.docker.io", "index.docker.io"),
     ],
 )
 def test_dockerconfigjson_registries_match_aliases(source_key, server):
     source = dockerconfig({source_key: HARBOR, "ghcr.io": GHCR})
     config = render(make_spec(servers=(server,)), source)
-    # the matching entry is copied as it is, under the key the source uses
-    assert decoded(config) == {"auths": {source_key: HARBOR}}
+    # the matching entry is written under the key the server gets (docker login's for Docker Hub)
+    assert decoded(config) == {"auths": {registry_key(server): kubectl_entry("robot", PASSWORD)}}
 
 
 def test_dockerconfigjson_rendered_compact_and_escaped_like_go():
     entry = {"auth": b64("a:b"), "email": "a<b>&c@example.com"}
     config = render(make_spec(servers=("h.io",)), dockerconfig({"h.io": entry}))
     content = base64.b64decode(config.encoded).decode()
-    assert content == go_json({"auths": {"h.io": entry}})
+    assert content == go_json({"auths": {"h.io": kubectl_entry("a", "b", "a<b>&c@example.com")}})
     assert "\\u003c" in content and "<" not in content
 
 
@@ -238,15 +259,31 @@ ERRORS = {
         raw_source(DCJ, {".dockerconfigjson": b64(json.dumps({"harbor.example.com": HARBOR}))}),
         "InvalidJSON", [".dockerconfigjson", "'auths'"]),
     "dockerconfigjson is a list": (
-        raw_source(DCJ, {".dockerconfigjson": b64(json.dumps([PASSWORD]))}), "InvalidJSON", ["'auths'"]),
+        raw_source(DCJ, {".dockerconfigjson": b64(json.dumps([PASSWORD]))}), "InvalidJSON",
+        ["an array, not an object"]),
     "dockerconfigjson auths is a list": (
         raw_source(DCJ, {".dockerconfigjson": b64(json.dumps({"auths": [HARBOR]}))}),
         "InvalidJSON", ["'auths'"]),
     "dockerconfigjson entry without credentials": (
         dockerconfig({"harbor.example.com": {"email": "a@b.c", "password": PASSWORD}}),
-        "InvalidJSON", ["harbor.example.com", "'auth' or username and password"]),
+        "InvalidAuthsEntry", ["'harbor.example.com'", "no username"]),
     "dockerconfigjson entry not an object": (
-        dockerconfig({"harbor.example.com": PASSWORD}), "InvalidJSON", ["harbor.example.com"]),
+        dockerconfig({"harbor.example.com": PASSWORD}), "InvalidAuthsEntry",
+        ["'harbor.example.com'", "a string, not an object", "refuses the whole secret"]),
+    "dockerconfigjson auth not base64": (
+        dockerconfig({"harbor.example.com": {"auth": PASSWORD + "!"}}), "InvalidAuthsEntry",
+        ["'harbor.example.com'", "'auth' is not base64"]),
+    "dockerconfigjson auth disagrees with the password": (
+        dockerconfig({"harbor.example.com": {"auth": b64("robot:one"), "username": "robot",
+                                             "password": PASSWORD}}), "InvalidAuthsEntry",
+        ["'harbor.example.com'", "'auth' and 'username' and 'password' name different"]),
+    "dockerconfigjson not UTF-8": (
+        raw_source(DCJ, {".dockerconfigjson": b64(json.dumps({"auths": {"harbor.example.com": {
+            "username": "robot", "password": "PASSWORD"}}}).encode().replace(b"PASS", b"\xff"))}),
+        "InvalidJSON", ["not UTF-8"]),
+    "dockerconfigjson two entries for one registry disagree": (
+        dockerconfig({"harbor.example.com": HARBOR, "https://harbor.example.com/v2/": GHCR}),
+        "DuplicateRegistry", ["'harbor.example.com'", "'https://harbor.example.com/v2/'"]),
     "dockerconfigjson missing registry": (
         dockerconfig({"ghcr.io": GHCR}), "MissingRegistry", ["harbor.example.com"]),
 }

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 _DEFAULT_REGISTRY_HOST = "index.docker.io"
-# Characters Go's net/url accepts unescaped in a host (shouldEscape with encodeHost); since
-# Go 1.25.2 square brackets only as an IPv6 literal at the start.
-_HOST_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:<>\"]*")
+# Characters Go's net/url accepts unescaped in a host (shouldEscape with encodeHost, which
+# only judges ASCII bytes); since Go 1.25.2 square brackets only as an IPv6 literal at the start.
+_HOST_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:<>\"\u0080-\U0010ffff]*")
+# In a host, %-escapes may only encode non-ASCII bytes, or be %25.
+_HOST_ESCAPE = re.compile(r"%(?:[89A-Fa-f][0-9A-Fa-f]|25)")
 _PORT = re.compile(r":[0-9]*")
 
 
@@ -116,6 +118,11 @@ def _parse_url(raw: str) -> _Url:
     authority, slash, path = rest.partition("/")
     host = authority.rpartition("@")[2]
     _check_host(host)
+    if "%" in host:
+        try:
+            host = unquote(host, errors="strict")
+        except UnicodeDecodeError:
+            raise BadUrl("bad escape in host") from None
     if "%" in path:
         try:
             path = unquote(path, errors="strict")
@@ -135,7 +142,7 @@ def _check_host(host: str) -> None:
     colon = host.rfind(":")
     if colon >= 0 and not _PORT.fullmatch(host[colon:]):
         raise BadUrl("bad port")
-    if not _HOST_CHARS.fullmatch(host) or "%" in host:
+    if not _HOST_CHARS.fullmatch(_HOST_ESCAPE.sub("", host)):
         raise BadUrl("invalid character in host")
 
 

@@ -13,8 +13,6 @@ Every "no" is a `Refusal` whose `reason` is one word of `REFUSALS`: the metric's
 from __future__ import annotations
 
 import base64
-import binascii
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +22,7 @@ from regcred.core.images import parse_image
 from regcred.core.keyring import AuthsEntry, lookup
 from regcred.core.matching import NamespaceInfo, namespace_matches, service_account_matches
 from regcred.core.plan import Credential
+from regcred.core.pullsecret import kubelet_read
 from regcred.core.source import RenderedConfig
 
 # What the API server puts in a Pod-bound token's user info (pkg/serviceaccount/claims.go).
@@ -160,20 +159,11 @@ def resolve(credentials: Iterable[Credential], namespace: NamespaceInfo | None,
 
 
 def logins_of(config: RenderedConfig) -> dict[str, Login]:
-    """The username and password of each `auths` key of a rendered config (an entry with only
-    `auth` is split as the kubelet splits it); entries without a usable login are left out."""
-    auths = json.loads(base64.b64decode(config.encoded))["auths"]
-    result = {}
-    for key, entry in auths.items():
-        username, password = entry.get("username") or "", entry.get("password") or ""
-        if not (username and password) and entry.get("auth"):
-            try:
-                username, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
-            except (binascii.Error, UnicodeDecodeError):
-                continue
-        if username and password:
-            result[key] = Login(username, password)
-    return result
+    """The username and password of each `auths` key of a rendered config, as the kubelet
+    reads them (core/pullsecret.py); entries without a usable login are left out."""
+    reading = kubelet_read(base64.b64decode(config.encoded))
+    return {key: Login(entry.username.decode(), entry.password.decode())
+            for key, entry in reading.entries.items() if entry.problem is None}
 
 
 def _single(values: Any) -> str | None:

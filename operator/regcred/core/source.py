@@ -1,7 +1,10 @@
 """Read a source Secret and render the `.dockerconfigjson` every copy carries.
 
 The rendering is byte-for-byte what `kubectl create secret docker-registry` writes for
-the same input, so a copy looks exactly like a hand-made pull secret.
+the same input, so a copy looks exactly like a hand-made pull secret. A
+`kubernetes.io/dockerconfigjson` source is read the way the kubelet reads a pull secret
+(`core/pullsecret.py`), refused if the kubelet would refuse or misread it, and each selected
+entry is written anew from what the kubelet reads, never copied as it stands.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from regcred.core.errors import InvalidInput
+from regcred.core.pullsecret import check, kubelet_read
 from regcred.core.spec import CredentialSpec
 
 DOCKERCONFIGJSON_TYPE = "kubernetes.io/dockerconfigjson"
@@ -102,7 +106,7 @@ def _entry(username: str, password: str, email: str | None) -> dict[str, str]:
     return entry
 
 
-def _decoded(source: SourceSecret, key: str, where: str) -> str:
+def _raw(source: SourceSecret, key: str, where: str) -> bytes:
     raw = source.data.get(key)
     if raw is None:
         keys = ", ".join(sorted(source.data)) or "none"
@@ -110,40 +114,33 @@ def _decoded(source: SourceSecret, key: str, where: str) -> str:
     if len(raw) > MAX_VALUE_BYTES * 4 // 3 + 4:
         raise InvalidInput("SourceTooLarge", f"{where}: key {key!r} is over {MAX_VALUE_BYTES} bytes")
     try:
-        value = base64.b64decode(raw, validate=True).decode("utf-8")
+        value = base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidInput(
-            "InvalidBase64", f"{where}: key {key!r} is not valid base64-encoded UTF-8"
-        ) from None
+        raise InvalidInput("InvalidBase64", f"{where}: key {key!r} is not valid base64") from None
     if not value:
         raise InvalidInput("EmptyValue", f"{where}: key {key!r} is empty")
     return value
 
 
-def _filtered_auths(source: SourceSecret, servers: tuple[str, ...], where: str) -> dict[str, Any]:
-    raw = _decoded(source, DOCKERCONFIGJSON_KEY, where)
+def _decoded(source: SourceSecret, key: str, where: str) -> str:
     try:
-        config = json.loads(raw)
-    except ValueError:
-        raise InvalidInput("InvalidJSON", f"{where}: {DOCKERCONFIGJSON_KEY} is not valid JSON") from None
-    auths = config.get("auths") if isinstance(config, dict) else None
-    if not isinstance(auths, dict):
-        raise InvalidInput("InvalidJSON", f"{where}: {DOCKERCONFIGJSON_KEY} has no 'auths' object")
-    by_key = {registry_key(key): (key, value) for key, value in auths.items()}
-    missing = [server for server in servers if registry_key(server) not in by_key]
-    if missing:
+        return _raw(source, key, where).decode("utf-8")
+    except UnicodeDecodeError:
         raise InvalidInput(
-            "MissingRegistry",
-            f"{where}: {DOCKERCONFIGJSON_KEY} has no auths entry for {', '.join(missing)}",
-        )
-    selected = {}
-    for server in servers:
-        key, entry = by_key[registry_key(server)]
-        if not isinstance(entry, dict) or not (
-            entry.get("auth") or (entry.get("username") and entry.get("password"))
-        ):
-            raise InvalidInput(
-                "InvalidJSON", f"{where}: auths entry for {key} needs 'auth' or username and password"
-            )
-        selected[key] = entry
-    return selected
+            "InvalidBase64", f"{where}: key {key!r} is not valid base64-encoded UTF-8"
+        ) from None
+
+
+def _filtered_auths(source: SourceSecret, servers: tuple[str, ...], where: str) -> dict[str, Any]:
+    raw = _raw(source, DOCKERCONFIGJSON_KEY, where)
+    try:
+        selected = check(kubelet_read(raw), servers)
+    except InvalidInput as refusal:
+        raise InvalidInput(refusal.reason, f"{where}: {DOCKERCONFIGJSON_KEY}: {refusal.message}") from None
+    # Written under the key the server itself gets (a source's `registry-1.docker.io` entry
+    # would not serve Docker Hub images); `check` accepts only UTF-8 text, so these decode.
+    return {
+        registry_key(server): _entry(entry.username.decode(), entry.password.decode(),
+                                     entry.email.decode() or None)
+        for server, entry in selected.items()
+    }

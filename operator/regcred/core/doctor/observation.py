@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from regcred.core.errors import InvalidInput
 from regcred.core.matching import (
     NamespaceInfo,
 )
+from regcred.core.pullsecret import check, kubelet_read
 from regcred.core.source import DOCKERCONFIGJSON_KEY, DOCKERCONFIGJSON_TYPE
 from regcred.core.spec import (
     CREDENTIAL_LABEL,
@@ -77,13 +77,15 @@ class ServiceAccountInfo:
 @dataclass(frozen=True)
 class PullSecretInfo:
     """A Secret as far as the kubelet's keyring cares: its type and `auths` keys, never values.
-    `problem` says why the kubelet cannot read it (None: readable)."""
+    `problem` says why regcred's check (core/pullsecret.py) refuses it (None: nothing wrong);
+    `refused`: the kubelet refuses it altogether, so every pull of a Pod listing it fails."""
 
     namespace: str
     name: str
     type: str
     keys: tuple[str, ...] = ()
     problem: str | None = None
+    refused: bool = False
     credential: str = ""  # the regcred.dev/credential label: a regcred copy of that CR
     owner_uids: tuple[str, ...] = ()
 
@@ -182,18 +184,22 @@ def observe_secret(body: Mapping[str, Any]) -> PullSecretInfo:
     if secret_type not in (DOCKERCONFIGJSON_TYPE, DOCKERCFG_TYPE):
         return PullSecretInfo(**common)
     key = DOCKERCONFIGJSON_KEY if secret_type == DOCKERCONFIGJSON_TYPE else DOCKERCFG_KEY
-    raw = (body.get("data") or {}).get(key)
-    if not raw:
+    encoded = (body.get("data") or {}).get(key)
+    if not encoded:
         return PullSecretInfo(**common, problem=f"it has no {key} key")
     try:
-        config = json.loads(base64.b64decode(raw, validate=True))
+        raw = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
-        return PullSecretInfo(**common, problem=f"its {key} is not valid JSON")
-    auths = config.get("auths") if secret_type == DOCKERCONFIGJSON_TYPE and isinstance(config, dict) \
-        else config
-    if not isinstance(auths, dict):
-        return PullSecretInfo(**common, problem=f"its {key} has no auths object")
-    return PullSecretInfo(**common, keys=tuple(str(k) for k in auths))
+        return PullSecretInfo(**common, problem=f"its {key} is not base64", refused=True)
+    legacy = secret_type == DOCKERCFG_TYPE
+    reading = kubelet_read(raw, legacy=legacy)
+    try:
+        check(reading)
+        problem = None
+    except InvalidInput as refusal:
+        problem = f"its {key}: {refusal.message}"
+    return PullSecretInfo(**common, keys=tuple(reading.entries),
+                          problem=problem, refused=reading.error is not None)
 
 
 def observe_event(body: Mapping[str, Any]) -> PullEvent | None:

@@ -219,12 +219,14 @@ def _pod_entries(snapshot: Snapshot, pod: PodInfo, secret_namespaces: Mapping[st
                          "Secrets and ignores this one"],
                         fix=f"recreate it with `kubectl create secret docker-registry {name} -n "
                             f"{pod.namespace} ...`, or let a RegistryCredential manage it")
-        elif secret.problem:
-            context.add("PullSecretInvalid", f"pull secret {name!r} cannot be read: {secret.problem}",
-                        ["the kubelet fails every pull of this Pod while one of its pull secrets "
-                         "does not parse"],
-                        fix="recreate the Secret with `kubectl create secret docker-registry`")
         else:
+            if secret.problem:
+                context.add("PullSecretInvalid", f"pull secret {name!r} cannot be read: {secret.problem}",
+                            ["the kubelet fails every pull of this Pod while one of its pull secrets "
+                             "does not parse" if secret.refused else
+                             "the kubelet reads it, but not as it is written (regcred refuses to copy "
+                             "such a source for the same reason)"],
+                            fix="recreate the Secret with `kubectl create secret docker-registry`")
             entries.extend(AuthsEntry(name, key) for key in secret.keys)
     return entries
 
