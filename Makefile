@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test demo lint typecheck unit controlplane node-deps clean manifests bench compat helm
+.PHONY: test demo lint typecheck unit controlplane node-deps clean manifests bench compat helm image
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,7 +22,8 @@ unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit -q
 
 # Debian packages of the test node and registry (containerd, runc, CNI plugins,
-# docker-registry, busybox-static): installed when missing if root, else named.
+# docker-registry, busybox-static) and of the image build (mmdebstrap, buildah): installed
+# when missing if root, else named.
 node-deps:
 	python3 scripts/nodedeps.py
 
@@ -31,6 +32,10 @@ test: lint typecheck node-deps
 
 controlplane: $(VENV)/.installed
 	$(PY) scripts/controlplane.py build
+
+# regcred's image from the Dockerfile, daemonless, into ~/.cache/regcred/image (docs/image.md).
+image:
+	python3 scripts/image.py build
 
 # helm from $PATH, else built from the helm.sh/helm/v4 Go module into ~/.cache/regcred/helm.
 helm: $(VENV)/.installed

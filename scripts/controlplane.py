@@ -350,8 +350,8 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: fl
 class Component:
     """One control-plane process, restartable in place with the same arguments and ports."""
 
-    def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
-        self.name, self.argv, self.log_path = name, argv, log_path
+    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.name, self.argv, self.log_path, self.env = name, argv, log_path, env
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -361,7 +361,8 @@ class Component:
             preexec = _die_with_parent if threading.current_thread() is threading.main_thread() else None
             self.process = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, start_new_session=True,
-                                            preexec_fn=preexec)
+                                            preexec_fn=preexec,
+                                            env={**os.environ, **self.env} if self.env else None)
 
     def check_running(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -436,9 +437,14 @@ class ControlPlane(RunContext):
     copied to `$REGCRED_CONTROLPLANE_LOGS` or `~/.cache/regcred/logs/<time>-<pid>/` first.
     """
 
-    def __init__(self, binaries: dict[str, Path] | None = None, *, start_timeout: float = 120.0) -> None:
+    def __init__(self, binaries: dict[str, Path] | None = None, *, start_timeout: float = 120.0,
+                 pod_network_proxy: str | None = None) -> None:
+        """`pod_network_proxy`: the CONNECT proxy into a node's pod network (scripts/podnet.py);
+        the API server then reaches Services' endpoints (webhooks) through it, as a cluster
+        without kube-proxy does with `--enable-aggregator-routing`."""
         self.binaries = binaries
         self.start_timeout = start_timeout
+        self.pod_network_proxy = pod_network_proxy
         self.dir: Path | None = None
         self.components: dict[str, Component] = {}
         self.kept_logs: Path | None = None
@@ -542,9 +548,11 @@ class ControlPlane(RunContext):
                         # On SIGTERM, close idle connections after 2s instead of waiting 60s for watches.
                         "--shutdown-send-retry-after=true",
                         "--audit-policy-file", str(audit_policy), "--audit-log-path", str(self.audit_log),
-                        "--audit-log-maxsize", "0", "--audit-log-mode", "blocking"],
+                        "--audit-log-maxsize", "0", "--audit-log-mode", "blocking",
+                        *(["--enable-aggregator-routing=true"] if self.pod_network_proxy else [])],
             CONTROLLER_MANAGER: [str(binaries[CONTROLLER_MANAGER]), "--kubeconfig", str(kcm_config),
-                                 "--controllers", CONTROLLERS,
+                                 "--controllers", CONTROLLERS + (",endpoint,endpointslice,disruption"
+                                                                 if self.pod_network_proxy else ""),
                                  "--service-account-private-key-file", str(pki.sa_key),
                                  "--root-ca-file", str(pki.ca), "--use-service-account-credentials=false",
                                  "--leader-elect=false", "--secure-port", "0",
@@ -553,7 +561,11 @@ class ControlPlane(RunContext):
                                  # thousand namespaces take a minute; benchmarks need more.
                                  "--kube-api-qps", "200", "--kube-api-burst", "400"],
         }
-        self.components = {name: Component(name, argv[name], self.log_dir / f"{name}.log")
+        # Go never proxies loopback (etcd, the API server itself); the rest is the pod network.
+        env = {APISERVER: {"HTTPS_PROXY": self.pod_network_proxy, "HTTP_PROXY": self.pod_network_proxy,
+                           "NO_PROXY": "127.0.0.1,localhost"}
+               } if self.pod_network_proxy else {}
+        self.components = {name: Component(name, argv[name], self.log_dir / f"{name}.log", env.get(name))
                            for name in BINARIES}
 
     # --- talking to the API server without a client library ---
@@ -567,9 +579,12 @@ class ControlPlane(RunContext):
         """GET `path` as the admin; returns (status, body) for any HTTP status."""
         return self.request("GET", path, timeout)
 
-    def request(self, method: str, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
-        """`method` on `path` as the admin, no body; returns (status, body) for any status."""
-        request = urllib.request.Request(self.server + path, method=method)
+    def request(self, method: str, path: str, timeout: float = 5.0, body: dict[str, Any] | None = None,
+                ) -> tuple[int, bytes]:
+        """`method` on `path` as the admin (`body` as JSON); returns (status, body) for any status."""
+        request = urllib.request.Request(self.server + path, method=method,
+                                         data=None if body is None else json.dumps(body).encode(),
+                                         headers={} if body is None else {"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, context=self.ssl_context(), timeout=timeout) as response:
                 return response.status, response.read()

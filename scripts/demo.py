@@ -1,6 +1,15 @@
 #!/usr/bin/env python3
 """`make demo`: regcred end to end on a local control plane, narrated.
 
+First, as users run it (scripts/incluster.py): regcred's image built (or reused) from the
+Dockerfile, pushed to a private registry, `helm install`ed onto the control plane and a real
+node (containerd + kubelet), its two Pods shown; then a RegistryCredential for the registry
+and the seed tutorials' check against that release: SUCCESS in an onboarded namespace, the
+registry's 401 in an unmatched one. Where the node cannot run, one line says why and this
+part is left out.
+
+Then the full tour with `regcred run` as a process beside a fresh control plane (process
+mode, also the whole demo where no node can run):
 Builds (or reuses) the control plane, installs the CRD, starts `regcred run`, then shows
 the jobs users hire regcred for: declare once, onboard a late namespace, rotate, and
 leave other people's things alone. It ends with the seed tutorials' check on a real node
@@ -28,9 +37,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import image
 import images
 from controlplane import ControlPlane, free_port, interruptible, wait_until
 from demo_provider import endpoint_flags, pull_time_delivery
+from incluster import NAMESPACE, RELEASE, InCluster
 from node import NODE_NAME, Node
 from registry import Registry
 
@@ -124,6 +135,16 @@ def source_secret(password: str) -> str:
                        "stringData": {"username": "robot", "password": password}})
 
 
+def credential_for(demo: Demo, password: str, server: str) -> None:
+    """The registry's login as the source Secret, a RegistryCredential for team-*, and
+    team-a onboarded."""
+    demo.kubectl("apply", "-f", "-", stdin=source_secret(password))
+    demo.kubectl("apply", "-f", "-", stdin=PULL_CREDENTIAL.format(server=server))
+    wait_until(lambda: "private-registry" in demo.jsonpath(
+        "serviceaccount", "default", "-n", "team-a", "-o", "jsonpath={.imagePullSecrets}"),
+        60, "team-a onboarded for the registry")
+
+
 def run_pod(demo: Demo, namespace: str, name: str, image: str) -> str:
     """Create the seeds' Pod and wait until it ran or its pull was refused; returns which."""
     manifest = PULL_POD.format(name=name, node=NODE_NAME, image=image)
@@ -158,11 +179,7 @@ def pulls_on_a_real_node(demo: Demo, control_plane: ControlPlane, stack: context
     print(f"private image {image}; anonymous GET /v2/ -> {registry.status('/v2/', None)}")
 
     say("The registry's credentials as a source Secret, and a RegistryCredential for team-*")
-    demo.kubectl("apply", "-f", "-", stdin=source_secret(password))
-    demo.kubectl("apply", "-f", "-", stdin=PULL_CREDENTIAL.format(server=registry.host))
-    wait_until(lambda: "private-registry" in demo.jsonpath(
-        "serviceaccount", "default", "-n", "team-a", "-o", "jsonpath={.imagePullSecrets}"),
-        60, "team-a onboarded for the registry")
+    credential_for(demo, password, registry.host)
 
     say("The seeds' check in team-a (onboarded): the Pod prints SUCCESS")
     print(f"pod pull-check: {run_pod(demo, 'team-a', 'pull-check', image)}")
@@ -185,7 +202,42 @@ def pulls_on_a_real_node(demo: Demo, control_plane: ControlPlane, stack: context
     pull_time_delivery(demo, node, registry.host, image, provider_listen, run_pod, say)
 
 
+def as_users_run_it() -> None:
+    """regcred's image, pushed privately, installed by its chart; then SUCCESS and the 401."""
+    reason = Node.unavailable_reason() or image.unavailable_reason() or Registry.unavailable_reason()
+    if reason:
+        say(f"regcred installed by its chart: left out ({reason}); process mode below")
+        return
+    say("regcred as users run it: the image built from the Dockerfile, pushed to a private "
+        "registry, `helm install` with imagePullSecrets, two Pods on a real node")
+    with InCluster() as cluster:
+        demo = Demo(cluster.plane.kubeconfig)
+        print(f"image {cluster.image_reference}, {cluster.image_archive.stat().st_size / 1e6:.0f} MB "
+              f"(anonymous GET /v2/ -> {cluster.registry.status('/v2/', None)}); seconds: {cluster.timings}")
+        flags = " ".join(cluster.set_flags())
+        print(f"$ helm install {RELEASE} charts/regcred --namespace {NAMESPACE} {flags}")
+        demo.kubectl("get", "pods", "-n", NAMESPACE, "-o", "custom-columns=NAME:.metadata.name,"
+                     "STATUS:.status.phase,READY:.status.containerStatuses[0].ready,IP:.status.podIP,"
+                     "IMAGE:.spec.containers[0].image,PULL-SECRETS:.spec.imagePullSecrets[*].name")
+        demo.kubectl("get", "service,mutatingwebhookconfiguration", "-n", NAMESPACE)
+        for namespace in ("team-a", "other"):
+            demo.kubectl("create", "namespace", namespace)
+        password = secrets.token_urlsafe(18)
+        cluster.registry.set_password("robot", password)
+        private = cluster.registry.push(images.success_image(), "team/success", "1", "robot")
+        credential_for(demo, password, cluster.registry.host)
+        say("The seeds' check against the installed release: SUCCESS in team-a, 401 in other")
+        print(f"pod pull-check in team-a: {run_pod(demo, 'team-a', 'pull-check', private)}")
+        demo.kubectl("logs", "pull-check", "-n", "team-a")
+        print(f"pod pull-check in other: {run_pod(demo, 'other', 'pull-check', private)}")
+        demo.kubectl("get", "events", "-n", "other", "--field-selector",
+                     "involvedObject.name=pull-check,reason=Failed", "-o", "custom-columns=REASON:.reason,"
+                     "MESSAGE:.message")
+    say("The release, its node, registry and control plane stopped; now the full tour in process mode")
+
+
 def run(keep: bool) -> None:
+    as_users_run_it()
     with ControlPlane() as control_plane, contextlib.ExitStack() as node_and_registry:
         control_plane.put_kubectl_first_on_path()
         demo = Demo(control_plane.kubeconfig)

@@ -1,4 +1,4 @@
-"""Tiny container images built without a docker daemon: busybox-static in one layer.
+"""Container images without a docker daemon: busybox-static in one layer, OCI archives.
 
 The test image (`Cmd ["/bin/echo", "SUCCESS"]`) is pushed to the private registry through
 the registry API (scripts/registry.py); the node's sandbox (pause) image is written as an OCI
@@ -73,20 +73,26 @@ def _busybox_layer(applets: tuple[str, ...]) -> tuple[bytes, bytes]:
     return uncompressed, gzip.compress(uncompressed, compresslevel=6, mtime=0)
 
 
-def busybox_image(cmd: list[str], applets: tuple[str, ...]) -> Image:
-    """An image of busybox-static and `applets`, running `cmd` (an absolute applet path)."""
-    uncompressed, compressed = _busybox_layer(applets)
-    layer = Blob(OCI_LAYER, compressed)
-    config = Blob(OCI_CONFIG, json.dumps({
+def layered_image(layers: list[tuple[bytes, bytes]], config: dict[str, object]) -> Image:
+    """An OCI image from (uncompressed tar, gzipped tar) layers and the image's run config
+    (`Cmd`, `Env`, ...), for this machine's architecture."""
+    blobs = tuple(Blob(OCI_LAYER, compressed) for _, compressed in layers)
+    config_blob = Blob(OCI_CONFIG, json.dumps({
         "architecture": GO_ARCH.get(platform.machine(), platform.machine()), "os": "linux",
-        "config": {"Cmd": cmd, "Env": ["PATH=/bin"]},
-        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(uncompressed).hexdigest()]},
+        "config": config,
+        "rootfs": {"type": "layers",
+                   "diff_ids": ["sha256:" + hashlib.sha256(raw).hexdigest() for raw, _ in layers]},
     }, sort_keys=True).encode())
     manifest = Blob(OCI_MANIFEST, json.dumps({
         "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": config.descriptor(), "layers": [layer.descriptor()],
+        "config": config_blob.descriptor(), "layers": [layer.descriptor() for layer in blobs],
     }, sort_keys=True).encode())
-    return Image((layer,), config, manifest)
+    return Image(blobs, config_blob, manifest)
+
+
+def busybox_image(cmd: list[str], applets: tuple[str, ...]) -> Image:
+    """An image of busybox-static and `applets`, running `cmd` (an absolute applet path)."""
+    return layered_image([_busybox_layer(applets)], {"Cmd": cmd, "Env": ["PATH=/bin"]})
 
 
 def success_image() -> Image:
@@ -97,6 +103,25 @@ def success_image() -> Image:
 def pause_image() -> Image:
     """A sandbox image: sleeps until containerd kills the sandbox (it uses SIGKILL)."""
     return busybox_image(["/bin/sleep", "2147483647"], ("sleep",))
+
+
+def read_oci_archive(path: Path) -> Image:
+    """The one image of an OCI image layout tar (what `buildah push IMAGE oci-archive:PATH`
+    writes), for pushing through the registry API."""
+    with tarfile.open(path) as tar:
+        def blob(media_type: str, digest: str) -> Blob:
+            member = tar.extractfile(f"blobs/sha256/{digest.split(':', 1)[1]}")
+            assert member is not None, f"{path} lacks blob {digest}"
+            return Blob(media_type, member.read())
+
+        index_file = tar.extractfile("index.json")
+        assert index_file is not None, f"{path} is not an OCI image layout"
+        [entry] = json.load(index_file)["manifests"]
+        manifest = blob(entry["mediaType"], entry["digest"])
+        document = json.loads(manifest.data)
+        layers = tuple(blob(layer["mediaType"], layer["digest"]) for layer in document["layers"])
+        config = blob(document["config"]["mediaType"], document["config"]["digest"])
+    return Image(layers, config, manifest)
 
 
 def write_oci_archive(image: Image, reference: str, path: Path) -> Path:

@@ -48,6 +48,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import images
 import nodedeps
+import podnet
 from controlplane import (
     KUBELET,
     Component,
@@ -78,10 +79,11 @@ DEVICE_PLUGINS = Path("/var/lib/kubelet/device-plugins")  # pluginapi.KubeletSoc
 CONTAINER_LOG_LINKS = Path("/var/log/containers")
 SHIM_SOCKETS = Path("/run/containerd/s")
 LIBMOUNT_STATE = Path("/run/mount")  # util-linux `mount`, which the kubelet runs, creates it
+CNI_CACHE = Path("/var/lib/cni")  # libcni's result cache: one file per pod sandbox and network
 # Host paths a node run may create; the last run out removes those the host did not have.
 SHARED_DIRS = (DEVICE_PLUGINS, DEVICE_PLUGINS.parent, CONTAINER_LOG_LINKS, SHIM_SOCKETS, SHIM_SOCKETS.parent,
-               LIBMOUNT_STATE)
-NODE_EXECUTABLES = {KUBELET, "containerd", "containerd-shim-runc-v2", "runc", "ctr"}
+               LIBMOUNT_STATE, CNI_CACHE / "results", CNI_CACHE)
+NODE_EXECUTABLES = {KUBELET, "containerd", "containerd-shim-runc-v2", "runc", "ctr", "ptp", "host-local"}
 MNT_DETACH = 2
 STOP_GRACE = 10.0
 
@@ -268,6 +270,10 @@ def tear_down(run_dir: Path) -> None:
                 link.unlink()
     for socket_path in shim_sockets:
         socket_path.unlink(missing_ok=True)
+    for cached in (CNI_CACHE / "results").glob("*"):  # each names its pod's netns, under the run dir
+        with contextlib.suppress(OSError):
+            if f"{run_dir}/".encode() in cached.read_bytes():
+                cached.unlink()
     shutil.rmtree(run_dir)
 
 
@@ -398,9 +404,13 @@ class Node(RunContext):
     error_type = NodeError
 
     def __init__(self, control_plane: ControlPlane, *, start_timeout: float = 120.0,
-                 credential_provider: CredentialProvider | None = None) -> None:
+                 credential_provider: CredentialProvider | None = None,
+                 pod_network: podnet.PodNetwork | None = None) -> None:
+        """`pod_network`: run the node in a network namespace of its own with a pod network
+        (scripts/podnet.py); without it, pods must use `hostNetwork` (the host's loopback)."""
         self.control_plane = control_plane
         self.credential_provider = credential_provider
+        self.pod_network = pod_network
         self.start_timeout = start_timeout
         self.name = NODE_NAME
         self.dir: Path | None = None
@@ -462,7 +472,13 @@ class Node(RunContext):
         run_dir = self.dir
         self.log_dir.mkdir()
         (run_dir / "cni").mkdir()
-        (run_dir / "cni" / "10-loopback.conflist").write_text(json.dumps(cni_config(run_dir)))
+        network = cni_config(run_dir)
+        prefix: list[str] = []
+        if self.pod_network:  # containerd and the kubelet in the run's namespace (podnet.py)
+            netns = podnet.create_netns(run_dir / "netns")
+            network = podnet.cni_config(run_dir.name, run_dir / "cni-ipam")
+            prefix = ["nsenter", f"--net={netns}", "--"]
+        (run_dir / "cni" / "10-node.conflist").write_text(json.dumps(network))
         (run_dir / "containerd" / "certs.d").mkdir(parents=True)
         config = run_dir / "containerd" / "config.toml"
         config.write_text(containerd_config(run_dir))
@@ -477,11 +493,14 @@ class Node(RunContext):
         kubelet_yaml.write_text(json.dumps(
             kubelet_config(run_dir, pki.ca, serving, self.port, self.healthz_port), indent=2))
         argv = {
-            "containerd": [str(CONTAINERD), "--config", str(config), "--log-level", "warn"],
-            KUBELET: [str(kubelet), "--config", str(kubelet_yaml), "--kubeconfig", str(kubeconfig),
+            "containerd": [*prefix, str(CONTAINERD), "--config", str(config), "--log-level", "warn"],
+            KUBELET: [*prefix, str(kubelet), "--config", str(kubelet_yaml), "--kubeconfig", str(kubeconfig),
                       "--root-dir", str(run_dir / "kubelet"), "--cert-dir", str(run_dir / "kubelet" / "pki"),
-                      "--hostname-override", self.name, "--v", "1"],
+                      "--hostname-override", self.name, "--v", "1",
+                      *(["--node-ip", podnet.NODE_IP] if self.pod_network else [])],
         }
+        if self.pod_network:
+            self.pod_network.attach(run_dir / "netns", self.control_plane.port, self.port)
         self.components = {name: Component(name, command, self.log_dir / f"{name}.log")
                            for name, command in argv.items()}
         self._kubelet_argv = argv[KUBELET]
@@ -560,6 +579,8 @@ class Node(RunContext):
         partial.write_text(f'server = "https://{host}"\nca = "{ca}"\n\n[host."https://{host}"]\n'
                            f'  capabilities = ["pull", "resolve"]\n  ca = "{ca}"\n')
         os.replace(partial, directory / "hosts.toml")
+        if self.pod_network:
+            self.pod_network.expose_host_port(int(host.rpartition(":")[2]))
 
     def stop(self, failed: bool = False) -> None:
         """Delete the Node object, stop the kubelet and containerd, kill what is left of
@@ -573,6 +594,8 @@ class Node(RunContext):
         for name in (KUBELET, "containerd"):
             if name in self.components:
                 self.components[name].stop(STOP_GRACE)
+        if self.pod_network:
+            self.pod_network.close()
         if failed and self.log_dir.exists():
             self.kept_logs = keep_logs(self.log_dir)
             log(f"node failed; logs kept in {self.kept_logs}")

@@ -2,7 +2,8 @@
 """The Debian packages a test node needs, and installing them (`make node-deps`).
 
 The node (scripts/node.py) runs Debian's containerd, runc and CNI plugins; the private
-registry (scripts/registry.py) is Debian's docker-registry; the test image is busybox-static.
+registry (scripts/registry.py) is Debian's docker-registry; the test image is busybox-static;
+regcred's own image (scripts/image.py) is built with mmdebstrap and buildah.
 As root on Debian the missing ones are installed with apt-get, with service start-up
 blocked (docker-registry's package would otherwise start a registry on every interface);
 anyone else gets one line naming the packages. Stdlib only.
@@ -24,7 +25,13 @@ PACKAGE_FILES: dict[str, tuple[str, ...]] = {
     "docker-registry": ("/usr/bin/docker-registry",),
     "busybox-static": ("/bin/busybox",),
     "openssl": ("/usr/bin/openssl",),
+    "iproute2": ("/bin/ip",),  # the pod network's namespace (scripts/podnet.py)
+    # regcred's image (scripts/image.py): the base from Debian packages, the Dockerfile daemonless
+    "mmdebstrap": ("/usr/bin/mmdebstrap",),
+    "buildah": ("/usr/bin/buildah",),
 }
+IMAGE_PACKAGES = ("mmdebstrap", "buildah")
+NODE_PACKAGES = tuple(package for package in PACKAGE_FILES if package not in IMAGE_PACKAGES)
 BUSYBOX = Path("/bin/busybox")
 CNI_BIN_DIR = Path("/usr/lib/cni")
 POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
@@ -70,9 +77,9 @@ def install_command(packages: list[str]) -> str:
     return f"apt-get install -y --no-install-recommends {' '.join(packages)}"
 
 
-def missing_reason(what: str = "the test node", among: tuple[str, ...] | None = None) -> str | None:
-    """What is missing (of `among`, default all) and the command that installs it, or None."""
-    missing = [package for package in missing_packages() if among is None or package in among]
+def missing_reason(what: str = "the test node", among: tuple[str, ...] = NODE_PACKAGES) -> str | None:
+    """What is missing (of `among`) and the command that installs it, or None."""
+    missing = [package for package in missing_packages() if package in among]
     if not missing:
         return None
     return (f"{what} needs Debian packages {', '.join(missing)}: run `make node-deps` as root "

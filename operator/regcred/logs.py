@@ -52,6 +52,9 @@ def configure(log_format: str = "json", level: str = "info") -> None:
     # kopf logs every successful event handler at INFO: thousands of lines at start-up.
     for noisy in ("urllib3", "kubernetes", "aiohttp.access", "kopf.objects"):
         logging.getLogger(noisy).setLevel(quiet)
+    # urllib3 warns on each retry of a connection ("Retrying (Retry(total=2, ...))"); regcred
+    # says it once, with the server, the cause and the fix, rate-limited (kube/client.py Outage).
+    logging.getLogger("urllib3.connectionpool").setLevel(max(quiet, logging.ERROR))
     structlog.configure(
         processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

@@ -197,6 +197,38 @@ def test_upgrade_with_changed_values_converges_without_rewriting_any_copy(
         process.stop()
 
 
+def assert_uninstalled_as_documented(kube, name: str, namespace: str, wait_for) -> None:
+    """After `helm uninstall`: what docs/install.md says goes is gone, what it says stays is
+    there (the CRDs, regcred's own webhook configuration and certificate, the namespace)."""
+    apps, core = client.AppsV1Api(kube), client.CoreV1Api(kube)
+    rbac, custom = client.RbacAuthorizationV1Api(kube), client.CustomObjectsApi(kube)
+    extensions = client.ApiextensionsV1Api(kube)
+    gone = {
+        "Deployment": (apps.read_namespaced_deployment, name, namespace),
+        "ServiceAccount": (core.read_namespaced_service_account, name, namespace),
+        "ClusterRole": (rbac.read_cluster_role, name),
+        "ClusterRoleBinding": (rbac.read_cluster_role_binding, name),
+        "Role": (rbac.read_namespaced_role, f"{name}-events", "default"),
+        "RoleBinding": (rbac.read_namespaced_role_binding, f"{name}-events", "default"),
+        "NetworkPolicy": (client.NetworkingV1Api(kube).read_namespaced_network_policy, name,
+                          namespace),
+        "PodDisruptionBudget": (client.PolicyV1Api(kube).read_namespaced_pod_disruption_budget,
+                                name, namespace),
+        "Service": (core.read_namespaced_service, f"{name}-webhook", namespace),
+        "ClusterKopfPeering": (custom.get_cluster_custom_object, "kopf.dev", "v1", "clusterkopfpeerings",
+                               name),
+    }
+    for kind, (read, *args) in gone.items():
+        wait_for(lambda r=read, a=args: not exists(r, *a), message=f"{kind} removed by helm uninstall")
+    for crd in ("registrycredentials.regcred.dev", "clusterkopfpeerings.kopf.dev"):
+        assert exists(extensions.read_custom_resource_definition, crd), f"{crd} was deleted"
+    # What regcred made itself, not Helm: its webhook configuration and certificate Secret.
+    assert exists(client.AdmissionregistrationV1Api(kube).read_mutating_webhook_configuration,
+                  WEBHOOK_CONFIGURATION)
+    assert exists(core.read_namespaced_secret, f"{name}-webhook-tls", namespace)
+    assert exists(core.read_namespace, namespace)
+
+
 def test_uninstall_leaves_the_crds_the_credentials_and_their_copies(
         helm, kubeconfig, cluster: Cluster, kube, release: Release, fresh_namespaces, tmp_path, wait_for):
     label = unique("uninstall")
@@ -208,33 +240,7 @@ def test_uninstall_leaves_the_crds_the_credentials_and_their_copies(
         process.stop()  # the pods go with the uninstall
     try:
         helm("uninstall", release.name, "--namespace", release.namespace, kubeconfig=kubeconfig)
-        apps, core = client.AppsV1Api(kube), client.CoreV1Api(kube)
-        rbac, custom = client.RbacAuthorizationV1Api(kube), client.CustomObjectsApi(kube)
-        extensions = client.ApiextensionsV1Api(kube)
-        gone = {
-            "Deployment": (apps.read_namespaced_deployment, release.name, release.namespace),
-            "ServiceAccount": (core.read_namespaced_service_account, release.name, release.namespace),
-            "ClusterRole": (rbac.read_cluster_role, release.name),
-            "ClusterRoleBinding": (rbac.read_cluster_role_binding, release.name),
-            "Role": (rbac.read_namespaced_role, f"{release.name}-events", "default"),
-            "RoleBinding": (rbac.read_namespaced_role_binding, f"{release.name}-events", "default"),
-            "NetworkPolicy": (client.NetworkingV1Api(kube).read_namespaced_network_policy, release.name,
-                              release.namespace),
-            "PodDisruptionBudget": (client.PolicyV1Api(kube).read_namespaced_pod_disruption_budget,
-                                    release.name, release.namespace),
-            "Service": (core.read_namespaced_service, f"{release.name}-webhook", release.namespace),
-            "ClusterKopfPeering": (custom.get_cluster_custom_object, "kopf.dev", "v1", "clusterkopfpeerings",
-                                   release.name),
-        }
-        for kind, (read, *args) in gone.items():
-            wait_for(lambda r=read, a=args: not exists(r, *a), message=f"{kind} removed by helm uninstall")
-        for crd in ("registrycredentials.regcred.dev", "clusterkopfpeerings.kopf.dev"):
-            assert exists(extensions.read_custom_resource_definition, crd), f"{crd} was deleted"
-        # What regcred made itself, not Helm: its webhook configuration and certificate Secret.
-        assert exists(client.AdmissionregistrationV1Api(kube).read_mutating_webhook_configuration,
-                      WEBHOOK_CONFIGURATION)
-        assert exists(core.read_namespaced_secret, f"{release.name}-webhook-tls", release.namespace)
-        assert exists(core.read_namespace, release.namespace)
+        assert_uninstalled_as_documented(kube, release.name, release.namespace, wait_for)
         credential = cluster.credential(name)
         assert credential is not None and credential["metadata"].get("finalizers")
         assert cluster.secret(tenant, name) is not None

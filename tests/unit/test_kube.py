@@ -11,12 +11,14 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from structlog.testing import capture_logs
 
 from regcred.core.plan import (
     AddPullSecret,
@@ -27,8 +29,9 @@ from regcred.core.plan import (
     desired_copy,
     observe_service_account,
 )
-from regcred.kube.client import Kube
-from regcred.kube.errors import ApiConflict, ApiRefused, ApiUnavailable, api_error
+from regcred.kube import client as kube_client
+from regcred.kube.client import Kube, Outage
+from regcred.kube.errors import OVERLOADED, REFUSED, ApiConflict, ApiRefused, ApiUnavailable, api_error
 from regcred.sync.executor import COPY_ATTEMPTS, SERVICE_ACCOUNT_ATTEMPTS, Executor
 from support.builders import PASSWORD, PatchTestFailed, credential, json_patch, sa_body
 
@@ -136,7 +139,8 @@ def errors() -> list[int]:
 
 @pytest.fixture
 def kube(core: FakeCore, errors: list[int]) -> Kube:
-    made = Kube(client.ApiClient(client.Configuration()), on_error=errors.append)
+    made = Kube(client.ApiClient(client.Configuration(host="https://api.example:6443")),
+                on_error=errors.append)
     made._core = core  # the one seam: everything above the client is the real code
     return made
 
@@ -299,7 +303,9 @@ def test_a_refused_call_is_counted_and_its_message_holds_no_response_body(execut
     core.create_namespaced_secret = lambda *a, **k: (_ for _ in ()).throw(refusal(403, "Forbidden"))
     with pytest.raises(ApiRefused) as raised:
         executor.apply(CreateCopy(NAMESPACE, "harbor", manifest()))
-    assert str(raised.value) == "create secret team-a/harbor: 403 Forbidden"
+    assert str(raised.value) == (
+        "create secret team-a/harbor at https://api.example:6443: 403 Forbidden: RBAC does not allow "
+        "it for this user; ask the cluster admin for a role that allows it")
     assert PASSWORD not in str(raised.value)
     assert errors == [403]
 
@@ -316,3 +322,25 @@ def test_no_answer_is_unavailable_with_status_zero(kube, core, errors):
 
 def test_a_missing_source_is_none_not_an_error(kube):
     assert kube.read_source("regcred-system", "robot") is None
+
+
+def test_an_outage_is_logged_once_then_at_most_every_interval_and_when_it_ends(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(kube_client, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    outage = Outage("https://api.example:6443", every=30)
+    refused = api_error("list", "namespaces", 0, "x", server="https://api.example:6443", cause=REFUSED)
+    with capture_logs() as logs:
+        outage.answered()  # nothing to end
+        for _ in range(5):  # attempts within the interval: one line
+            outage.failed(refused)
+            clock[0] += 5
+        clock[0] += 10
+        outage.failed(refused)  # 30 s after the first line: the next, with the count since
+        outage.failed(api_error("list", "namespaces", 503, "x", cause=OVERLOADED))  # a new cause
+        outage.answered()
+        outage.answered()
+    assert [(line["event"], line.get("failures")) for line in logs] == [
+        ("the API server cannot be used, retrying", 1), ("the API server cannot be used, retrying", 5),
+        ("the API server cannot be used, retrying", 1), ("the API server answers again", None)]
+    assert logs[0]["cause"] == "ConnectionRefused" and logs[0]["server"] == "https://api.example:6443"
+    assert logs[-1]["after_seconds"] == 35.0

@@ -2,17 +2,15 @@
 
 A configuration regcred cannot use is a usage error: the process exits at once, non-zero,
 with one line naming the file or the missing piece. An API server that is not there is not:
-regcred keeps running and says, in a clear line, that it keeps trying.
+regcred keeps running and says, in a clear line, that it keeps trying (each cause:
+tests/unit/test_api_errors.py).
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -99,29 +97,3 @@ def test_in_cluster_without_a_service_account_token_names_the_token_file():
         pytest.fail("this machine has a service-account token; the test needs one without")
     result = run(env={"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": "6443"})
     assert_usage_error(result, "/var/run/secrets/kubernetes.io/serviceaccount/token")
-
-
-def test_an_api_server_that_is_not_there_is_retried_with_a_clear_line(tmp_path):
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    path = kubeconfig(tmp_path / "config", server=f"https://127.0.0.1:{port}")
-    log = tmp_path / "regcred.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(command("--kubeconfig", str(path)), stdout=out,
-                                   stderr=subprocess.STDOUT, env=no_cluster_environment())
-    try:
-        deadline = time.monotonic() + 90
-        while "cannot list the cluster yet" not in log.read_text():
-            assert process.poll() is None, f"regcred exited: {log.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, f"no retry line in 90s: {log.read_text()[-2000:]}"
-            time.sleep(0.2)
-        assert process.poll() is None
-        assert "AttributeError" not in log.read_text()
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()

@@ -42,7 +42,7 @@ from regcred.core.matching import NamespaceInfo
 from regcred.core.spec import GROUP, PLURAL, VERSION, CredentialSpec, parse_credential
 from regcred.kube.client import Kube
 from regcred.kube.config import api_client
-from regcred.kube.errors import ApiConflict, ApiInvalid, KubeError
+from regcred.kube.errors import OPERATOR_ROLE, ApiConflict, ApiInvalid, KubeError
 from regcred.runtime import runtime_of
 from regcred.settings import AdmissionSettings, Settings
 
@@ -353,7 +353,8 @@ def start_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     regcred_settings = runtime.settings
     if runtime.get(Admission) is not None:  # kopf retries start-up steps: build once
         return
-    kube = Kube(api_client(runtime.api_configuration, API_THREADS), on_error=runtime.metrics.api_error)
+    kube = Kube(api_client(runtime.api_configuration, API_THREADS), on_error=runtime.metrics.api_error,
+                role=OPERATOR_ROLE)
     assert regcred_settings.admission is not None
     decider = Decider(kube, regcred_settings)
     registrar = Registrar(kube, regcred_settings.admission, regcred_settings.operator_namespace,

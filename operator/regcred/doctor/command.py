@@ -50,6 +50,8 @@ def add_parser(commands: Any) -> None:
     doctor.add_argument("--context", help="kubeconfig context to use")
     doctor.add_argument("--fail-on", choices=(ERROR, WARNING), default=WARNING,
                         help="lowest severity that makes the exit status 1 (default: warning)")
+    doctor.add_argument("--request-timeout", type=_seconds, default=30.0, metavar="SECONDS",
+                        help="give up on an API call that gets no answer in this time (default: 30)")
     doctor.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                         help="colour the table (auto: only on a terminal, and not with NO_COLOR)")
 
@@ -58,7 +60,7 @@ def run_doctor(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO =
     quiet_logging(err)
     from regcred.kube.client import Kube
     from regcred.kube.config import ConfigurationError, connect_like_kubectl
-    from regcred.kube.errors import KubeError
+    from regcred.kube.errors import DOCTOR_ROLE, KubeError
 
     try:
         pod_name = _pod_name(args.target)
@@ -74,7 +76,8 @@ def run_doctor(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO =
     namespace = None if args.all_namespaces else (args.namespace or context_namespace)
     try:
         with api_client:
-            snapshot = read_snapshot(Kube(api_client), namespace, pod_name, args.selector)
+            kube = Kube(api_client, role=DOCTOR_ROLE, timeout=(args.request_timeout, args.request_timeout))
+            snapshot = read_snapshot(kube, namespace, pod_name, args.selector)
     except KubeError as error:
         err.write(f"regcred doctor: cannot read the cluster: {error}\n")
         return EXIT_USAGE
@@ -92,9 +95,21 @@ def run_doctor(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO =
 
 
 def quiet_logging(stream: TextIO) -> None:
-    """stdout is the report: the API layer's log lines go to `stream`, and only warnings."""
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+    """stdout is the report: the API layer's log lines go to `stream`, and only errors (a
+    failed call ends the doctor with one line that says why); urllib3's retry warnings never."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR),
                         logger_factory=structlog.PrintLoggerFactory(stream))
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return seconds
 
 
 def _pod_name(target: str | None) -> str | None:

@@ -31,11 +31,20 @@ from regcred.core.spec import (
     PLURAL,
     VERSION,
 )
-from regcred.kube.errors import KubeError, api_error
+from regcred.kube.errors import (
+    UNAUTHORIZED,
+    Cause,
+    KubeError,
+    api_error,
+    connection_cause,
+    status_cause,
+)
 
 log = structlog.get_logger("regcred.kube")
 
 LIST_PAGE = 500
+# A silent API server (a black-holed address) ends a call instead of hanging it forever.
+CALL_TIMEOUT = (10.0, 60.0)
 EVENT_NAMESPACE = "default"  # events about cluster-scoped objects live in "default", as for Nodes
 
 
@@ -44,7 +53,14 @@ class Kube:
     object where that is an answer) or raises a `KubeError` by meaning."""
 
     def __init__(self, api_client: client.ApiClient, *,
-                 on_error: Callable[[int], None] | None = None) -> None:
+                 on_error: Callable[[int], None] | None = None, role: str = "",
+                 timeout: tuple[float, float] | None = CALL_TIMEOUT) -> None:
+        """`role`: the ClusterRole that grants what the caller needs, named in a 403's fix;
+        `timeout`: (connect, read) seconds for each call (watches have their own)."""
+        self.server: str = api_client.configuration.host
+        self._role = role
+        self._timeout = {"_request_timeout": timeout} if timeout else {}
+        self._outage = Outage(self.server)
         self._core = client.CoreV1Api(api_client)
         self._custom = client.CustomObjectsApi(api_client)
         self._admission = client.AdmissionregistrationV1Api(api_client)
@@ -159,7 +175,7 @@ class Kube:
         for the admission webhook, which asks on every ServiceAccount create)."""
         extra: dict[str, Any] = {"resource_version": "0"} if from_watch_cache else {}
         return self._pages("registrycredentials", self._custom.list_cluster_custom_object,
-                           GROUP, VERSION, PLURAL, **extra)
+                           GROUP, VERSION, PLURAL, crd_collection=True, **extra)
 
     def _scoped_pages(self, what: str, namespace: str | None, namespaced: Callable[..., Any],
                       cluster_wide: Callable[..., Any], **kwargs: Any) -> Iterator[dict[str, Any]]:
@@ -221,11 +237,7 @@ class Kube:
         while not stop.is_set():
             try:
                 if not resource_version:
-                    listing = self._call("list", f"secrets in {namespace}",
-                                         self._core.list_namespaced_secret, namespace)
-                    resource_version = listing["metadata"]["resourceVersion"]
-                    for item in listing.get("items") or []:
-                        on_change(namespace, item["metadata"]["name"])
+                    resource_version = self._list_sources(namespace, on_change)
                 stream = watch.Watch().stream(
                     self._core.list_namespaced_secret, namespace,
                     resource_version=resource_version, timeout_seconds=300,
@@ -243,17 +255,32 @@ class Kube:
                         continue
                     resource_version = obj.metadata.resource_version
                     on_change(namespace, obj.metadata.name)
+            except KubeError:  # the listing failed, and said so (Outage)
+                stop.wait(2)
             except ApiException as error:
                 if error.status == 410:  # expired resourceVersion: list again
                     resource_version = ""
                     continue
-                log.warning("source secret watch failed, retrying", namespace=namespace,
-                            status=error.status)
+                self._outage.failed(api_error(
+                    "watch", f"secrets in {namespace}", error.status or 0, _reason(error),
+                    server=self.server, cause=status_cause(error.status or 0, role=self._role)))
                 stop.wait(2)
-            except Exception as error:  # connection drops, API server restarts
+            except (urllib3.exceptions.HTTPError, OSError) as error:  # connection drops, restarts
+                self._outage.failed(api_error("watch", f"secrets in {namespace}", 0, type(error).__name__,
+                                              server=self.server, cause=connection_cause(error)))
+                stop.wait(2)
+            except Exception as error:
                 log.warning("source secret watch failed, retrying", namespace=namespace,
                             error=type(error).__name__)
                 stop.wait(2)
+
+    def _list_sources(self, namespace: str, on_change: Callable[[str, str], None]) -> str:
+        """Call `on_change` for every Secret listed now; the listing's resourceVersion."""
+        listing = self._call("list", f"secrets in {namespace}", self._core.list_namespaced_secret,
+                             namespace)
+        for item in listing.get("items") or []:
+            on_change(namespace, item["metadata"]["name"])
+        return str(listing["metadata"]["resourceVersion"])
 
     # --- admission (regcred/admission/webhook.py): live reads and the webhook's own objects -----
 
@@ -291,23 +318,75 @@ class Kube:
     # --- plumbing ----------------------------------------------------------------------
 
     def _call(self, verb: str, what: str, method: Callable[..., Any], *args: Any,
-              missing_ok: bool = False, **kwargs: Any) -> Any:
+              missing_ok: bool = False, crd_collection: bool = False, **kwargs: Any) -> Any:
         started = time.monotonic()
         try:
-            response = method(*args, _preload_content=False, **kwargs)
+            response = method(*args, _preload_content=False, **self._timeout, **kwargs)
         except ApiException as error:
-            if missing_ok and error.status == 404:
+            status = error.status or 0
+            if missing_ok and status == 404:
+                self._outage.answered()
                 return None
-            self._on_error(error.status or 0)
-            raise api_error(verb, what, error.status or 0, _reason(error)) from None
+            self._on_error(status)
+            cause = status_cause(status, role=self._role, crd_collection=crd_collection)
+            failed = api_error(verb, what, status, _reason(error), server=self.server, cause=cause)
+            if cause is not None and (failed.transient or cause is UNAUTHORIZED):  # the whole API
+                self._outage.failed(failed)
+            else:
+                self._outage.answered()
+            raise failed from None
         except (urllib3.exceptions.HTTPError, OSError) as error:  # no answer at all
             self._on_error(0)
-            raise api_error(verb, what, 0, type(error).__name__) from None
+            failed = api_error(verb, what, 0, type(error).__name__, server=self.server,
+                               cause=connection_cause(error))
+            self._outage.failed(failed)
+            raise failed from None
         finally:
             log.debug("api call", verb=verb, what=what,
                       ms=round((time.monotonic() - started) * 1000, 1))
+        self._outage.answered()
         data = response.data
         return json.loads(data) if data else None
+
+
+class Outage:
+    """One log line for an outage, not one per failed call: the first failure, then at most one
+    line every `every` seconds while it lasts (with the count since), and one when the API
+    server answers again. urllib3's own retry warnings are silenced (regcred/logs.py)."""
+
+    def __init__(self, server: str, every: float = 30.0) -> None:
+        self._server = server
+        self._every = every
+        self._lock = threading.Lock()
+        self._since: float | None = None
+        self._last_line = 0.0
+        self._failures = 0
+        self._cause: Cause | None = None
+
+    def failed(self, error: KubeError) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._failures += 1
+            first = self._since is None
+            if first:
+                self._since = now
+            if not (first or error.cause != self._cause or now - self._last_line >= self._every):
+                return
+            self._last_line, self._cause = now, error.cause
+            failures, self._failures = self._failures, 0
+        cause = error.cause
+        log.warning("the API server cannot be used, retrying", server=self._server,
+                    cause=cause.code if cause else error.reason, error=str(error),
+                    failures=failures)
+
+    def answered(self) -> None:
+        if self._since is None:  # no lock on the fast path: a stale read only delays the line
+            return
+        with self._lock:
+            since, self._since, self._cause, self._failures = self._since, None, None, 0
+        if since is not None:
+            log.info("the API server answers again", server=self._server,
+                     after_seconds=round(time.monotonic() - since, 1))
 
 
 def _reason(error: ApiException) -> str:

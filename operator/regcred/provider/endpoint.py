@@ -51,7 +51,7 @@ from regcred.core.provider import (
 )
 from regcred.kube.client import Kube
 from regcred.kube.config import api_client
-from regcred.kube.errors import KubeError
+from regcred.kube.errors import OPERATOR_ROLE, KubeError
 from regcred.metrics import Metrics
 from regcred.runtime import runtime_of
 from regcred.settings import ProviderSettings, Settings
@@ -308,7 +308,8 @@ def start_provider(memo: kopf.Memo, **_: Any) -> None:
     assert options is not None
     publisher = sync.controller.publisher
     assert publisher is not None  # controller.build always gives it one
-    kube = Kube(api_client(runtime.api_configuration, API_THREADS), on_error=runtime.metrics.api_error)
+    kube = Kube(api_client(runtime.api_configuration, API_THREADS), on_error=runtime.metrics.api_error,
+                role=OPERATOR_ROLE)
     tally = PullTally(options.window_seconds)
     publisher.extend(tally)
     served = _FromController(sync)

@@ -21,7 +21,7 @@ import structlog
 
 from regcred.kube.client import Kube
 from regcred.kube.config import api_client
-from regcred.kube.errors import KubeError
+from regcred.kube.errors import OPERATOR_ROLE, KubeError
 from regcred.metrics import Metrics
 from regcred.settings import Settings
 from regcred.sync.cachecheck import CacheChecker
@@ -204,7 +204,7 @@ def build(api_configuration: Any, credential_index: Mapping[str, Iterable[Mappin
     """Wire the operator: the client, the caches, one queue, the ledger and its publisher, the
     reconciler and its executor, the check, verification."""
     kube = Kube(api_client(api_configuration, api_threads(settings, kopf_threads)),
-                on_error=metrics.api_error)
+                on_error=metrics.api_error, role=OPERATOR_ROLE)
     caches = Caches(credential_index)
     queue: WorkQueue[Key] = WorkQueue()
     ledger = Ledger()

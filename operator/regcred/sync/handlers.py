@@ -58,7 +58,7 @@ def credential_index(body: Mapping[str, Any], name: str, **_: Any) -> dict[str, 
 # --- start-up: one step, since each part needs the one before ---------------------------------
 
 def start(settings: kopf.OperatorSettings, memo: kopf.Memo,
-          credential_index: kopf.Index[str, dict[str, Any]], **_: Any) -> None:
+          credential_index: kopf.Index[str, dict[str, Any]], retry: int = 0, **_: Any) -> None:
     """Configure kopf, build the operator once, then start it (caches, workers, source
     watches). kopf retries the step while the API is down."""
     runtime = runtime_of(memo)
@@ -71,7 +71,9 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo,
     try:
         sync.start()
     except KubeError as error:
-        raise kopf.TemporaryError(f"cannot list the cluster yet: {error}", delay=5) from None
+        # kopf logs each attempt: 5, 10, then every 15 s while the outage lasts
+        raise kopf.TemporaryError(f"cannot list the cluster yet: {error}",
+                                  delay=min(15, 5 * 2 ** retry)) from None
 
 
 def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: Settings) -> int:
