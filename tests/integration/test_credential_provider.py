@@ -271,6 +271,36 @@ def test_the_endpoint_refuses_what_a_kubelet_for_a_matched_pod_would_not_send(
     assert PASSWORD_MARK not in operator.metrics() and PASSWORD_MARK not in operator.log()
 
 
+def test_both_replicas_of_a_peered_pair_answer(cluster, kubeconfig, peering, endpoint, registry,
+                                               private_image, fresh_namespaces, tmp_path, wait_for):
+    """The Service sends a kubelet to either replica; the paused one's own view stands still
+    (kopf stops its watches), so it answers from live reads."""
+    ports = [free_port(), free_port()]
+    flags = ["--credential-provider", "true", "--credential-provider-hosts", "127.0.0.1",
+             "--log-level", "debug"]
+    replicas = [
+        OperatorProcess(kubeconfig, tmp_path / f"r-{port}.log", extra_env={"REGCRED_PEERING": "regcred"},
+                        extra_args=[*flags, "--credential-provider-listen", f"127.0.0.1:{port}"]).start()
+        for port in ports]
+    try:
+        label = unique("p")
+        [namespace] = fresh_namespaces(1, labels={"provider-test": label})
+        secret = registry.login(REGISTRY_USER)[1]
+        name = provider_credential(cluster, registry, source_for(cluster, REGISTRY_USER, secret), label)
+        wait_ready(cluster, name, wait_for)
+        token = bound_token(cluster, namespace, parked_pod(cluster, namespace, wait_for))
+        for port in ports:
+            wait_for(lambda p=port: _listening(p), timeout=60, message=f"replica endpoint on {port}")
+            replica = Endpoint(f"https://127.0.0.1:{port}/v1/credentials", endpoint.ca)
+            answer, stderr = replica.ask(token, private_image)
+            assert answer["auth"] == {registry.host: {"username": REGISTRY_USER, "password": secret}}, stderr
+        assert any("looked again at live reads" in replica.log() for replica in replicas), \
+            "the paused standby answered from live reads"
+    finally:
+        for replica in replicas:
+            replica.stop()
+
+
 def test_without_the_node_rbac_the_kubelet_cannot_get_a_token_for_the_audience(
         control_plane, cluster, fresh_namespaces, kubeconfig, wait_for):
     """The rule manifests/examples/credential-provider-node-rbac.yaml grants, checked as the node."""

@@ -23,12 +23,13 @@ from regcred.cli import build_parser, settings_from
 from regcred.core.matching import NamespaceInfo
 from regcred.core.plan import Credential
 from regcred.core.provider import resolve
+from regcred.core.spec import parse_credential
 from regcred.kube.errors import ApiUnavailable
 from regcred.metrics import Metrics
 from regcred.provider import plugin
-from regcred.provider.endpoint import PATH, Endpoint, ProviderServer, PullTally
+from regcred.provider.endpoint import PATH, Endpoint, LiveServed, ProviderServer, PullTally, publish_counts
 from regcred.settings import ProviderSettings
-from support.builders import PASSWORD, credential, ns
+from support.builders import OPERATOR_NAMESPACE, PASSWORD, basic_source, cr_body, credential, ns
 
 AUDIENCE = "regcred.dev/credential-provider"
 IMAGE = "harbor.example.com/team/app:1"
@@ -231,3 +232,85 @@ def test_the_endpoint_is_off_unless_asked_for():
 def test_bad_endpoint_flags_say_what_is_wrong(flags):
     with pytest.raises(SystemExit, match="--credential-provider"):
         parse(*flags)
+
+
+# --- a replica that does not sync (the paused standby) ----------------------------------------
+
+class FakeLiveApi:
+    """The CRs, a namespace and the source Secret as live reads return them."""
+
+    def __init__(self, *bodies: dict, source=None) -> None:
+        self.bodies, self.source = list(bodies), source
+        self.source_reads = 0
+
+    def list_credentials(self, *, from_watch_cache: bool = False):
+        assert from_watch_cache
+        return self.bodies
+
+    def read_namespace(self, name: str) -> dict | None:
+        return {"metadata": {"name": name, "labels": {"team": "a"}}}
+
+    def read_source(self, namespace: str, name: str):
+        self.source_reads += 1
+        return self.source
+
+
+def parse_cr(body):
+    return parse_credential(body, default_source_namespace=OPERATOR_NAMESPACE,
+                            allowed_source_namespaces=frozenset({OPERATOR_NAMESPACE}))
+
+
+def live_served(api: FakeLiveApi, clock=lambda: 0.0) -> LiveServed:
+    return LiveServed(api, parse_cr, clock)
+
+
+def test_a_standby_answers_from_live_reads():
+    api = FakeLiveApi(cr_body("a", delivery="CredentialProvider"), source=basic_source(password=PASSWORD))
+    options = ProviderSettings(audience=AUDIENCE)
+    standby = Endpoint(FakeApi(), FakeServed(), options, Metrics(), PullTally(600), live_served(api))
+    status, body = standby.answer(GOOD, IMAGE)
+    assert status == 200 and body["auth"]["harbor.example.com"]["password"] == PASSWORD
+    assert Endpoint(FakeApi(), FakeServed(), options, Metrics(), PullTally(600)).answer(GOOD, IMAGE)[0] == 403
+
+
+def test_the_active_replicas_answer_needs_no_live_read(served):
+    api = FakeLiveApi()
+    options = ProviderSettings(audience=AUDIENCE)
+    endpoint = Endpoint(FakeApi(), served, options, Metrics(), PullTally(600), live_served(api))
+    assert endpoint.answer(GOOD, IMAGE)[0] == 200
+    assert api.source_reads == 0
+
+
+def test_live_renders_are_reused_for_a_while_and_follow_the_generation():
+    now = [0.0]
+    body = cr_body("a", delivery="CredentialProvider")
+    api = FakeLiveApi(body, source=basic_source())
+    live = live_served(api, clock=lambda: now[0])
+    assert live.credentials()[0].active and live.credentials()[0].active
+    assert api.source_reads == 1
+    now[0] = 11.0
+    live.credentials()
+    assert api.source_reads == 2
+    body["metadata"]["generation"] += 1
+    live.credentials()
+    assert api.source_reads == 3
+
+
+@pytest.mark.parametrize("body, source", [
+    (cr_body("a", delivery="CredentialProvider"), None),  # no source Secret
+    (cr_body("a", delivery="CredentialProvider"), basic_source(username="a:b")),  # misread by the kubelet
+    (cr_body("a", delivery="CredentialProvider", suspend=True), basic_source()),
+    (cr_body("a"), basic_source()),  # delivered by copies only
+    (cr_body("a", delivery="CredentialProvider", registries=[]), basic_source()),  # invalid
+])
+def test_live_reads_serve_nothing_a_syncing_replica_would_not(body, source):
+    assert not any(c.active for c in live_served(FakeLiveApi(body, source=source)).credentials())
+
+
+def test_counts_are_published_only_where_the_replica_syncs_the_credential():
+    tally, published = PullTally(600), []
+    for name in ("synced-here", "not-here"):
+        served_one = credential(name, delivery="CredentialProvider")
+        tally.record(resolve([served_one], ns("team-a"), "default", IMAGE))
+    publish_counts(tally, lambda name: name == "synced-here", lambda name, wrote: published.append(name))
+    assert published == ["synced-here"]

@@ -13,8 +13,9 @@ counted by result and reason (metrics) and, per CR, in `status.pullTime`.
 The server is the standard library's, on threads: each request makes two blocking API calls,
 which is what threads are for. TLS like the admission webhook's: a CA of regcred's own and a
 serving certificate it signs, kept in one Secret (`--credential-provider-tls-secret`) that
-every replica shares; nodes trust that CA (`ca.crt` of the Secret). Only the active replica
-renders content: a standby finds no credential (docs/credential-provider.md says how to run it).
+every replica shares; nodes trust that CA (`ca.crt` of the Secret). With peering, a replica
+whose own view has nothing for the Pod (the paused standby's stands still) looks again at
+live reads (`LiveServed`), so the Service may send a kubelet to either replica.
 Neither tokens nor credentials are logged, counted or put in status.
 """
 
@@ -27,7 +28,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -38,10 +39,13 @@ import structlog
 
 from regcred.admission.tls import WebhookTLS
 from regcred.admission.webhook import ensure_certificate
+from regcred.core.errors import InvalidInput
 from regcred.core.matching import NamespaceInfo
 from regcred.core.plan import Credential
 from regcred.core.provider import (
     BAD_REQUEST,
+    NO_CREDENTIAL,
+    NOT_MATCHED,
     UNAVAILABLE,
     Answer,
     Refusal,
@@ -49,6 +53,8 @@ from regcred.core.provider import (
     resolve,
     token_claims,
 )
+from regcred.core.source import RenderedConfig, SourceSecret, render
+from regcred.core.spec import CredentialSpec
 from regcred.kube.client import Kube
 from regcred.kube.config import api_client
 from regcred.kube.errors import OPERATOR_ROLE, KubeError
@@ -66,6 +72,7 @@ MAX_BODY = 64 * 1024
 API_THREADS = 16  # connections of its own: a fan-out never queues ahead of a pull
 CERTIFICATE_CHECK_SECONDS = 3600.0
 STATUS_PUBLISH_SECONDS = 10.0  # at most this often per CR, and only when its counts changed
+LIVE_RENDER_SECONDS = 10.0  # how long a standby reuses a content it rendered from a live read
 
 
 class Served(Protocol):
@@ -80,15 +87,68 @@ class Api(Protocol):
     def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
 
+class LiveApi(Protocol):
+    def list_credentials(self, *, from_watch_cache: bool = False) -> Iterable[Mapping[str, Any]]: ...
+    def read_namespace(self, name: str) -> dict[str, Any] | None: ...
+    def read_source(self, namespace: str, name: str) -> SourceSecret | None: ...
+
+
+class LiveServed:
+    """The answer's inputs read now, for a replica that does not sync: kopf stops a paused
+    standby's watches, so its CR index and namespace cache stand still, and it renders
+    nothing. The CRs come from the API server's watch cache, the namespace from a read, the
+    content from the source Secret, rendered here and reused for `LIVE_RENDER_SECONDS`."""
+
+    def __init__(self, kube: LiveApi, parse: Callable[[Mapping[str, Any]], CredentialSpec],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._kube, self._parse, self._clock = kube, parse, clock
+        self._lock = threading.Lock()
+        self._renders: dict[tuple[str, int], tuple[float, RenderedConfig | None]] = {}
+
+    def credentials(self) -> list[Credential]:
+        result = []
+        for body in self._kube.list_credentials(from_watch_cache=True):
+            if (body.get("metadata") or {}).get("deletionTimestamp"):
+                continue
+            try:
+                spec = self._parse(body)
+            except InvalidInput:
+                continue
+            if spec.served_at_pull and not spec.suspend:
+                result.append(Credential(spec.name, spec.uid, spec, self._rendered(spec)))
+        return result
+
+    def namespace(self, name: str) -> NamespaceInfo | None:
+        body = self._kube.read_namespace(name)
+        return NamespaceInfo.from_body(body) if body is not None else None
+
+    def _rendered(self, spec: CredentialSpec) -> RenderedConfig | None:
+        now, key = self._clock(), (spec.name, spec.generation)
+        with self._lock:
+            self._renders = {k: v for k, v in self._renders.items() if v[0] > now}
+            if key in self._renders:
+                return self._renders[key][1]
+        source = self._kube.read_source(spec.source.namespace, spec.source.name)
+        try:
+            config = render(spec, source) if source is not None else None
+        except InvalidInput:  # the active replica reports it in the CR's status
+            config = None
+        with self._lock:
+            self._renders[key] = (now + LIVE_RENDER_SECONDS, config)
+        return config
+
+
 # --- the decision, as I/O around the core ---------------------------------------------------
 
 class Endpoint:
     """One request in, one answer out: (HTTP status, JSON body)."""
 
     def __init__(self, kube: Api, served: Served, options: ProviderSettings,
-                 metrics: Metrics, tally: PullTally) -> None:
+                 metrics: Metrics, tally: PullTally, live: Served | None = None) -> None:
+        """`live`: where to look again when `served` has nothing for the Pod (with peering,
+        this replica may be the paused standby, whose own view stands still)."""
         self._kube, self._served, self._options = kube, served, options
-        self._metrics, self._tally = metrics, tally
+        self._metrics, self._tally, self._live = metrics, tally, live
 
     def answer(self, token: str, image: str) -> tuple[int, dict[str, Any]]:
         started = time.monotonic()
@@ -121,12 +181,19 @@ class Endpoint:
             if isinstance(claims, Refusal):
                 return claims
             identity = check_pod(claims, self._kube.read_pod(claims.namespace, claims.pod_name))
+            if isinstance(identity, Refusal):
+                return identity
+            outcome = resolve(self._served.credentials(), self._served.namespace(identity.namespace),
+                              identity.service_account, image)
+            if isinstance(outcome, Refusal) and outcome.reason in (NO_CREDENTIAL, NOT_MATCHED) \
+                    and self._live is not None:
+                outcome = resolve(self._live.credentials(), self._live.namespace(identity.namespace),
+                                  identity.service_account, image)
+                log.debug("looked again at live reads", namespace=identity.namespace,
+                          answered=isinstance(outcome, Answer))
         except KubeError as error:
             return Refusal(UNAVAILABLE, f"cannot ask the API server: {error}")
-        if isinstance(identity, Refusal):
-            return identity
-        return resolve(self._served.credentials(), self._served.namespace(identity.namespace),
-                       identity.service_account, image)
+        return outcome
 
 
 # --- status.pullTime ------------------------------------------------------------------------
@@ -313,7 +380,8 @@ def start_provider(memo: kopf.Memo, **_: Any) -> None:
     tally = PullTally(options.window_seconds)
     publisher.extend(tally)
     served = _FromController(sync)
-    endpoint = Endpoint(kube, served, options, runtime.metrics, tally)
+    live = LiveServed(kube, sync.controller.reconciler.parse) if settings.peering else None
+    endpoint = Endpoint(kube, served, options, runtime.metrics, tally, live)
     hosts = serving_hosts(options, settings.operator_namespace)
     try:
         tls = ensure_certificate(kube, settings.operator_namespace, options.tls_secret, hosts)
@@ -324,20 +392,22 @@ def start_provider(memo: kopf.Memo, **_: Any) -> None:
     stop = threading.Event()
     runtime.add(Provider(server, stop))
     threading.Thread(target=server.serve_forever, name="credential-provider", daemon=True).start()
-    threading.Thread(target=_maintain, args=(kube, server, tally, publisher, settings, hosts, stop),
+    synced_here = sync.controller.reconciler.has_synced
+    threading.Thread(target=_maintain,
+                     args=(kube, server, tally, publisher, synced_here, settings, hosts, stop),
                      name="credential-provider-upkeep", daemon=True).start()
     log.info("serving the credential provider endpoint",
              listen=f"{options.listen_host}:{options.listen_port}", audience=options.audience)
 
 
 def _maintain(kube: Kube, server: ProviderServer, tally: PullTally, publisher: StatusPublisher,
-              settings: Settings, hosts: list[str], stop: threading.Event) -> None:
+              synced_here: Callable[[str], bool], settings: Settings, hosts: list[str],
+              stop: threading.Event) -> None:
     """Publish changed counts every few seconds; renew the certificate every hour."""
     assert settings.provider is not None
     last_check = time.monotonic()
     while not stop.wait(STATUS_PUBLISH_SECONDS):
-        for name in tally.changed():
-            publisher.publish(name, wrote=False)
+        publish_counts(tally, synced_here, publisher.publish)
         if time.monotonic() - last_check >= CERTIFICATE_CHECK_SECONDS:
             last_check = time.monotonic()
             try:
@@ -345,6 +415,15 @@ def _maintain(kube: Kube, server: ProviderServer, tally: PullTally, publisher: S
                     kube, settings.operator_namespace, settings.provider.tls_secret, hosts))
             except KubeError as error:
                 log.warning("cannot check the endpoint's certificate", error=str(error))
+
+
+def publish_counts(tally: PullTally, synced_here: Callable[[str], bool],
+                   publish: Callable[..., None]) -> None:
+    """Publish the CRs whose counts changed, where this replica writes the rest of their
+    status: a paused standby's ledger is empty, and its status would overwrite the active's."""
+    for name in tally.changed():
+        if synced_here(name):
+            publish(name, wrote=False)
 
 
 def stop_provider(memo: kopf.Memo, **_: Any) -> None:

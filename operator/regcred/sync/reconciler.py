@@ -156,6 +156,11 @@ class Reconciler:
             return [c.name for c in credentials
                     if c.spec and self._synced_generations.get(c.name) != c.spec.generation]
 
+    def has_synced(self, name: str) -> bool:
+        """Whether this process synced `name` (a paused standby syncs nothing)."""
+        with self._lock:
+            return name in self._synced_generations
+
     def credentials_using_source(self, namespace: str, name: str) -> list[str]:
         return [
             c.name for c in self.credentials()
