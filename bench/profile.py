@@ -132,8 +132,8 @@ def sync(namespaces: int, out: Path) -> list[str]:
 
 
 ONBOARDING_STEPS = [  # (from, to, what the interval is)
-    ("created", "watch_event", "namespace POST sent -> kopf has the watch event"),
-    ("watch_event", "enqueued", "kopf: event -> regcred's handler (worker spawn, index gate)"),
+    ("created", "watch_event", "namespace POST sent -> regcred has the watch event"),
+    ("watch_event", "enqueued", "regcred: event -> the namespace queued"),
     ("enqueued", "sync", "regcred: queued -> a pool thread starts the sync"),
     ("sync", "post", "regcred: plan (caches, core) -> the copy's POST starts"),
     ("post", "post_done", "the copy's POST (API server + etcd)"),
@@ -142,12 +142,11 @@ ONBOARDING_STEPS = [  # (from, to, what the interval is)
 
 
 ACCOUNT_STEPS = [  # the ServiceAccount's way to our entry, each step the first after the one before
-    ("sa_watch_event", "sa_handler", "kopf: ServiceAccount ADDED -> regcred's handler"),
-    ("sa_handler", "enqueued", "regcred's handler -> the namespace queued"),
+    ("sa_watch_event", "enqueued", "regcred: ServiceAccount ADDED -> the namespace queued"),
     ("enqueued", "sync", "regcred: queued -> a pool thread starts the sync"),
     ("sync", "sa_patch", "regcred: plan -> the JSON Patch starts"),
     ("sa_patch", "sa_patch_done", "the JSON Patch (API server + etcd)"),
-    ("sa_watch_event", "sa_patch_done", "total: ServiceAccount ADDED at kopf -> entry written"),
+    ("sa_watch_event", "sa_patch_done", "total: ServiceAccount ADDED at regcred -> entry written"),
 ]
 
 
@@ -232,7 +231,7 @@ def onboarding(namespaces: int, admission: bool) -> list[str]:
     return lines
 
 
-def admission(creates: int, spy: bool) -> list[str]:
+def admission(creates: int, spy: bool, out: Path) -> list[str]:
     """Where an admission request's time goes: `creates` ServiceAccounts created one at a time
     in a matched namespace, as the client sees each create, as the API server's histogram
     has the webhook call, and inside regcred (kopf's engine, the decision's live reads)."""
@@ -244,7 +243,7 @@ def admission(creates: int, spy: bool) -> list[str]:
            "REGCRED_ADMISSION_TRACE": str(trace), "REGCRED_ADMISSION": "true",
            "REGCRED_ADMISSION_LISTEN": f"127.0.0.1:{port}",
            "REGCRED_ADMISSION_URL": f"https://127.0.0.1:{port}"}
-    stacks = PROFILES / f"{machine()['commit']}-admission-{creates}.stacks"
+    stacks = out.with_suffix(".stacks")
     with ControlPlane() as plane:
         bench = Bench(plane)
         bench.install()
@@ -260,7 +259,7 @@ def admission(creates: int, spy: bool) -> list[str]:
             if spy:
                 spying = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
                                            str(operator.process.pid), "--rate", "500", "--format", "raw",
-                                           "--output", str(stacks), "--nonblocking", "--idle"],
+                                           "--output", str(stacks), "--nonblocking"],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1)  # let py-spy attach; attaching late only loses the first samples
             before = bench.webhook_histogram()
@@ -289,8 +288,8 @@ def admission(creates: int, spy: bool) -> list[str]:
              "milliseconds                                p50     p95     max"]
     for what, values in (("client: create without the webhook", [1000 * v for v in without]),
                          ("client: create with the webhook", [1000 * v for v in with_webhook]),
-                         ("regcred: kopf's admission engine, whole", engine),
-                         ("regcred: the decision's live reads", read_times)):
+                         ("regcred: the review, whole", engine),
+                         ("regcred: the decision's reads", read_times)):
         if values:
             numbers = percentiles(values)
             lines.append(f"  {what:40s} {numbers['p50']:6.1f}  {numbers['p95']:6.1f}  {numbers['max']:6.1f}")
@@ -347,7 +346,7 @@ def main() -> int:
             elif args.kind == "onboarding":
                 lines = onboarding(args.namespaces, args.admission)
             elif args.kind == "admission":
-                lines = admission(args.namespaces, args.spy)
+                lines = admission(args.namespaces, args.spy, out)
             else:
                 lines = sync(args.namespaces, out)
     except KeyboardInterrupt:

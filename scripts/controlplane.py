@@ -23,6 +23,7 @@ import ctypes
 import fcntl
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -312,11 +313,29 @@ def write_kubeconfig(path: Path, server: str, ca: Path, cert: Path, key: Path, u
 # --- processes --------------------------------------------------------------------------------
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    """A port nobody listens on right now (the kernel picks it; two suites can run at once)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port nobody listens on right now, chosen below the kernel's ephemeral range:
+    a port the kernel picked (bind to 0) can be taken by any outgoing connection before the
+    server that was given it binds it, and a busy suite saw exactly that (EADDRINUSE)."""
+    low, high = _ephemeral_ports()
+    candidates = range(10000, low) if low > 11000 else range(high + 1, 65536)
+    for port in random.sample(candidates, 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise ControlPlaneError("no free loopback port outside the ephemeral range")
 
 
 def _die_with_parent() -> None:

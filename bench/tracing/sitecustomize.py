@@ -5,13 +5,14 @@ and by package) to `$REGCRED_MEMORY_REPORT`, so memory can be attributed without
 regcred's own code.
 
 With `$REGCRED_ONBOARDING_TRACE` set, each step a new namespace takes on its way to its copy
-is appended there as a JSON line (wall-clock time, step, namespace): the raw watch event
-reaching kopf, the handler queueing the sync, the sync starting on a worker, the POST of the
+is appended there as a JSON line (wall-clock time, step, namespace): the watch event
+reaching regcred (regcred/sync/watches.py), the sync queued, the sync starting on a worker, the POST of the
 copy starting and returning (`bench/profile.py onboarding`); and each step of the
-ServiceAccount's way to its entry: its raw watch event, regcred's handler, the queued sync,
+ServiceAccount's way to its entry: its watch event, the queued sync,
 the JSON Patch starting and returning. With `$REGCRED_ADMISSION_TRACE` set, each admission
-request's steps go there the same way: kopf's admission engine called and returning, the
-decision's live reads starting and returning (`bench/profile.py admission`).
+request's steps go there the same way: the review (regcred's `Reviewer`; before issue 21,
+kopf's admission engine) called and returning, the decision's reads starting and returning
+(`bench/profile.py admission`).
 """
 
 from __future__ import annotations
@@ -49,33 +50,38 @@ if tracemalloc.is_tracing() and os.environ.get("REGCRED_MEMORY_REPORT"):
     signal.signal(signal.SIGUSR2, _report)
 
 
-def _trace_onboarding(path: str) -> None:
-    from kopf._cogs.clients import watching
-
-    from regcred.kube.client import Kube
-    from regcred.sync.controller import Controller
-    from regcred.sync.reconciler import Reconciler
-
+def _recorder(path: str):  # type: ignore[no-untyped-def]
+    """record(step, key): one JSON line with the wall-clock time, from any thread."""
     lock = threading.Lock()
     out = open(path, "a", buffering=1)  # noqa: SIM115 - open for the life of the process
 
-    def record(step: str, namespace: str) -> None:
+    def record(step: str, key: str) -> None:
         with lock:
-            out.write(json.dumps({"t": time.time(), "step": step, "namespace": namespace}) + "\n")
+            out.write(json.dumps({"t": time.time(), "step": step, "namespace": key}) + "\n")
 
-    original_watch = watching.watch_objs
+    return record
 
-    async def watch_objs(*args, **kwargs):  # type: ignore[no-untyped-def]
-        plural = getattr(kwargs.get("resource"), "plural", "")
-        async for raw in original_watch(*args, **kwargs):
-            if isinstance(raw, dict) and raw.get("type") == "ADDED":
-                if plural == "namespaces":
-                    record("watch_event", raw["object"]["metadata"]["name"])
-                elif plural == "serviceaccounts":
-                    record("sa_watch_event", raw["object"]["metadata"]["namespace"])
-            yield raw
 
-    watching.watch_objs = watch_objs
+def _trace_onboarding(path: str) -> None:
+    from regcred.kube.client import Kube
+    from regcred.sync.controller import Controller
+    from regcred.sync.reconciler import Reconciler
+    from regcred.sync.watches import Watches
+
+    record = _recorder(path)
+    original_on_event = Watches._on_event
+
+    def on_event(self, kind):  # type: ignore[no-untyped-def]
+        handle = original_on_event(self, kind)
+        step = {"namespaces": "watch_event", "serviceaccounts": "sa_watch_event"}.get(kind.name)
+
+        def traced(type, body):  # type: ignore[no-untyped-def]
+            if step and type == "ADDED":
+                record(step, kind.namespace_of(body))
+            handle(type, body)
+        return traced
+
+    Watches._on_event = on_event
 
     def wrap(owner: type, name: str, step: str, namespace_of) -> None:  # type: ignore[no-untyped-def]
         """Record `step` (and `step`_done) around `owner.name` for calls about a namespace."""
@@ -92,16 +98,6 @@ def _trace_onboarding(path: str) -> None:
 
         setattr(owner, name, traced)
 
-    from regcred import handlers
-
-    original_handler = handlers.service_account_event
-
-    async def service_account_event(**kwargs):  # type: ignore[no-untyped-def]
-        record("sa_handler", kwargs.get("namespace") or "")
-        return await original_handler(**kwargs)
-
-    handlers.service_account_event = service_account_event  # registered after this runs
-
     wrap(Controller, "namespace_changed", "enqueued", lambda namespace: namespace)
     wrap(Reconciler, "sync_namespace", "sync", lambda namespace: namespace)
     # Kube._call(verb, what, ...): the POST of a copy is ("create", "secret <ns>/<name>").
@@ -112,28 +108,20 @@ def _trace_onboarding(path: str) -> None:
 
 
 def _trace_admission(path: str) -> None:
-    from kopf._core.engines import admission as engine
+    from regcred.admission.webhook import Decider, Reviewer
 
-    from regcred.admission.webhook import Decider
+    record = _recorder(path)
+    original_review = Reviewer.__call__
 
-    lock = threading.Lock()
-    out = open(path, "a", buffering=1)  # noqa: SIM115 - open for the life of the process
-
-    def record(step: str, key: str) -> None:
-        with lock:
-            out.write(json.dumps({"t": time.time(), "step": step, "namespace": key}) + "\n")
-
-    original_serve = engine.serve_admission_request
-
-    async def serve_admission_request(request, **kwargs):  # type: ignore[no-untyped-def]
+    async def review(self, request, **kwargs):  # type: ignore[no-untyped-def]
         key = request.get("request", {}).get("uid", "")
         record("engine", key)
         try:
-            return await original_serve(request, **kwargs)
+            return await original_review(self, request, **kwargs)
         finally:
             record("engine_done", key)
 
-    engine.serve_admission_request = serve_admission_request  # bound by kopf after this runs
+    Reviewer.__call__ = review
     original_entries = Decider.entries_for
 
     def entries_for(self, namespace, service_account):  # type: ignore[no-untyped-def]

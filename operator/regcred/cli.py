@@ -207,16 +207,18 @@ def run(settings: Settings) -> int:
 
         endpoint.register(registry)
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
+    # kopf pauses every replica that sees a peer of the same or higher priority, so each
+    # replica draws its own: the highest acts, the others wait for its entry to expire.
+    # regcred's own watches follow the same rule with it (regcred/sync/activity.py).
+    priority = random.randint(1, 2**31 - 1)
     kopf.run(
         registry=registry,
         clusterwide=True,
         standalone=settings.peering is None,
         peering_name=settings.peering,
-        # kopf pauses every replica that sees a peer of the same or higher priority, so each
-        # replica draws its own: the highest acts, the others wait for its entry to expire.
-        priority=random.randint(1, 2**31 - 1) if settings.peering else None,
+        priority=priority if settings.peering else None,
         liveness_endpoint=liveness,
-        memo=SharedMemo(runtime=Runtime(settings, metrics, api_configuration)),
+        memo=SharedMemo(runtime=Runtime(settings, metrics, api_configuration, priority)),
     )
     return 0
 

@@ -56,7 +56,10 @@ def configure(log_format: str = "json", level: str = "info") -> None:
     # says it once, with the server, the cause and the fix, rate-limited (kube/client.py Outage).
     logging.getLogger("urllib3.connectionpool").setLevel(max(quiet, logging.ERROR))
     structlog.configure(
-        processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # filter_by_level first: a debug line (one per API call) is dropped before a
+        # timestamp and the rest are made for nothing.
+        processors=[structlog.stdlib.filter_by_level, *_SHARED,
+                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,

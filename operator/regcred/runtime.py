@@ -23,6 +23,7 @@ class Runtime:
     settings: Settings
     metrics: Metrics
     api_configuration: Any  # kubernetes.client.Configuration (the client has no type hints)
+    priority: int  # this replica's peering priority, drawn at start (regcred/sync/activity.py)
     _parts: dict[type, object] = field(default_factory=dict)
 
     def add(self, part: object) -> None:

@@ -15,12 +15,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from controlplane import ControlPlane
 
-from regcred.kube.errors import DOCTOR_ROLE, OPERATOR_ROLE, UNAUTHORIZED, Cause, forbidden
+from regcred.kube.errors import CRD_MISSING, DOCTOR_ROLE, OPERATOR_ROLE, UNAUTHORIZED, Cause, forbidden
 
 pytestmark = [pytest.mark.integration]
 
@@ -72,22 +74,41 @@ def test_the_doctor_says_why_the_api_server_refuses(case: str, program: str, con
         assert "list pods in default at " in lines[0], lines[0]
 
 
+def start_run(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST", "REGCRED_KUBECONFIG")}
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "regcred.cli", "run", "--metrics-port", "0", "--health-port", "0",
+             "--kubeconfig", str(config)], stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def wait_for_attempts(process: subprocess.Popen[bytes], log: Path) -> str:
+    """The log once regcred has tried twice to list the cluster (and is still running)."""
+    deadline = time.monotonic() + 60
+    while log.read_text().count("cannot list the cluster yet") < 2:
+        assert process.poll() is None, f"regcred exited: {log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no second attempt in 60 s: {log.read_text()[-3000:]}"
+        time.sleep(0.2)
+    return log.read_text()
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @pytest.mark.parametrize("case", ["Unauthorized", "Forbidden"])
 def test_regcred_run_says_why_and_keeps_retrying(case: str, control_plane, tmp_path: Path) -> None:
     config = kubeconfig_for(case, control_plane, tmp_path)
     log = tmp_path / "regcred.log"
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST", "REGCRED_KUBECONFIG")}
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "regcred.cli", "run", "--metrics-port", "0", "--health-port", "0",
-             "--kubeconfig", str(config)], stdout=out, stderr=subprocess.STDOUT, env=env)
+    process = start_run(config, log)
     try:
-        deadline = time.monotonic() + 60
-        while log.read_text().count("cannot list the cluster yet") < 2:  # a second attempt
-            assert process.poll() is None, f"regcred exited: {log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"no second attempt in 60 s: {log.read_text()[-3000:]}"
-            time.sleep(0.2)
+        wait_for_attempts(process, log)
         text = log.read_text()
         for line in text.splitlines():
             if "cannot list the cluster yet" in line:
@@ -98,9 +119,28 @@ def test_regcred_run_says_why_and_keeps_retrying(case: str, control_plane, tmp_p
             assert len(outage) == 1, text
             assert_says(outage[0], UNAUTHORIZED, control_plane.server)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
+
+
+@pytest.fixture(scope="module")
+def cluster_without_the_crd() -> Iterator[ControlPlane]:
+    plane = ControlPlane()
+    try:
+        plane.start()
+    except Exception as error:
+        pytest.fail(f"could not start a second control plane: {error}", pytrace=False)
+    yield plane
+    plane.stop()
+
+
+def test_regcred_run_says_the_crd_is_not_installed(cluster_without_the_crd: ControlPlane,
+                                                    tmp_path: Path) -> None:
+    log = tmp_path / "regcred.log"
+    process = start_run(cluster_without_the_crd.kubeconfig, log)
+    try:
+        text = wait_for_attempts(process, log)
+        lines = [line for line in text.splitlines() if "cannot list the cluster yet" in line]
+        for line in lines:
+            assert_says(line, CRD_MISSING, cluster_without_the_crd.server)
+    finally:
+        stop(process)

@@ -20,28 +20,33 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
+from controlplane import free_port
 from loopback_https import LoopbackHTTPS, QuietHandler
 from test_startup import command, no_cluster_environment
 
 from regcred.admission.tls import WebhookTLS, issue
 from regcred.kube.errors import (
     DNS,
+    DROPPED,
     OVERLOADED,
     REFUSED,
     TIMEOUT,
     TLS_EXPIRED,
     TLS_NAME,
+    TLS_OTHER,
     TLS_UNKNOWN_CA,
     UNAUTHORIZED,
+    UNREACHABLE,
     Cause,
 )
 
@@ -70,12 +75,6 @@ def kubeconfig(path: Path, setup: Setup) -> Path:
         "users": [{"name": "u", "user": {"token": "not-a-real-token"}}],
         "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}))
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def answering(status: int) -> type[BaseHTTPRequestHandler]:
@@ -114,47 +113,83 @@ def in_own_network_namespace() -> tuple[str, ...]:
 def setups(tmp_path: Path) -> Iterator[Callable[[str], Setup]]:
     started: list[LoopbackHTTPS] = []
     silent: list[socket.socket] = []
-    now = datetime.now(UTC)
+    plain: list[ThreadingHTTPServer] = []
 
     def make(cause: str) -> Setup:
         here = tmp_path / cause
         here.mkdir()
-        if cause == REFUSED.code:
-            return Setup(f"https://127.0.0.1:{free_port()}")
-        if cause == DNS.code:
-            return Setup("https://api.regcred-test.invalid:6443", prefix=in_own_network_namespace())
-        if cause == TIMEOUT.code:  # accepts connections (the kernel does) and never answers
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sock.listen(16)
-            silent.append(sock)
-            return Setup(f"https://127.0.0.1:{sock.getsockname()[1]}")
-        if cause == TLS_UNKNOWN_CA.code:
-            server = tls_server(here, issue(["127.0.0.1"], now))
-            started.append(server)
-            return Setup(f"https://127.0.0.1:{server.port}", ca=issue(["127.0.0.1"], now).ca_cert)
-        if cause == TLS_NAME.code:
-            tls = issue(["api.other.example"], now)
-            started.append(server := tls_server(here, tls))
-            return Setup(f"https://127.0.0.1:{server.port}", ca=tls.ca_cert)
-        if cause == TLS_EXPIRED.code:
-            ca = issue(["127.0.0.1"], now)
-            expired = issue(["127.0.0.1"], now - timedelta(days=800), ca=ca)
-            started.append(server := tls_server(here, expired))
-            return Setup(f"https://127.0.0.1:{server.port}", ca=ca.ca_cert)
-        status = {OVERLOADED.code: 503, UNAUTHORIZED.code: 401}[cause]
-        tls = issue(["127.0.0.1"], now)
-        started.append(server := tls_server(here, tls, status))
-        return Setup(f"https://127.0.0.1:{server.port}", ca=tls.ca_cert)
+        return (without_tls(cause, silent, plain)
+                or with_tls(cause, here, started, datetime.now(UTC)))
 
     yield make
     for server in started:
         server.stop()
     for sock in silent:
         sock.close()
+    for http in plain:
+        http.shutdown()
+        http.server_close()
 
 
-CAUSES = [REFUSED, DNS, TIMEOUT, TLS_UNKNOWN_CA, TLS_NAME, TLS_EXPIRED, OVERLOADED, UNAUTHORIZED]
+def without_tls(cause: str, silent: list[socket.socket], plain: list[ThreadingHTTPServer]) -> Setup | None:
+    """The causes met before any TLS handshake; None for the others."""
+    if cause == REFUSED.code:
+        return Setup(f"https://127.0.0.1:{free_port()}")
+    if cause == DNS.code:
+        return Setup("https://api.regcred-test.invalid:6443", prefix=in_own_network_namespace())
+    if cause == UNREACHABLE.code:  # TEST-NET-1, in a namespace with no route: nothing is sent
+        return Setup("https://192.0.2.1:6443", prefix=in_own_network_namespace())
+    if cause in (DROPPED.code, TIMEOUT.code):
+        # TIMEOUT: the kernel accepts connections and nothing answers; DROPPED: each one is
+        # accepted, then closed without a word
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        silent.append(sock)
+        if cause == DROPPED.code:
+            threading.Thread(target=hang_up, args=(sock,), daemon=True).start()
+        return Setup(f"https://127.0.0.1:{sock.getsockname()[1]}")
+    if cause == TLS_OTHER.code:  # plain HTTP where HTTPS is expected
+        server = ThreadingHTTPServer(("127.0.0.1", 0), answering(503))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        plain.append(server)
+        return Setup(f"https://127.0.0.1:{server.server_address[1]}")
+    return None
+
+
+def with_tls(cause: str, here: Path, started: list[LoopbackHTTPS], now: datetime) -> Setup:
+    """A TLS server whose certificate or answer is the cause."""
+    if cause == TLS_UNKNOWN_CA.code:
+        server = tls_server(here, issue(["127.0.0.1"], now))
+        started.append(server)
+        return Setup(f"https://127.0.0.1:{server.port}", ca=issue(["127.0.0.1"], now).ca_cert)
+    if cause == TLS_NAME.code:
+        tls = issue(["api.other.example"], now)
+        started.append(server := tls_server(here, tls))
+        return Setup(f"https://127.0.0.1:{server.port}", ca=tls.ca_cert)
+    if cause == TLS_EXPIRED.code:
+        ca = issue(["127.0.0.1"], now)
+        expired = issue(["127.0.0.1"], now - timedelta(days=800), ca=ca)
+        started.append(server := tls_server(here, expired))
+        return Setup(f"https://127.0.0.1:{server.port}", ca=ca.ca_cert)
+    status = {OVERLOADED.code: 503, UNAUTHORIZED.code: 401}[cause]
+    tls = issue(["127.0.0.1"], now)
+    started.append(server := tls_server(here, tls, status))
+    return Setup(f"https://127.0.0.1:{server.port}", ca=tls.ca_cert)
+
+
+def hang_up(sock: socket.socket) -> None:
+    """Accept each connection and close it at once, until `sock` is closed."""
+    while True:
+        try:
+            connection, _ = sock.accept()
+        except OSError:
+            return
+        connection.close()
+
+
+CAUSES = [REFUSED, DNS, UNREACHABLE, TIMEOUT, DROPPED, TLS_UNKNOWN_CA, TLS_NAME, TLS_EXPIRED, TLS_OTHER,
+          OVERLOADED, UNAUTHORIZED]
 
 
 def assert_says(text: str, cause: Cause, setup: Setup) -> None:

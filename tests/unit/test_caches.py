@@ -104,11 +104,3 @@ def test_credentials_come_from_the_kopf_index(caches):
     assert indexed.credential_bodies() == [body]
     assert indexed.credential_body("harbor") == body
     assert indexed.credential_body("other") is None
-
-
-def test_an_object_listed_a_second_time_shows_a_relist(caches):
-    assert not caches.relisted(None, "uid-1")  # the first listing
-    assert not caches.relisted("MODIFIED", "uid-1")  # a watch event says nothing about listings
-    assert caches.relisted(None, "uid-1")  # listed again: kopf re-listed after a lost watch
-    assert not caches.relisted("DELETED", "uid-1")
-    assert not caches.relisted(None, "uid-1")  # deleted and created again is a first listing

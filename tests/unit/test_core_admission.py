@@ -7,13 +7,13 @@ import functools
 import itertools
 from typing import Any
 
-import kopf
 import pytest
 
 from regcred.core.admission import (
     AdmissionCredential,
     add_pull_secrets,
     admission_credentials,
+    admission_patch,
     pull_secrets_at_creation,
     webhook_namespace_selector,
 )
@@ -131,13 +131,29 @@ def test_an_entry_already_given_is_neither_duplicated_nor_claimed():
     assert body == before
 
 
-def test_the_mutation_goes_out_through_kopf_as_a_json_patch_the_server_applies():
+def test_the_mutation_goes_out_as_a_json_patch_the_server_applies():
     raw = sa_body(pull_secrets=["foreign"])
-    patch = kopf.Patch(body=kopf.Body(copy.deepcopy(raw)))
-    patch.fns.append(lambda body: add_pull_secrets(body, ["ours"]))
-    admitted = json_patch(raw, patch.as_json_patch())
+    admitted = json_patch(raw, admission_patch(raw, ["ours"]))
     assert [e["name"] for e in admitted["imagePullSecrets"]] == ["foreign", "ours"]
     assert admitted["metadata"]["annotations"] == {PULL_SECRETS_ANNOTATION: "ours"}
+
+
+@pytest.mark.parametrize("account", [
+    {"metadata": {"name": "default"}},
+    {"metadata": {"name": "default", "annotations": {"team": "a"}}, "imagePullSecrets": [{"name": "mine"}]},
+    {"metadata": {"name": "default", "annotations": {PULL_SECRETS_ANNOTATION: "old"}},
+     "imagePullSecrets": [{"name": "old"}, {"name": "harbor"}]},
+])
+def test_the_admission_patch_makes_what_add_pull_secrets_makes(account):
+    expected = copy.deepcopy(account)
+    add_pull_secrets(expected, ["harbor", "quay"])
+    assert json_patch(account, admission_patch(account, ["harbor", "quay"])) == expected
+
+
+def test_no_patch_when_every_entry_is_there():
+    account = {"metadata": {"name": "default"}, "imagePullSecrets": [{"name": "harbor"}]}
+    assert admission_patch(account, ["harbor"]) == []
+    assert admission_patch(account, []) == []
 
 
 # --- the webhook's namespaceSelector -------------------------------------------------------

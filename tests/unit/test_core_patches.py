@@ -1,6 +1,6 @@
 """JSON Patches for ServiceAccount.imagePullSecrets (`regcred.core.patches.pull_secret_patch`).
 
-The ops are applied with a tiny RFC 6902 implementation (core_builders.json_patch) to
+The ops are applied with a tiny RFC 6902 implementation (support.builders.json_patch) to
 check the object that results, the way the API server would.
 """
 

@@ -1,22 +1,28 @@
 """The ServiceAccount admission webhook, wired into kopf: thin handlers over the core.
 
-Registered only with `--admission` (cli.run calls `register`). kopf serves the requests (`@kopf.on.mutate`
-behind `kopf.WebhookServer`); the decision is `regcred.core.admission`. regcred writes the
+Registered only with `--admission` (cli.run calls `register`). kopf's `WebhookServer` serves the
+requests (TLS, certificate reloads, the listener's life) and hands each AdmissionReview to
+`Reviewer`, not to kopf's admission engine and an `@kopf.on.mutate` handler: that engine
+cost about 4 ms and a thread hop per ServiceAccount create, on the API server's critical path
+(docs/admission.md, "Measured"). The decision is `regcred.core.admission`. regcred writes the
 MutatingWebhookConfiguration itself rather than through kopf's `settings.admission.managed`:
 kopf 1.45's managed configuration hard-codes `timeoutSeconds: 30` (a dead webhook would hold
 every ServiceAccount create for 30 s), has no `namespaceSelector`, and removes its webhooks
 when the process exits, which would leave the surviving replica of an HA pair without one.
 
 Every replica serves the webhook, the paused standby included, and decides from a live read
-of the namespace and the CRs: kopf keeps no caches current while paused, and a namespace
-created a millisecond earlier may not have reached any watch yet (docs/admission.md).
+of the namespace (one created a millisecond earlier may not have reached any watch yet) and
+from the CRs as its own watch has them (`LiveCredentials`: kopf stops its watches while
+paused), docs/admission.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
+import json
 import os
 import shutil
 import tempfile
@@ -25,15 +31,16 @@ import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import kopf
 import structlog
 
 from regcred.admission.tls import WebhookTLS, renewal, utc_now
 from regcred.core.admission import (
-    add_pull_secrets,
+    AdmissionCredential,
     admission_credentials,
+    admission_patch,
     pull_secrets_at_creation,
     webhook_namespace_selector,
 )
@@ -61,20 +68,73 @@ API_THREADS = 4  # the webhook's own connections, so a fan-out never queues ahea
 
 # --- the decision --------------------------------------------------------------------------
 
+class LiveCredentials:
+    """The CRs as the API server has them, from a list+watch of this replica's own, and the
+    ones the webhook may use, worked out once per change instead of on every request.
+
+    Not kopf's index: kopf stops its watches on a paused standby, which serves the webhook
+    too. Before this, every request listed the CRs (from the API server's watch cache, no
+    fresher than this watch) and parsed each: an API call per ServiceAccount create."""
+
+    def __init__(self, parse: Callable[[Mapping[str, Any]], CredentialSpec]) -> None:
+        self._parse = parse
+        self._lock = threading.Lock()
+        self._bodies: dict[str, dict[str, Any]] = {}
+        self._usable: list[AdmissionCredential] | None = None  # None until listed
+
+    def usable(self) -> list[AdmissionCredential] | None:
+        """What the webhook may use now; None until the CRs have been listed."""
+        return self._usable
+
+    def start(self, kube: Kube, stop: threading.Event) -> None:
+        threading.Thread(target=self._follow, args=(kube, stop), name="admission-credentials",
+                         daemon=True).start()
+
+    def _follow(self, kube: Kube, stop: threading.Event) -> None:
+        while not stop.is_set():
+            listing = kube.listing("registrycredentials")
+            try:
+                self.listed(listing)
+            except KubeError as error:
+                log.warning("cannot list the RegistryCredentials yet", error=str(error))
+                stop.wait(2)
+                continue
+            kube.follow("registrycredentials", listing.resource_version, self.changed, self.listed, stop)
+
+    def listed(self, listing: Iterable[dict[str, Any]]) -> None:
+        bodies = {(body.get("metadata") or {}).get("name", ""): body for body in listing}
+        with self._lock:
+            self._bodies = bodies
+            self._usable = admission_credentials(bodies.values(), self._parse)
+
+    def changed(self, type: str, body: dict[str, Any]) -> None:
+        name = (body.get("metadata") or {}).get("name", "")
+        with self._lock:
+            if type == "DELETED":
+                self._bodies.pop(name, None)
+            else:
+                self._bodies[name] = body
+            self._usable = admission_credentials(self._bodies.values(), self._parse)
+
+
 class Decider:
-    """Reads what the decision needs from the API, now, and asks the core."""
+    """Reads the namespace from the API, now, takes the CRs from `LiveCredentials` (or, until
+    they are listed, from the API), and asks the core."""
 
     def __init__(self, kube: Kube, settings: Settings) -> None:
         self._kube = kube
         self._parse = functools.partial(
             parse_credential, default_source_namespace=settings.operator_namespace,
             allowed_source_namespaces=settings.source_namespaces)
+        self.credentials = LiveCredentials(self._parse)
 
     def entries_for(self, namespace: str, service_account: str) -> tuple[str, ...]:
         # The CRs may be a few ms behind (a CR is used only once synced, which takes longer);
         # the namespace is read from etcd: one created a moment ago must be seen with its labels.
-        credentials = admission_credentials(self._kube.list_credentials(from_watch_cache=True),
-                                            self._parse)
+        credentials = self.credentials.usable()
+        if credentials is None:
+            credentials = admission_credentials(self._kube.list_credentials(from_watch_cache=True),
+                                                self._parse)
         if not credentials:
             return ()
         body = self._kube.read_namespace(namespace)
@@ -92,40 +152,56 @@ class Decider:
 
 def register(registry: kopf.OperatorRegistry) -> None:
     """Register the webhook and its start-up, clean-up and CR handlers with `registry`."""
-    kopf.on.mutate("", "v1", "serviceaccounts", id=WEBHOOK_ID, operations=["CREATE"],
-                   side_effects=False, ignore_failures=True, registry=registry)(admit_service_account)
     kopf.on.startup(registry=registry)(start_admission)
     kopf.on.cleanup(registry=registry)(stop_admission)
     # kopf passes indexes to handlers as keyword arguments its protocols cannot name.
     kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)(credential_seen_by_admission)  # type: ignore[arg-type]
 
 
-def admit_service_account(body: kopf.Body, patch: kopf.Patch, dryrun: bool, memo: kopf.Memo,
-                          **_: Any) -> None:
-    """Give a new ServiceAccount our entries. Never refuses: an error admits it unchanged
-    (an error answer would deny the create, whatever `failurePolicy` says) and the watch
-    path adds the entries once the ServiceAccount is seen."""
-    meta = body.get("metadata") or {}
-    namespace, name = meta.get("namespace") or "", meta.get("name") or ""
-    try:
-        names = _admission(memo).decider.entries_for(namespace, name)
-    except KubeError as error:
-        log.warning("admitted unchanged: cannot read the cluster", namespace=namespace,
-                    service_account=name, error=str(error))
-        return
-    except Exception:  # a bug must not become a denied ServiceAccount
-        log.exception("admitted unchanged after an unexpected error", namespace=namespace,
-                      service_account=name)
-        return
-    if not names:
-        return
-    patch.fns.append(functools.partial(_add, names=names))
-    log.info("admitted with pull secret entries", namespace=namespace, service_account=name,
-             secrets=list(names), dry_run=dryrun)
+class Reviewer:
+    """Answers each AdmissionReview kopf's `WebhookServer` receives: ServiceAccount CREATE
+    only (the one rule the webhook configuration has), every other request allowed as it is."""
 
+    def __init__(self, decider: Decider) -> None:
+        self._decider = decider
 
-def _add(service_account: dict[str, Any], names: tuple[str, ...]) -> None:
-    add_pull_secrets(service_account, names)
+    async def __call__(self, review: Mapping[str, Any], *, webhook: str | None = None,
+                       headers: Mapping[str, str] | None = None,
+                       sslpeer: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        request = review.get("request") or {}
+        answer: dict[str, Any] = {"uid": request.get("uid", ""), "allowed": True}
+        if (request.get("operation") == "CREATE"
+                and (request.get("resource") or {}).get("resource") == "serviceaccounts"):
+            account = request.get("object") or {}
+            names = await asyncio.to_thread(self.entries, request, account)
+            patch = admission_patch(account, names)
+            if patch:
+                answer["patchType"] = "JSONPatch"
+                answer["patch"] = base64.b64encode(json.dumps(patch).encode()).decode()
+        return {"apiVersion": review.get("apiVersion", "admission.k8s.io/v1"),
+                "kind": "AdmissionReview", "response": answer}
+
+    def entries(self, request: Mapping[str, Any], account: Mapping[str, Any]) -> tuple[str, ...]:
+        """Our entries for a new ServiceAccount. Never refuses: an error admits it unchanged
+        (an error answer would deny the create, whatever `failurePolicy` says) and the watch
+        path adds the entries once the ServiceAccount is seen."""
+        meta = account.get("metadata") or {}
+        namespace = meta.get("namespace") or request.get("namespace") or ""
+        name = meta.get("name") or request.get("name") or ""
+        try:
+            names = self._decider.entries_for(namespace, name)
+        except KubeError as error:
+            log.warning("admitted unchanged: cannot read the cluster", namespace=namespace,
+                        service_account=name, error=str(error))
+            return ()
+        except Exception:  # a bug must not become a denied ServiceAccount
+            log.exception("admitted unchanged after an unexpected error", namespace=namespace,
+                          service_account=name)
+            return ()
+        if names:
+            log.info("admitted with pull secret entries", namespace=namespace, service_account=name,
+                     secrets=list(names), dry_run=bool(request.get("dryRun")))
+        return names
 
 
 # --- certificates --------------------------------------------------------------------------
@@ -300,14 +376,15 @@ class AdmissionServer:
     """kopf's `WebhookServer` with regcred's certificate; each time it (re)starts listening,
     the webhook configuration is registered with the CA that signed what it serves."""
 
-    def __init__(self, kube: Kube, settings: Settings, registrar: Registrar) -> None:
+    def __init__(self, kube: Kube, settings: Settings, registrar: Registrar, reviewer: Reviewer) -> None:
         assert settings.admission is not None
         self._kube = kube
+        self._reviewer = reviewer
         self._options = settings.admission
         self._namespace = settings.operator_namespace
         self._registrar = registrar
         self._files = CertificateFiles()
-        self._stop = threading.Event()
+        self.stopped = threading.Event()
 
     def refresh_certificate(self) -> WebhookTLS:
         tls = ensure_certificate(self._kube, self._namespace, self._options.tls_secret,
@@ -316,13 +393,14 @@ class AdmissionServer:
         return tls
 
     def _renew_periodically(self) -> None:
-        while not self._stop.wait(CERTIFICATE_CHECK_SECONDS):
+        while not self.stopped.wait(CERTIFICATE_CHECK_SECONDS):
             try:
                 self.refresh_certificate()
             except KubeError as error:
                 log.warning("cannot check the webhook certificate", error=str(error))
 
-    async def __call__(self, fn: Any) -> AsyncIterator[Any]:
+    async def __call__(self, _kopf_engine: Any) -> AsyncIterator[Any]:
+        """kopf starts this with its admission engine; the requests go to our `Reviewer`."""
         while True:
             try:
                 await asyncio.to_thread(self.refresh_certificate)
@@ -336,7 +414,8 @@ class AdmissionServer:
             addr=self._options.listen_host, port=self._options.listen_port,
             certfile=self._files.cert, pkeyfile=self._files.key, cafile=self._files.ca,
             file_check_interval=FILE_CHECK_SECONDS)
-        async for config in server(fn):
+        # kopf types a review as TypedDicts it does not export; the Reviewer reads plain mappings.
+        async for config in server(cast(kopf.WebhookFn, self._reviewer)):
             try:
                 await asyncio.to_thread(self._registrar.register, config.get("caBundle"))
             except KubeError as error:  # the configuration follows on the next CR event
@@ -344,7 +423,7 @@ class AdmissionServer:
             yield config
 
     def close(self) -> None:
-        self._stop.set()
+        self.stopped.set()
         self._files.remove()
 
 
@@ -359,8 +438,9 @@ def start_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     decider = Decider(kube, regcred_settings)
     registrar = Registrar(kube, regcred_settings.admission, regcred_settings.operator_namespace,
                           lambda: decider.specs(kube.list_credentials()))
-    server = AdmissionServer(kube, regcred_settings, registrar)
+    server = AdmissionServer(kube, regcred_settings, registrar, Reviewer(decider))
     runtime.add(Admission(decider, registrar, server))
+    decider.credentials.start(kube, server.stopped)
     settings.admission.server = server
     settings.admission.managed = None  # regcred writes the configuration (see the docstring)
 

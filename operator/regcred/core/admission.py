@@ -103,3 +103,16 @@ def webhook_namespace_selector(specs: Iterable[CredentialSpec]) -> dict[str, Any
     if excluded:
         expressions.append({"key": NAMESPACE_NAME_LABEL, "operator": "NotIn", "values": excluded})
     return {"matchExpressions": expressions}
+
+
+def admission_patch(service_account: Mapping[str, Any], secret_names: Iterable[str]) -> list[dict[str, Any]]:
+    """The JSON Patch an AdmissionReview answer carries: the ServiceAccount's
+    `imagePullSecrets` and annotations as `add_pull_secrets` makes them, each set whole
+    ("add" replaces a member that exists); empty when nothing is added."""
+    meta = service_account.get("metadata") or {}
+    changed: dict[str, Any] = {"imagePullSecrets": service_account.get("imagePullSecrets"),
+                               "metadata": {"annotations": meta.get("annotations")}}
+    if not add_pull_secrets(changed, secret_names):
+        return []
+    return [{"op": "add", "path": "/imagePullSecrets", "value": changed["imagePullSecrets"]},
+            {"op": "add", "path": "/metadata/annotations", "value": changed["metadata"]["annotations"]}]

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
+from regcred.core.compact import text
 from regcred.core.spec import IGNORE_LABEL, CredentialSpec, LabelSelector
 
 SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
@@ -23,7 +24,8 @@ class NamespaceInfo:
         """A Namespace body (from a watch, a listing or an admission review) as the matching
         rule sees it."""
         meta = body.get("metadata") or {}
-        return cls(meta.get("name", ""), dict(meta.get("labels") or {}), bool(meta.get("deletionTimestamp")))
+        labels = {text(key): text(value) for key, value in (meta.get("labels") or {}).items()}
+        return cls(text(meta.get("name", "")), labels, bool(meta.get("deletionTimestamp")))
 
 
 def namespace_matches(spec: CredentialSpec, namespace: NamespaceInfo) -> bool:

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from regcred.core.compact import shared, text
 from regcred.core.matching import NamespaceInfo, namespace_matches, service_account_matches
 from regcred.core.source import DOCKERCONFIGJSON_KEY, DOCKERCONFIGJSON_TYPE, RenderedConfig
 from regcred.core.spec import (
@@ -366,12 +367,12 @@ def observe_copy(body: Mapping[str, Any]) -> ObservedCopy:
     data = body.get("data") or {}
     content = base64.b64decode(data.get(DOCKERCONFIGJSON_KEY) or "")
     return ObservedCopy(
-        namespace=meta.get("namespace", ""),
-        name=meta.get("name", ""),
-        credential=(meta.get("labels") or {}).get(CREDENTIAL_LABEL, ""),
-        owner_uids=tuple(ref.get("uid", "") for ref in meta.get("ownerReferences") or []),
-        data_digest=hashlib.sha256(content).hexdigest() if list(data) == [DOCKERCONFIGJSON_KEY] else "",
-        meta_fingerprint=meta_fingerprint(body),
+        namespace=text(meta.get("namespace", "")),
+        name=text(meta.get("name", "")),
+        credential=text((meta.get("labels") or {}).get(CREDENTIAL_LABEL, "")),
+        owner_uids=shared(tuple(text(ref.get("uid", "")) for ref in meta.get("ownerReferences") or [])),
+        data_digest=text(hashlib.sha256(content).hexdigest() if list(data) == [DOCKERCONFIGJSON_KEY] else ""),
+        meta_fingerprint=text(meta_fingerprint(body)),
         uid=meta.get("uid", ""),
         resource_version=meta.get("resourceVersion", ""),
         deleting=bool(meta.get("deletionTimestamp")),
@@ -383,10 +384,10 @@ def observe_service_account(body: Mapping[str, Any]) -> ObservedServiceAccount:
     annotations = meta.get("annotations") or {}
     ours = annotations.get(PULL_SECRETS_ANNOTATION, "")
     return ObservedServiceAccount(
-        namespace=meta.get("namespace", ""),
-        name=meta.get("name", ""),
-        pull_secrets=tuple(ref.get("name", "") for ref in body.get("imagePullSecrets") or []),
-        ours=frozenset(name for name in ours.split(",") if name),
+        namespace=text(meta.get("namespace", "")),
+        name=text(meta.get("name", "")),
+        pull_secrets=shared(tuple(text(ref.get("name", "")) for ref in body.get("imagePullSecrets") or [])),
+        ours=shared(frozenset(text(name) for name in ours.split(",") if name)),
         resource_version=meta.get("resourceVersion", ""),
         has_annotations=bool(annotations),
     )

@@ -9,6 +9,7 @@ material). It decides nothing: what to do after a refused write is the executor'
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -21,6 +22,7 @@ import structlog
 import urllib3
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
+from kubernetes.watch.watch import iter_resp_lines
 
 from regcred.core.source import SourceSecret
 from regcred.core.spec import (
@@ -43,6 +45,9 @@ from regcred.kube.errors import (
 log = structlog.get_logger("regcred.kube")
 
 LIST_PAGE = 500
+WATCH_SECONDS = 300  # the API server ends a watch after this; it is opened again from where it was
+RETRY_SECONDS = 1.0  # after a failed watch or listing, before the next try
+PEERING = ("kopf.dev", "v1", "clusterkopfpeerings")
 # A silent API server (a black-holed address) ends a call instead of hanging it forever.
 CALL_TIMEOUT = (10.0, 60.0)
 EVENT_NAMESPACE = "default"  # events about cluster-scoped objects live in "default", as for Nodes
@@ -177,6 +182,12 @@ class Kube:
         return self._pages("registrycredentials", self._custom.list_cluster_custom_object,
                            GROUP, VERSION, PLURAL, crd_collection=True, **extra)
 
+    def check_crd(self) -> None:
+        """Raise `KubeError` (cause: the CRD is not installed) unless RegistryCredentials can
+        be listed: without the CRD, kopf only warns once and regcred would sit idle."""
+        self._call("list", "registrycredentials", self._custom.list_cluster_custom_object,
+                   GROUP, VERSION, PLURAL, limit=1, crd_collection=True)
+
     def _scoped_pages(self, what: str, namespace: str | None, namespaced: Callable[..., Any],
                       cluster_wide: Callable[..., Any], **kwargs: Any) -> Iterator[dict[str, Any]]:
         if namespace is None:
@@ -223,6 +234,90 @@ class Kube:
         except KubeError as error:  # events are best effort, never a reason to fail a sync
             log.warning("could not post event", credential=credential, error=str(error))
 
+    # --- list+watch of what regcred keeps in its caches (regcred/sync/watches.py) --------
+
+    def listing(self, kind: str, name: str | None = None) -> Listing:
+        """A paged listing of `kind` ("namespaces", "serviceaccounts", "copies",
+        "registrycredentials", or "peering" with the peering object's `name`), to iterate
+        once; its resourceVersion, to watch from, is known after the last page."""
+        method, kwargs = self._followed(kind, name)
+        return Listing(functools.partial(self._call, "list", kind, method, **kwargs))
+
+    def follow(self, kind: str, resource_version: str, on_event: Callable[[str, dict[str, Any]], None],
+               on_listed: Callable[[Listing], None], stop: threading.Event, name: str | None = None) -> None:
+        """Watch `kind` from `resource_version` until `stop` is set, calling `on_event(type,
+        body)` for each ADDED, MODIFIED and DELETED. Where the watch cannot go on from the
+        last version it saw (410 Gone), it lists again, hands the listing to `on_listed`
+        and watches on from there. Events are read as JSON lines: making the client's model
+        objects of every event would cost more than handling it."""
+        method, kwargs = self._followed(kind, name)
+        version = resource_version
+        while not stop.is_set():
+            try:
+                if not version:
+                    listing = self.listing(kind, name)
+                    on_listed(listing)
+                    version = listing.resource_version
+                    continue
+                response = method(watch=True, resource_version=version, allow_watch_bookmarks=True,
+                                  timeout_seconds=WATCH_SECONDS, _preload_content=False,
+                                  _request_timeout=(10, WATCH_SECONDS + 30), **kwargs)
+                self._outage.answered()
+                try:
+                    for line in iter_resp_lines(response):
+                        event = json.loads(line)
+                        what, body = event.get("type"), event.get("object") or {}
+                        if what == "ERROR":  # our version is too old: list again
+                            version = ""
+                            break
+                        version = (body.get("metadata") or {}).get("resourceVersion") or version
+                        if what != "BOOKMARK":
+                            on_event(what, body)
+                        if stop.is_set():
+                            return
+                finally:
+                    response.release_conn()
+            except ApiException as error:
+                self._on_error(error.status or 0)
+                if error.status == 410:
+                    version = ""
+                    continue
+                self._watch_failed(kind, error)
+                stop.wait(RETRY_SECONDS)
+            except KubeError:  # the listing failed, and said so (Outage)
+                stop.wait(RETRY_SECONDS)
+            except (urllib3.exceptions.HTTPError, OSError) as error:
+                self._watch_failed(kind, error)
+                stop.wait(RETRY_SECONDS)
+            except ValueError:  # a line that is not JSON: watch again from the last version
+                log.warning("a watch line was not JSON, watching again", kind=kind)
+                stop.wait(RETRY_SECONDS)
+
+    def _watch_failed(self, what: str, error: BaseException) -> None:
+        """A watch that failed goes into the outage's rate-limited line, with its cause."""
+        if isinstance(error, ApiException):
+            status = error.status or 0
+            self._outage.failed(api_error("watch", what, status, _reason(error), server=self.server,
+                                          cause=status_cause(status, role=self._role)))
+        else:
+            self._outage.failed(api_error("watch", what, 0, type(error).__name__, server=self.server,
+                                          cause=connection_cause(error)))
+
+    def _followed(self, kind: str, name: str | None) -> tuple[Callable[..., Any], dict[str, Any]]:
+        if kind == "namespaces":
+            return self._core.list_namespace, {}
+        if kind == "serviceaccounts":
+            return self._core.list_service_account_for_all_namespaces, {}
+        if kind == "copies":
+            return (self._core.list_secret_for_all_namespaces,
+                    {"label_selector": f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"})
+        if kind == "registrycredentials":
+            return functools.partial(self._custom.list_cluster_custom_object, GROUP, VERSION, PLURAL), {}
+        if kind == "peering":
+            return (functools.partial(self._custom.list_cluster_custom_object, *PEERING),
+                    {"field_selector": f"metadata.name={name}"})
+        raise ValueError(f"regcred does not list {kind}")
+
     # --- watching source secrets -------------------------------------------------------
 
     def watch_secrets(self, namespace: str, on_change: Callable[[str, str], None],
@@ -261,13 +356,10 @@ class Kube:
                 if error.status == 410:  # expired resourceVersion: list again
                     resource_version = ""
                     continue
-                self._outage.failed(api_error(
-                    "watch", f"secrets in {namespace}", error.status or 0, _reason(error),
-                    server=self.server, cause=status_cause(error.status or 0, role=self._role)))
+                self._watch_failed(f"secrets in {namespace}", error)
                 stop.wait(2)
             except (urllib3.exceptions.HTTPError, OSError) as error:  # connection drops, restarts
-                self._outage.failed(api_error("watch", f"secrets in {namespace}", 0, type(error).__name__,
-                                              server=self.server, cause=connection_cause(error)))
+                self._watch_failed(f"secrets in {namespace}", error)
                 stop.wait(2)
             except Exception as error:
                 log.warning("source secret watch failed, retrying", namespace=namespace,
@@ -347,6 +439,28 @@ class Kube:
         self._outage.answered()
         data = response.data
         return json.loads(data) if data else None
+
+
+class Listing:
+    """One paged listing, iterated once (a page is let go before the next is asked for);
+    `resource_version`, the version to watch from, is known once the last page is in."""
+
+    def __init__(self, fetch: Callable[..., Any]) -> None:
+        self._fetch = fetch
+        self.resource_version = ""
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        token = None
+        while True:
+            page = self._fetch(limit=LIST_PAGE, _continue=token)
+            meta = page.get("metadata") or {}
+            token = meta.get("continue")
+            items = page.get("items") or []
+            del page
+            yield from items
+            if not token:
+                self.resource_version = meta.get("resourceVersion") or ""
+                return
 
 
 class Outage:

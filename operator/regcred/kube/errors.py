@@ -180,6 +180,8 @@ def connection_cause(error: BaseException) -> Cause:
             continue  # wraps the OSError that says why
         if isinstance(link, urllib3.exceptions.TimeoutError | TimeoutError):
             return TIMEOUT
+        if isinstance(link, ssl.SSLEOFError | ssl.SSLZeroReturnError):  # hung up mid-handshake
+            return DROPPED
         if isinstance(link, ssl.SSLError):
             return TLS_OTHER
         if isinstance(link, urllib3.exceptions.ProtocolError | ConnectionError):

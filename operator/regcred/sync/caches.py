@@ -3,9 +3,9 @@
 regcred keeps these itself instead of in kopf indexes: before it runs any handler, kopf holds
 every listed object of an indexed resource in memory until all of them are indexed, about
 33 KB apiece (a restart on 25,000 objects peaked at 820 MB; docs/performance.md). Entries are
-the planner's reduced views, never bodies. The caches are filled from a paginated listing at
-start-up, before any watch event, so nothing is planned on a half-filled cache; the watch
-events keep them current and say whether an event changed anything. Our own writes go in
+the planner's reduced views, never bodies. regcred/sync/watches.py fills them from a paged
+listing at start-up, before any work is queued, and its watch events keep them current; each
+event's call says whether it changed anything. Our own writes go in
 as soon as the API answers (write-through), so no plan works from a version we replaced,
 and the watch event echoing a write changes nothing and starts no sync.
 
@@ -26,7 +26,6 @@ from regcred.core.plan import (
     observe_copy,
     observe_service_account,
 )
-from regcred.kube.client import Kube
 
 Entry = TypeVar("Entry", ObservedCopy, ObservedServiceAccount)
 
@@ -51,16 +50,6 @@ class Caches:
         self._copies: dict[str, dict[str, ObservedCopy]] = {}  # namespace -> name -> copy
         self._accounts: dict[str, dict[str, ObservedServiceAccount]] = {}
         self._credentials = credentials  # kopf's index of RegistryCredential bodies, by name
-        self._listed: set[str] = set()  # uids seen in a listing (kopf's event loop only)
-
-    def fill(self, kube: Kube) -> None:
-        """Take in the cluster as it is now, a page at a time (start-up, before any event)."""
-        for body in kube.list_namespaces():
-            self.namespace_seen(body)
-        for body in kube.list_service_accounts():
-            self.service_account_seen(body)
-        for body in kube.list_copies():
-            self.copy_seen(body)
 
     # --- kept current by watch events; each returns whether the event changed anything ---
 
@@ -78,18 +67,6 @@ class Caches:
                 return False
             self._namespaces[name] = CachedNamespace(uid, version, NamespaceInfo.from_body(body))
             return True
-
-    def relisted(self, type: str | None, uid: str | None) -> bool:
-        """Whether this event shows that kopf listed a watch again. kopf re-lists after a lost
-        watch without saying so; an object listed a second time tells, and objects deleted in
-        the gap then linger here until a cache check finds them. Called on kopf's event loop."""
-        if type == "DELETED":
-            self._listed.discard(uid or "")
-        elif type is None and uid:
-            if uid in self._listed:
-                return True
-            self._listed.add(uid)
-        return False
 
     def copy_seen(self, body: Mapping[str, Any], deleted: bool = False) -> bool:
         return self._seen(self._copies, body, deleted, observe_copy)

@@ -24,11 +24,13 @@ from regcred.kube.config import api_client
 from regcred.kube.errors import OPERATOR_ROLE, KubeError
 from regcred.metrics import Metrics
 from regcred.settings import Settings
+from regcred.sync.activity import Activity
 from regcred.sync.cachecheck import CacheChecker
 from regcred.sync.caches import Caches
 from regcred.sync.executor import Executor
 from regcred.sync.ledger import Ledger, StatusPublisher, utc_now
 from regcred.sync.reconciler import Reconciler
+from regcred.sync.watches import Watches
 from regcred.verification.verifier import Verification
 from regcred.workqueue import WorkQueue
 
@@ -162,24 +164,29 @@ class Controller:
 
 
 class SyncLoop:
-    """The sync feature as kopf's start-up step builds it: the client, the caches, the controller
-    and its workers, and one watch per allow-listed source namespace; stopped by kopf's
-    clean-up step."""
+    """The sync feature as kopf's start-up step builds it: the client, the caches and the
+    watches that fill them, whether this replica acts, the controller and its workers, and one
+    watch per allow-listed source namespace; stopped by kopf's clean-up step."""
 
-    def __init__(self, kube: Kube, caches: Caches, controller: Controller,
-                 source_namespaces: Iterable[str]) -> None:
+    def __init__(self, kube: Kube, caches: Caches, controller: Controller, settings: Settings,
+                 metrics: Metrics, priority: int) -> None:
         self.kube = kube
         self.caches = caches
         self.controller = controller
-        self._source_namespaces = sorted(source_namespaces)
+        self._source_namespaces = sorted(settings.source_namespaces)
         self._stop = threading.Event()
+        self.activity = Activity(settings.peering, priority, on_resumed=self._look_at_every_namespace)
+        self._watches = Watches(kube, caches, controller, metrics.watch_event, self.activity)
 
     def start(self) -> None:
-        """Fill the caches (before any watch event: nothing is planned on a half-filled cache),
-        then start the workers and the source watches. Raises `KubeError` while the API cannot
-        be listed; the caller tries again."""
-        self.caches.fill(self.kube)
+        """Fill the caches (before any work is queued: nothing is planned on a half-filled
+        cache), learn whether this replica acts, then start the workers and the watches.
+        Raises `KubeError` while the API cannot be listed; the caller tries again."""
+        self.kube.check_crd()
+        versions = self._watches.fill()
+        self.activity.start(self.kube, self._stop)
         self.controller.start()
+        self._watches.start(versions, self._stop)
         for namespace in self._source_namespaces:
             threading.Thread(
                 target=self.kube.watch_secrets,
@@ -191,6 +198,13 @@ class SyncLoop:
         self._stop.set()
         self.controller.shutdown()
 
+    def _look_at_every_namespace(self) -> None:
+        """This replica took over (or started alone): whatever it saw while paused was left to
+        the other one; every namespace is looked at once (a plan is empty where nothing is
+        missing)."""
+        for namespace in self.caches.namespace_names():
+            self.controller.namespace_changed(namespace)
+
 
 def api_threads(settings: Settings, kopf_threads: int) -> int:
     """Threads that may call the API at once, which the client's connection pool is sized for:
@@ -200,7 +214,7 @@ def api_threads(settings: Settings, kopf_threads: int) -> int:
 
 
 def build(api_configuration: Any, credential_index: Mapping[str, Iterable[Mapping[str, Any]]],
-          settings: Settings, metrics: Metrics, kopf_threads: int) -> SyncLoop:
+          settings: Settings, metrics: Metrics, priority: int, kopf_threads: int) -> SyncLoop:
     """Wire the operator: the client, the caches, one queue, the ledger and its publisher, the
     reconciler and its executor, the check, verification."""
     kube = Kube(api_client(api_configuration, api_threads(settings, kopf_threads)),
@@ -222,4 +236,4 @@ def build(api_configuration: Any, credential_index: Mapping[str, Iterable[Mappin
                                 stale_after=2 * settings.resync_seconds + 60)
     publisher.extend(verification)
     controller = Controller(queue, reconciler, checker, settings.workers, verification, publisher)
-    return SyncLoop(kube, caches, controller, settings.source_namespaces)
+    return SyncLoop(kube, caches, controller, settings, metrics, priority)
