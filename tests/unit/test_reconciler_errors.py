@@ -1,6 +1,6 @@
 """Error paths of the reconciler: what it records when the API refuses or fails.
 
-The Kubernetes layer is replaced by a fake here (tests/unit/fakes.py): these are the failure
+The Kubernetes layer is replaced by a fake here (tests/support/fakes.py): these are the failure
 paths a real API server will not produce on demand. Happy paths run against the real
 control plane in tests/integration.
 """
