@@ -9,7 +9,6 @@ import base64
 import json
 from typing import Any, cast
 
-from core_builders import OPERATOR_NAMESPACE, cr_body, json_patch, ns, sa_body
 from test_core_admission import parse, synced
 
 from regcred.admission.webhook import Decider, LiveCredentials, Reviewer
@@ -18,6 +17,7 @@ from regcred.core.spec import PULL_SECRETS_ANNOTATION
 from regcred.kube.client import Kube
 from regcred.kube.errors import ApiUnavailable
 from regcred.settings import Settings
+from support.builders import OPERATOR_NAMESPACE, cr_body, json_patch, ns, sa_body
 
 
 class FakeDecider:

@@ -1,6 +1,6 @@
 """Error paths of the reconciler: what it records when the API refuses or fails.
 
-The Kubernetes layer is replaced by a fake here (tests/unit/fakes.py): these are the failure
+The Kubernetes layer is replaced by a fake here (tests/support/fakes.py): these are the failure
 paths a real API server will not produce on demand. Happy paths run against the real
 control plane in tests/integration.
 """
@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
-from fakes import CREDENTIAL, NAMESPACE, PASSWORD, Api, Wired, World, credential_body
 
 from regcred.core.plan import (
     AddPullSecret,
@@ -23,6 +22,8 @@ from regcred.core.plan import (
 )
 from regcred.kube.errors import ApiConflict, ApiRefused, ApiUnavailable, KubeError
 from regcred.sync.executor import Applied
+from support.builders import cr_body
+from support.fakes import CREDENTIAL, NAMESPACE, PASSWORD, Api, Wired, World
 
 NOT_OURS = Applied(wrote=False, not_ours="secret harbor exists and is not managed by regcred")
 
@@ -166,7 +167,7 @@ class IndexedDuringThePlan(ResumedWorld):
     def credential_bodies(self) -> list[Mapping[str, Any]]:
         self.reads += 1
         if self.reads > 2:
-            self.bodies["newer"] = credential_body("newer")
+            self.bodies["newer"] = cr_body("newer", generation=1)
         return super().credential_bodies()
 
 
