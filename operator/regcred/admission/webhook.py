@@ -1,10 +1,9 @@
 """The ServiceAccount admission webhook, wired into kopf: thin handlers over the core.
 
 Registered only with `--admission` (cli.run calls `register`). kopf's `WebhookServer` serves the
-requests (TLS, certificate reloads, the listener's life) on a thread and event loop of regcred's
-own, and hands each AdmissionReview to `Reviewer`, not to kopf's admission engine and an
-`@kopf.on.mutate` handler: that engine cost about 4 ms and a thread hop per ServiceAccount
-create, on the API server's critical path, and kopf's loop is shared with everything kopf does
+requests (TLS, certificate reloads, the listener's life) and hands each AdmissionReview to
+`Reviewer`, not to kopf's admission engine and an `@kopf.on.mutate` handler: that engine
+cost about 4 ms and a thread hop per ServiceAccount create, on the API server's critical path
 (docs/admission.md, "Why not kopf's admission engine"). The decision is
 `regcred.core.admission`. regcred writes the MutatingWebhookConfiguration itself rather than
 through kopf's `settings.admission.managed`: kopf 1.45's managed configuration hard-codes
@@ -30,7 +29,7 @@ import shutil
 import tempfile
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -392,10 +391,8 @@ class Admission:
 
 
 class AdmissionServer:
-    """kopf's `WebhookServer` with regcred's certificate, on a thread and event loop of its own:
-    on kopf's loop each review waited behind whatever the CR handlers, kopf's watches and the
-    peering had queued there (docs/admission.md, "Serving"). Each time it (re)starts
-    listening, the webhook configuration is registered with the CA that signed what it serves."""
+    """kopf's `WebhookServer` with regcred's certificate; each time it (re)starts listening,
+    the webhook configuration is registered with the CA that signed what it serves."""
 
     def __init__(self, kube: Kube, settings: Settings, registrar: Registrar, reviewer: Reviewer) -> None:
         assert settings.admission is not None
@@ -406,9 +403,6 @@ class AdmissionServer:
         self._registrar = registrar
         self._files = CertificateFiles()
         self.stopped = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._serving: asyncio.Task[None] | None = None
-        self._thread = threading.Thread(target=self._run, name="admission-server", daemon=True)
 
     def refresh_certificate(self) -> WebhookTLS:
         tls = ensure_certificate(self._kube, self._namespace, self._options.tls_secret,
@@ -423,16 +417,9 @@ class AdmissionServer:
             except KubeError as error:
                 log.warning("cannot check the webhook certificate", error=str(error))
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def _run(self) -> None:
-        with contextlib.suppress(asyncio.CancelledError):
-            asyncio.run(self._serve())
-
-    async def _serve(self) -> None:
-        self._loop, self._serving = asyncio.get_running_loop(), asyncio.current_task()
-        while not self.stopped.is_set():
+    async def __call__(self, _kopf_engine: Any) -> AsyncIterator[Any]:
+        """kopf starts this with its admission engine; the requests go to our `Reviewer`."""
+        while True:
             try:
                 await asyncio.to_thread(self.refresh_certificate)
                 break
@@ -441,15 +428,6 @@ class AdmissionServer:
                 await asyncio.sleep(2)
         threading.Thread(target=self._renew_periodically, name="webhook-certificate",
                          daemon=True).start()
-        while not self.stopped.is_set():
-            try:
-                await self._listen()
-            except OSError as error:  # the port taken, say: keep trying, the watch path covers it
-                log.error("cannot serve the admission webhook", listen=self._options.listen_port,
-                          error=str(error))
-                await asyncio.sleep(5)
-
-    async def _listen(self) -> None:
         server = kopf.WebhookServer(
             addr=self._options.listen_host, port=self._options.listen_port,
             certfile=self._files.cert, pkeyfile=self._files.key, cafile=self._files.ca,
@@ -460,18 +438,14 @@ class AdmissionServer:
                 await asyncio.to_thread(self._registrar.register, config.get("caBundle"))
             except KubeError as error:  # the configuration follows on the next CR event
                 log.warning("cannot register the admission webhook", error=str(error))
+            yield config
 
     def close(self) -> None:
-        """Stop listening (kopf's clean-up step: the process is exiting) and remove the files."""
         self.stopped.set()
-        if self._loop is not None and self._serving is not None:
-            with contextlib.suppress(RuntimeError):  # the loop has ended already
-                self._loop.call_soon_threadsafe(self._serving.cancel)
-            self._thread.join(timeout=5)
         self._files.remove()
 
 
-def start_admission(memo: kopf.Memo, **_: Any) -> None:
+def start_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     runtime = runtime_of(memo)
     regcred_settings = runtime.settings
     if runtime.get(Admission) is not None:  # kopf retries start-up steps: build once
@@ -485,7 +459,8 @@ def start_admission(memo: kopf.Memo, **_: Any) -> None:
     server = AdmissionServer(kube, regcred_settings, registrar, Reviewer(decider))
     runtime.add(Admission(decider, registrar, server))
     decider.credentials.start(kube, server.stopped)
-    server.start()  # not kopf's `settings.admission.server`: kopf would serve it on its loop
+    settings.admission.server = server
+    settings.admission.managed = None  # regcred writes the configuration (see the docstring)
 
 
 def _cached_namespace(runtime: Runtime, name: str) -> NamespaceInfo | None:
