@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
@@ -38,7 +39,7 @@ class Endpoint:
     def __init__(self, url: str, ca: Path) -> None:
         self.url, self.ca = url, ca
 
-    def ask(self, token: str, image: str) -> tuple[dict, str]:
+    def ask(self, token: str, image: str) -> tuple[dict[str, Any], str]:
         """What the real plugin answers the kubelet for this token and image, and its stderr."""
         request = {"apiVersion": "credentialprovider.kubelet.k8s.io/v1",
                    "kind": "CredentialProviderRequest", "image": image, "serviceAccountToken": token}
@@ -330,7 +331,7 @@ def test_without_the_node_rbac_the_kubelet_cannot_get_a_token_for_the_audience(
         subprocess.run([*kubectl, verb, "-f", str(NODE_RBAC)], check=False, capture_output=True)
 
 
-def _try_token(api, namespace: str, request: dict) -> str | None:
+def _try_token(api, namespace: str, request: dict[str, Any]) -> str | None:
     try:
         return api.create_namespaced_service_account_token("default", namespace, request).status.token
     except ApiException as error:

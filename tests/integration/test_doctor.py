@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from scenario import PASSWORD_MARK, Cluster, unique
@@ -22,7 +23,7 @@ from support.leaks import assert_not_shown
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("remove_new_credentials")]
 
 
-def doctor(kubeconfig: str, *args: str, output: str = "json") -> tuple[int, dict | str, str]:
+def doctor(kubeconfig: str, *args: str, output: str = "json") -> tuple[int, dict[str, Any] | str, str]:
     """Run the real CLI; returns (exit code, parsed JSON or the table, stderr)."""
     result = subprocess.run(
         [sys.executable, "-m", "regcred.cli", "doctor", "--kubeconfig", kubeconfig, "-o", output, *args],
@@ -33,7 +34,7 @@ def doctor(kubeconfig: str, *args: str, output: str = "json") -> tuple[int, dict
     return result.returncode, body, result.stderr
 
 
-def codes(report: dict) -> list[str]:
+def codes(report: dict[str, Any]) -> list[str]:
     return [finding["code"] for finding in report["findings"]]
 
 
@@ -42,7 +43,7 @@ def pod(cluster: Cluster, namespace: str, image: str, *, name: str = "app", poli
     container = {"name": "app", "image": image}
     if policy:
         container["imagePullPolicy"] = policy
-    spec: dict = {"containers": [container]}
+    spec: dict[str, Any] = {"containers": [container]}
     if pull_secrets:
         spec["imagePullSecrets"] = [{"name": n} for n in pull_secrets]
     if account:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -36,7 +37,7 @@ IMAGE = "harbor.example.com/team/app:1"
 
 def review(*, authenticated: bool = True, audiences=(AUDIENCE,),
            username="system:serviceaccount:team-a:default", pod=("app-1", "uid-1"),
-           node: str | None = "node-1") -> dict:
+           node: str | None = "node-1") -> dict[str, Any]:
     extra = {}
     if pod:
         extra["authentication.kubernetes.io/pod-name"] = [pod[0]]
@@ -47,7 +48,7 @@ def review(*, authenticated: bool = True, audiences=(AUDIENCE,),
             "user": {"username": username, "extra": extra}}
 
 
-def pod(uid="uid-1", account: str | None = "default", node="node-1") -> dict:
+def pod(uid="uid-1", account: str | None = "default", node="node-1") -> dict[str, Any]:
     spec = {"nodeName": node}
     if account:
         spec["serviceAccountName"] = account
