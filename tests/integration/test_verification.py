@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from controlplane import Certificates
 from scenario import PASSWORD_MARK, Cluster, password, unique
 
 from support.leaks import assert_not_shown
-from support.registry import Certificates, fake_registry
+from support.registry import fake_registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("remove_new_credentials")]
 

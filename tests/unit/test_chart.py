@@ -10,6 +10,7 @@ import yaml
 from render_manifests import CHART, differences, render
 
 from regcred.cli import build_parser, settings_from
+from support.helm import Helm
 
 SERVICE_MONITOR_API = "monitoring.coreos.com/v1/ServiceMonitor"
 
@@ -30,10 +31,11 @@ def only(documents: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 def container(documents: list[dict[str, Any]]) -> dict[str, Any]:
     [regcred] = only(documents, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert isinstance(regcred, dict)
     return regcred
 
 
-def refusal(helm, *args: str) -> str:
+def refusal(helm: Helm, *args: str) -> str:
     result = helm("template", "regcred", str(CHART), *args, check=False)
     assert result.returncode != 0, f"helm accepted {args}"
     return result.stderr

@@ -62,7 +62,9 @@ def test_a_pod_bound_token_gives_its_claims():
 
 
 def test_a_token_without_a_node_claim_has_none():
-    assert token_claims(review(node=None), AUDIENCE).node is None
+    claims = token_claims(review(node=None), AUDIENCE)
+    assert isinstance(claims, TokenClaims)
+    assert claims.node is None
 
 
 @pytest.mark.parametrize("status, reason", [
@@ -147,6 +149,7 @@ def test_a_frozen_credential_answers_nothing(frozen):
 def test_unmatched_namespace_or_account_is_refused_and_names_the_credential(namespace, account):
     cred = served(namespaces=("team-*",))
     result = resolve([cred], namespace, account, IMAGE)
+    assert isinstance(result, Refusal)
     assert result == Refusal(NOT_MATCHED, result.message, ("harbor-prod",))
     assert PASSWORD not in result.message and "pw-" not in result.message
 

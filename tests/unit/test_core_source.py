@@ -28,7 +28,9 @@ ENTRY = {"username": USERNAME, "password": PASSWORD, "auth": AUTH}
 
 
 def decoded(config: RenderedConfig) -> dict[str, Any]:
-    return json.loads(base64.b64decode(config.encoded))
+    document = json.loads(base64.b64decode(config.encoded))
+    assert isinstance(document, dict)
+    return document
 
 
 def dockerconfig(auths: dict[str, Any], **extra) -> SourceSecret:

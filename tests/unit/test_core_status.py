@@ -23,6 +23,7 @@ def build(previous=None, now=T1, **kwargs):
 def ready(status) -> dict[str, Any]:
     (condition,) = status["conditions"]
     assert condition["type"] == "Ready"
+    assert isinstance(condition, dict)
     return condition
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from controlplane import Certificates
 from prometheus_client import generate_latest
 
 from regcred.core.conditions import CREDENTIALS_VERIFIED as CONDITION
@@ -35,7 +36,7 @@ from regcred.sync.ledger import Ledger, StatusPublisher
 from regcred.verification.verifier import Verification, check
 from support import fakes
 from support.builders import PASSWORD, basic_source, cr_body, make_spec
-from support.registry import Certificates, fake_registry
+from support.registry import fake_registry
 from support.wait import wait_for
 
 WRONG = "wrong-" + PASSWORD
