@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from operator_process import OperatorProcess, free_port
+from controlplane import free_port
+from operator_process import OperatorProcess
 from scenario import SERVER, Cluster, credential_spec, password, unique
 
 # regcred registers its MutatingWebhookConfiguration itself, under this name (regcred/admission/webhook.py).
