@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The `helm` the chart is tested with: from $PATH when present, else built from Go modules.
 
 Nothing can be downloaded here except from package registries, so, like the control plane's
@@ -20,12 +19,11 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from controlplane import ControlPlaneError, _executable, _go, _go_build, build_missing, log
+from regcred_dev.build import build_missing, go, go_build, is_executable
+from regcred_dev.process import ControlPlaneError, log
 
 # The helm release the chart is tested with (Helm 4; the chart stays Helm 3 compatible).
 DEFAULT_HELM_VERSION = "v4.3.2"
@@ -79,19 +77,19 @@ def _build(names: list[str], target: Path) -> None:
         (module / "go.sum").unlink(missing_ok=True)
     (module / "tools.go").write_text(tools)
     if not (module / "go.sum").exists():
-        _go(["mod", "tidy"], module, build_log)
+        go(["mod", "tidy"], module, build_log)
     # helm's own Makefile sets the version this way; `helm version` then names the release.
     ldflags = f"-s -w -X {HELM_MODULE}/internal/version.version={HELM_VERSION}" \
               f" -X {HELM_MODULE}/internal/version.gitTreeState=clean"
     if HELM_MODULE.endswith("/v3"):
         ldflags += _helm3_kubernetes_version_flags((module / "go.mod").read_text())
-    _go_build(module, f"{HELM_MODULE}/cmd/helm", target / HELM, ldflags, build_log)
+    go_build(module, f"{HELM_MODULE}/cmd/helm", target / HELM, ldflags, build_log)
 
 
 def build_helm() -> Path:
     """The cached helm of HELM_VERSION, built first if missing (a file lock serialises builds)."""
     target = cache_dir()
-    if not _executable(target / HELM):
+    if not is_executable(target / HELM):
         try:
             build_missing(target, [HELM], _build)
         except ControlPlaneError as error:
@@ -103,7 +101,7 @@ def helm_binary() -> Path:
     """`REGCRED_HELM`, else the helm on $PATH, else the cached build of HELM_VERSION."""
     chosen = os.environ.get("REGCRED_HELM")
     if chosen:
-        if not _executable(Path(chosen)):
+        if not is_executable(Path(chosen)):
             raise HelmError(f"REGCRED_HELM={chosen} is not an executable file")
         return Path(chosen)
     on_path = shutil.which(HELM)
@@ -132,7 +130,3 @@ def main(argv: list[str] | None = None) -> int:
     print(helm)
     log(f"{helm_version(helm)} ready in {time.monotonic() - started:.1f}s")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

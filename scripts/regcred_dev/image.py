@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """regcred's image, built from the repository's Dockerfile without a Docker daemon.
 
 No Docker daemon runs here and Docker Hub is out of reach; Debian's archive is not. So:
@@ -22,6 +21,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,11 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import images
-from controlplane import ControlPlaneError, run_command
+from regcred_dev import REPO, images, nodedeps
+from regcred_dev.process import ControlPlaneError, run_command
 
-REPO = Path(__file__).resolve().parents[1]
 SUITE = "bookworm"
 MIRRORS = (f"deb http://deb.debian.org/debian {SUITE} main",
            f"deb http://deb.debian.org/debian {SUITE}-updates main",
@@ -65,6 +63,16 @@ def log(message: str) -> None:
     print(f"[image] {message}", file=sys.stderr, flush=True)
 
 
+def regcred_version(init: str | None = None) -> str:
+    """`__version__` of operator/regcred/__init__.py, read as text: this runs under the
+    system python3 (`make image`), where regcred is not installed."""
+    text = init if init is not None else (REPO / "operator" / "regcred" / "__init__.py").read_text()
+    found = re.search(r'^__version__ = "([^"]+)"$', text, re.M)
+    if not found:
+        raise ImageError("no `__version__ = \"...\"` line in operator/regcred/__init__.py")
+    return found.group(1)
+
+
 def cache_dir() -> Path:
     base = os.environ.get("REGCRED_IMAGE_CACHE")
     return Path(base) if base else Path.home() / ".cache" / "regcred" / "image"
@@ -74,8 +82,6 @@ def unavailable_reason() -> str | None:
     """Why no image can be built here (not root, packages missing), or None."""
     if os.geteuid() != 0:
         return "building the image needs root (buildah and mmdebstrap run as root here): run as root"
-    import nodedeps
-
     return nodedeps.missing_reason("building regcred's image", among=nodedeps.IMAGE_PACKAGES)
 
 
@@ -160,8 +166,7 @@ def ensure_image(tag: str | None = None) -> Path:
     if reason:
         raise ImageError(reason)
     if tag is None:
-        sys.path.insert(0, str(REPO / "operator"))
-        from regcred import __version__ as tag
+        tag = regcred_version()
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     recipe = hashlib.sha256(json.dumps([base_command(), MIRRORS]).encode()).hexdigest()[:12]
@@ -208,7 +213,3 @@ def main(argv: list[str] | None = None) -> int:
             print(path)
 
     return run_command(command)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """regcred as users run it: its image, pushed to a private registry, installed by its chart.
 
 The steps a user takes, on the local control plane and a real node (docs/testing.md):
@@ -7,7 +6,7 @@ The steps a user takes, on the local control plane and a real node (docs/testing
 3. create the release namespace and a pull secret for that registry in it;
 4. `helm install` charts/regcred with `image.repository`, `image.tag` and `imagePullSecrets`;
 5. wait until both replicas are Running and Ready (the chart's readiness probe).
-The node runs with a pod network of its own (scripts/podnet.py): pods have their own
+The node runs with a pod network of its own (scripts/regcred_dev/podnet.py): pods have their own
 addresses, the API server reaches the webhook Service's endpoints, and in-cluster config
 reaches the API server at the `kubernetes` Service's address. The test cluster runs no
 scheduler: `Binder` binds each pending pod to the one node, which is all kube-scheduler
@@ -25,22 +24,18 @@ import json
 import os
 import secrets
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import image
-import images
-import podnet
-from controlplane import ControlPlane, ControlPlaneError, keep_running, log, run_command, wait_until
-from helm import helm_binary
-from node import Node
-from registry import Registry
+from regcred_dev import REPO, image, images, podnet
+from regcred_dev.controlplane import ControlPlane
+from regcred_dev.helm import helm_binary
+from regcred_dev.node import Node
+from regcred_dev.process import ControlPlaneError, keep_running, log, run_command, wait_until
+from regcred_dev.registry import Registry
 
-REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "regcred"
 RELEASE, NAMESPACE = "regcred", "regcred-system"
 PULL_SECRET = "regcred-image"
@@ -235,7 +230,7 @@ class InCluster:
         peers: dict[str, dict[str, Any]] = peering.get("status", {})
         by_priority = sorted(((info.get("priority", 0), peer) for peer, info in peers.items()
                               if isinstance(info, dict)), reverse=True)
-        names = {pod["metadata"]["name"] for pod in self.ready_pods()}
+        names: set[str] = {pod["metadata"]["name"] for pod in self.ready_pods()}
         for _, peer in by_priority:
             for name in names:
                 if f"@{name}" in peer:
@@ -274,8 +269,4 @@ def main(argv: list[str] | None = None) -> int:
             keep_running((*cluster.plane.components.values(), *cluster.node.components.values()))
 
     return run_command(command)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 

@@ -1,12 +1,11 @@
-#!/usr/bin/env python3
 """Regenerate tests/unit/data/kubelet_rules.json and kubelet_configs.json from the kubelet's
 own code.
 
     python3 scripts/kubelet_rules.py          # after editing tests/unit/data/kubelet_*_cases.json
-                                              # or bumping controlplane.KUBERNETES_VERSION
+                                              # or bumping build.KUBERNETES_VERSION
 
 It runs scripts/kubelet_rules/main.go inside a copy of the control plane's build module
-(scripts/controlplane.py: the same k8s.io/kubernetes version, go.mod and go.sum, so no new
+(scripts/regcred_dev/build.py: the same k8s.io/kubernetes version, go.mod and go.sum, so no new
 downloads), feeding it the cases and writing what the kubelet computes. The unit tests
 tests/unit/test_doctor_kubelet_rules.py (image parsing, `auths` matching) and
 tests/unit/test_kubelet_configs.py (what the kubelet reads from a `.dockerconfigjson`) check
@@ -24,9 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-import controlplane  # noqa: E402
+from regcred_dev import REPO, build
 
 DATA = REPO / "tests" / "unit" / "data"
 CASES = DATA / "kubelet_rules_cases.json"
@@ -38,9 +35,9 @@ PROGRAM = REPO / "scripts" / "kubelet_rules" / "main.go"
 
 def build_module() -> Path:
     """The control plane's kubernetes module dir (go.mod + go.sum), built if missing."""
-    module = controlplane.cache_dir() / "src" / "kubernetes"
+    module = build.cache_dir() / "src" / "kubernetes"
     if not (module / "go.sum").exists():
-        controlplane.ensure_binaries()
+        build.ensure_binaries()
     return module
 
 
@@ -54,7 +51,7 @@ def main() -> int:
         shutil.copy(source / "go.sum", module / "go.sum")
         shutil.copy(PROGRAM, module / "main.go")
         env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0",
-               "KUBERNETES_VERSION": controlplane.KUBERNETES_VERSION}
+               "KUBERNETES_VERSION": build.KUBERNETES_VERSION}
         cases = {**json.loads(CASES.read_text()), **json.loads(CONFIG_CASES.read_text())}
         result = subprocess.run(["go", "run", "."], cwd=module, env=env,
                                 input=json.dumps(cases).encode(), capture_output=True)
@@ -66,9 +63,5 @@ def main() -> int:
     configs["configs"] = rules.pop("configs")
     for path, table in ((OUTPUT, rules), (CONFIG_OUTPUT, configs)):
         path.write_text(json.dumps(table, indent=2, ensure_ascii=False) + "\n")
-        print(f"wrote {path.relative_to(REPO)} ({controlplane.KUBERNETES_VERSION})")
+        print(f"wrote {path.relative_to(REPO)} ({build.KUBERNETES_VERSION})")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

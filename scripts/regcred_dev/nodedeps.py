@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """The Debian packages a test node needs, and installing them (`make node-deps`).
 
 The node (scripts/node.py) runs Debian's containerd, runc and CNI plugins; the private
-registry (scripts/registry.py) is Debian's docker-registry; the test image is busybox-static;
+registry (scripts/regcred_dev/registry.py) is Debian's docker-registry; the test image is busybox-static;
 regcred's own image (scripts/image.py) is built with mmdebstrap and buildah.
 As root on Debian the missing ones are installed with apt-get, with service start-up
 blocked (docker-registry's package would otherwise start a registry on every interface);
@@ -25,7 +24,7 @@ PACKAGE_FILES: dict[str, tuple[str, ...]] = {
     "docker-registry": ("/usr/bin/docker-registry",),
     "busybox-static": ("/bin/busybox",),
     "openssl": ("/usr/bin/openssl",),
-    "iproute2": ("/bin/ip",),  # the pod network's namespace (scripts/podnet.py)
+    "iproute2": ("/bin/ip",),  # the pod network's namespace (scripts/regcred_dev/podnet.py)
     # regcred's image (scripts/image.py): the base from Debian packages, the Dockerfile daemonless
     "mmdebstrap": ("/usr/bin/mmdebstrap",),
     "buildah": ("/usr/bin/buildah",),
@@ -123,7 +122,3 @@ def main() -> int:
         print(f"[node-deps] still missing after apt-get: {' '.join(still)}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

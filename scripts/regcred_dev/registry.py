@@ -25,9 +25,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import nodedeps
-from controlplane import (
-    Certificates,
+from regcred_dev import nodedeps
+from regcred_dev.images import Image
+from regcred_dev.pki import Certificates
+from regcred_dev.process import (
     Component,
     ControlPlaneError,
     RunContext,
@@ -38,7 +39,6 @@ from controlplane import (
     orphaned_run_dirs,
     wait_until,
 )
-from images import Image
 
 TEMP_PREFIX = "regcred-registry-"
 REGISTRY_BINARY = Path("/usr/bin/docker-registry")

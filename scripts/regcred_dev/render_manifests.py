@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Render manifests/ (the kustomize bundle) from the Helm chart, the single install source.
 
     python scripts/render_manifests.py          # write charts/regcred/crds/ and manifests/
@@ -19,10 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helm import HelmError, helm_binary
+from regcred_dev import REPO
+from regcred_dev.helm import HelmError, helm_binary
 
-REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "regcred"
 CRDS = REPO / "crds"
 MANIFESTS = REPO / "manifests"
@@ -111,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     differing = differences(files)
     if args.check:
-        for path in differing:
-            print(f"differs from the chart: {path}")
+        for name in differing:
+            print(f"differs from the chart: {name}")
         if differing:
             print("run `make manifests`", file=sys.stderr)
         return 1 if differing else 0
@@ -122,10 +120,6 @@ def main(argv: list[str] | None = None) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists() or path.read_text() != text:
             path.write_text(text)
-    for path in differing:
-        print(f"wrote {path}")
+    for name in differing:
+        print(f"wrote {name}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from controlplane import ControlPlane
 
 from regcred.kube.errors import CRD_MISSING, DOCTOR_ROLE, OPERATOR_ROLE, UNAUTHORIZED, Cause, forbidden
+from regcred_dev.controlplane import ControlPlane
 
 pytestmark = [pytest.mark.integration]
 

@@ -20,10 +20,12 @@ from pathlib import Path
 
 import pytest
 from kubernetes.client.exceptions import ApiException
-from node import NODE_NAME, CredentialProvider
 from node_fixtures import REGISTRY_USER
 from operator_process import OperatorProcess, free_port
 from scenario import OPERATOR_NAMESPACE, PASSWORD_MARK, Cluster, password, unique
+
+from regcred_dev.node import NODE_NAME
+from regcred_dev.nodeconfig import CredentialProvider
 
 pytestmark = [pytest.mark.integration, pytest.mark.node, pytest.mark.usefixtures("remove_new_credentials")]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from render_manifests import CHART, differences, render
 
 from regcred.cli import build_parser, settings_from
+from regcred_dev.render_manifests import CHART, differences, render
 
 SERVICE_MONITOR_API = "monitoring.coreos.com/v1/ServiceMonitor"
 

@@ -1,0 +1,9 @@
+#!/usr/bin/env python3
+"""The command line of regcred_dev.node (usage in its docstring)."""
+
+import sys
+
+from regcred_dev.node import main
+
+if __name__ == "__main__":
+    sys.exit(main())
