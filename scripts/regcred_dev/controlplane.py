@@ -80,24 +80,24 @@ class ControlPlane(RunContext):
     # Paths and addresses, valid once started.
     @property
     def kubeconfig(self) -> Path:
-        return self._path("admin.kubeconfig")
+        return self.run_path("admin.kubeconfig")
 
     @property
     def ca(self) -> Path:
-        return self._path("pki/ca.crt")
+        return self.run_path("pki/ca.crt")
 
     @property
     def admin_cert(self) -> Path:
-        return self._path("pki/admin.crt")
+        return self.run_path("pki/admin.crt")
 
     @property
     def admin_key(self) -> Path:
-        return self._path("pki/admin.key")
+        return self.run_path("pki/admin.key")
 
     @property
     def audit_log(self) -> Path:
         """Metadata-level audit events (JSON lines): who did which verb on what."""
-        return self._path("logs/audit.jsonl")
+        return self.run_path("logs/audit.jsonl")
 
     def start(self) -> ControlPlane:
         started = time.monotonic()
@@ -105,7 +105,7 @@ class ControlPlane(RunContext):
         _remove_orphaned_dirs()
         self.dir = make_run_dir(TEMP_PREFIX)
         atexit.register(self.stop)
-        with self._stopped_on_failure():
+        with self.stopped_on_failure():
             self._configure(binaries)
             for name in BINARIES:
                 self.start_component(name)
@@ -273,7 +273,8 @@ class ControlPlane(RunContext):
     def user_kubeconfig(self, user: str, groups: tuple[str, ...] = ()) -> Path:
         """A kubeconfig for another identity (client cert CN=user, O=groups), e.g. to test RBAC."""
         cert, key = self.pki.issue(user, groups)
-        return write_kubeconfig(self._path(f"{cert.stem}.kubeconfig"), self.server, self.ca, cert, key, user)
+        return write_kubeconfig(self.run_path(f"{cert.stem}.kubeconfig"), self.server, self.ca, cert, key,
+                                user)
 
     def stop(self, failed: bool = False) -> None:
         """Stop every process, keep the logs if `failed`, remove the temp dir. Idempotent."""

@@ -96,7 +96,7 @@ class Node(RunContext):
 
     @property
     def containerd_socket(self) -> Path:
-        return self._path("containerd/containerd.sock")
+        return self.run_path("containerd/containerd.sock")
 
     @staticmethod
     def unavailable_reason() -> str | None:
@@ -117,7 +117,7 @@ class Node(RunContext):
             self.dir = make_run_dir(TEMP_PREFIX)
             save_baseline()
         atexit.register(self.stop)
-        with self._stopped_on_failure(self._why_not_ready):
+        with self.stopped_on_failure(self._why_not_ready):
             self._configure(binaries[KUBELET])
             self.components["containerd"].start()
             wait_until(self._containerd_up, self.start_timeout, "containerd answering on its socket")
@@ -186,12 +186,12 @@ class Node(RunContext):
 
     def _with_provider(self, provider: CredentialProvider) -> list[str]:
         """The kubelet's command line with regcred's credential provider configured."""
-        bin_dir = self._path("credential-providers")
+        bin_dir = self.run_path("credential-providers")
         bin_dir.mkdir(exist_ok=True)
         link = bin_dir / PROVIDER_NAME
         link.unlink(missing_ok=True)
         link.symlink_to(provider.plugin)
-        config = self._path("credential-provider.yaml")
+        config = self.run_path("credential-provider.yaml")
         config.write_text(json.dumps(credential_provider_config(provider), indent=2))
         return [*self._kubelet_argv, "--image-credential-provider-config", str(config),
                 "--image-credential-provider-bin-dir", str(bin_dir)]
@@ -249,7 +249,7 @@ class Node(RunContext):
         """Let containerd pull from `host` (HOST:PORT) over TLS, trusting `ca`; containerd
         reads `certs.d` on every pull, so this works on a running node (and the file is
         replaced atomically: a pull never reads half of it)."""
-        directory = self._path("containerd/certs.d") / host
+        directory = self.run_path("containerd/certs.d") / host
         directory.mkdir(parents=True, exist_ok=True)
         partial = directory / f".hosts.toml.{os.getpid()}"
         partial.write_text(registry_hosts(host, ca))

@@ -152,7 +152,7 @@ class RunContext:
         self.stop(failed=exc is not None and not isinstance(exc, KeyboardInterrupt))
 
     @contextlib.contextmanager
-    def _stopped_on_failure(self, why: Callable[[], str] = lambda: "") -> Iterator[None]:
+    def stopped_on_failure(self, why: Callable[[], str] = lambda: "") -> Iterator[None]:
         """Around a start: on any failure stop (keeping the logs unless it was Ctrl-C) and
         re-raise as `error_type`, with `why()` and where the logs are."""
         try:
@@ -164,7 +164,7 @@ class RunContext:
                 raise self.error_type(f"{error}{detail}; logs kept in {self.kept_logs}") from error
             raise
 
-    def _path(self, relative: str) -> Path:
+    def run_path(self, relative: str) -> Path:
         if self.dir is None:
             raise ControlPlaneError(f"{type(self).__name__} not started")
         return self.dir / relative
@@ -172,7 +172,7 @@ class RunContext:
     @property
     def log_dir(self) -> Path:
         """Where the processes' logs go (kept on failure, see `keep_logs`)."""
-        return self._path("logs")
+        return self.run_path("logs")
 
 
 

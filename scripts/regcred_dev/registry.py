@@ -103,11 +103,11 @@ class Registry(RunContext):
 
     @property
     def htpasswd(self) -> Path:
-        return self._path("htpasswd")
+        return self.run_path("htpasswd")
 
     @property
     def log_path(self) -> Path:
-        return self._path("registry.log")
+        return self.run_path("registry.log")
 
     @staticmethod
     def unavailable_reason() -> str | None:
@@ -137,7 +137,7 @@ class Registry(RunContext):
         for orphan in orphaned_run_dirs(TEMP_PREFIX):
             shutil.rmtree(orphan, ignore_errors=True)
         self.dir = make_run_dir(TEMP_PREFIX)
-        with self._stopped_on_failure():
+        with self.stopped_on_failure():
             self.port = free_port()
             self._write_htpasswd()
             config_path = self.dir / "config.yml"
