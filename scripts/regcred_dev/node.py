@@ -29,7 +29,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from regcred_dev import images, nodedeps, podnet
+from regcred_dev import images, nodedeps, podnet, process
 from regcred_dev.build import KUBELET
 from regcred_dev.controlplane import ControlPlane
 from regcred_dev.nodeconfig import (
@@ -43,18 +43,7 @@ from regcred_dev.nodeconfig import (
     registry_hosts,
 )
 from regcred_dev.pki import write_kubeconfig
-from regcred_dev.process import (
-    STOP_GRACE,
-    Component,
-    RunContext,
-    free_port,
-    keep_logs,
-    keep_running,
-    log,
-    make_run_dir,
-    run_command,
-    wait_until,
-)
+from regcred_dev.process import STOP_GRACE, Component, RunContext, log, wait_until
 from regcred_dev.teardown import (
     TEMP_PREFIX,
     NodeError,
@@ -114,7 +103,7 @@ class Node(RunContext):
         assert binaries is not None, "start the control plane first"
         with host_lock():
             sweep()
-            self.dir = make_run_dir(TEMP_PREFIX)
+            self.dir = process.make_run_dir(TEMP_PREFIX)
             save_baseline()
         atexit.register(self.stop)
         with self.stopped_on_failure(self._why_not_ready):
@@ -165,7 +154,7 @@ class Node(RunContext):
         serving = pki.issue(f"kubelet-{run_dir.name}", (), "server")
         kubeconfig = write_kubeconfig(run_dir / "kubelet.kubeconfig", self.control_plane.server,
                                       pki.ca, *client, f"system:node:{self.name}")
-        self.port, self.healthz_port = free_port(), free_port()
+        self.port, self.healthz_port = process.free_port(), process.free_port()
         kubelet_yaml = run_dir / "kubelet.yaml"
         kubelet_yaml.write_text(json.dumps(
             kubelet_config(run_dir, pki.ca, serving, self.port, self.healthz_port), indent=2))
@@ -272,7 +261,7 @@ class Node(RunContext):
         if self.pod_network:
             self.pod_network.close()
         if failed and self.log_dir.exists():
-            self.kept_logs = keep_logs(self.log_dir)
+            self.kept_logs = process.keep_logs(self.log_dir)
             log(f"node failed; logs kept in {self.kept_logs}")
         run_dir, self.dir = self.dir, None
         with host_lock():
@@ -297,6 +286,6 @@ def main(argv: list[str] | None = None) -> int:
         with ControlPlane() as plane, Node(plane) as node:
             print(f"export KUBECONFIG={plane.kubeconfig}", flush=True)
             print(f"# node run dir: {node.dir}", flush=True)
-            keep_running((*plane.components.values(), *node.components.values()))
+            process.keep_running((*plane.components.values(), *node.components.values()))
 
-    return run_command(command)
+    return process.run_command(command)

@@ -15,7 +15,14 @@ from typing import Any
 
 from regcred_dev.process import ControlPlaneError
 
-_OPENSSL_CONFIG = """\
+# What the server and the client certificates share (an end-entity key for TLS).
+_LEAF = """\
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+"""
+_OPENSSL_CONFIG = f"""\
 [req]
 distinguished_name = dn
 prompt = no
@@ -26,19 +33,11 @@ basicConstraints = critical,CA:TRUE
 keyUsage = critical,keyCertSign,cRLSign,digitalSignature
 subjectKeyIdentifier = hash
 [server]
-basicConstraints = critical,CA:FALSE
-keyUsage = critical,digitalSignature,keyEncipherment
-extendedKeyUsage = serverAuth
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid
+{_LEAF}extendedKeyUsage = serverAuth
 subjectAltName = IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,\
 DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
 [client]
-basicConstraints = critical,CA:FALSE
-keyUsage = critical,digitalSignature,keyEncipherment
-extendedKeyUsage = clientAuth
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid
+{_LEAF}extendedKeyUsage = clientAuth
 """
 
 

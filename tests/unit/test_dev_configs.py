@@ -11,17 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from regcred_dev import build, image, nodedeps, podnet
-from regcred_dev.nodeconfig import (
-    PAUSE_IMAGE,
-    PROVIDER_NAME,
-    CredentialProvider,
-    cni_config,
-    containerd_config,
-    credential_provider_config,
-    kubelet_config,
-    registry_hosts,
-)
+from regcred_dev import build, image, nodeconfig, nodedeps, podnet
 from regcred_dev.pki import kubeconfig
 from regcred_dev.process import ControlPlaneError
 
@@ -30,7 +20,7 @@ CA = Path("/tmp/regcred-cp-x/pki/ca.crt")
 
 
 def test_containerd_config_keeps_every_path_in_the_run_dir() -> None:
-    config = tomllib.loads(containerd_config(RUN))
+    config = tomllib.loads(nodeconfig.containerd_config(RUN))
     cri = config["plugins"]["io.containerd.grpc.v1.cri"]
     assert config["version"] == 2
     assert config["grpc"]["address"] == f"{RUN}/containerd/containerd.sock"
@@ -46,8 +36,8 @@ def test_containerd_config_keeps_every_path_in_the_run_dir() -> None:
 def test_containerd_config_fits_this_vm() -> None:
     """The pause image is the imported one; no CAP_SYS_RESOURCE; cgroupfs like the kubelet;
     pod netns mounts under the run dir, so the run's unmount removes them."""
-    cri = tomllib.loads(containerd_config(RUN))["plugins"]["io.containerd.grpc.v1.cri"]
-    assert cri["sandbox_image"] == PAUSE_IMAGE
+    cri = tomllib.loads(nodeconfig.containerd_config(RUN))["plugins"]["io.containerd.grpc.v1.cri"]
+    assert cri["sandbox_image"] == nodeconfig.PAUSE_IMAGE
     assert cri["restrict_oom_score_adj"] is True
     assert cri["netns_mounts_under_state_dir"] is True
     assert cri["stream_server_address"] == "127.0.0.1"
@@ -56,8 +46,8 @@ def test_containerd_config_fits_this_vm() -> None:
 
 def test_kubelet_config_talks_to_the_runs_containerd_on_loopback() -> None:
     serving = (RUN / "kubelet.crt", RUN / "kubelet.key")
-    config = kubelet_config(RUN, CA, serving, 10250, 10248)
-    containerd = tomllib.loads(containerd_config(RUN))
+    config = nodeconfig.kubelet_config(RUN, CA, serving, 10250, 10248)
+    containerd = tomllib.loads(nodeconfig.containerd_config(RUN))
     assert config["containerRuntimeEndpoint"] == f"unix://{containerd['grpc']['address']}"
     assert (config["address"], config["healthzBindAddress"]) == ("127.0.0.1", "127.0.0.1")
     assert (config["port"], config["healthzPort"], config["readOnlyPort"]) == (10250, 10248, 0)
@@ -69,14 +59,15 @@ def test_kubelet_config_talks_to_the_runs_containerd_on_loopback() -> None:
 
 
 def test_kubelet_config_authenticates_only_the_runs_ca() -> None:
-    config = kubelet_config(RUN, CA, (RUN / "c", RUN / "k"), 1, 2)
+    config = nodeconfig.kubelet_config(RUN, CA, (RUN / "c", RUN / "k"), 1, 2)
     assert config["authentication"] == {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
                                         "x509": {"clientCAFile": str(CA)}}
     assert config["authorization"] == {"mode": "Webhook"}
 
 
 def test_cni_config_is_loopback_only_and_named_after_the_run() -> None:
-    assert cni_config(RUN) == {"cniVersion": "0.4.0", "name": RUN.name, "plugins": [{"type": "loopback"}]}
+    assert nodeconfig.cni_config(RUN) == {"cniVersion": "0.4.0", "name": RUN.name,
+                                          "plugins": [{"type": "loopback"}]}
 
 
 def test_pod_network_cni_config_keeps_its_leases_in_the_run_and_routes_only_the_pod_subnet() -> None:
@@ -91,12 +82,12 @@ def test_pod_network_cni_config_keeps_its_leases_in_the_run_and_routes_only_the_
 
 
 def test_credential_provider_config_asks_for_the_pods_service_account_token() -> None:
-    provider = CredentialProvider(plugin=Path("/bin/true"), url="https://127.0.0.1:8443", ca=CA,
+    provider = nodeconfig.CredentialProvider(plugin=Path("/bin/true"), url="https://127.0.0.1:8443", ca=CA,
                                   match_images=("127.0.0.1:*", "*.example.com"))
-    config = credential_provider_config(provider)
+    config = nodeconfig.credential_provider_config(provider)
     (entry,) = config["providers"]
     assert config["kind"] == "CredentialProviderConfig"
-    assert entry["name"] == PROVIDER_NAME
+    assert entry["name"] == nodeconfig.PROVIDER_NAME
     assert entry["matchImages"] == ["127.0.0.1:*", "*.example.com"]
     assert entry["args"] == ["--url", "https://127.0.0.1:8443", "--ca-file", str(CA)]
     assert entry["tokenAttributes"] == {"serviceAccountTokenAudience": "regcred.dev/credential-provider",
@@ -104,7 +95,7 @@ def test_credential_provider_config_asks_for_the_pods_service_account_token() ->
 
 
 def test_registry_hosts_trusts_the_ca_on_the_host_and_on_the_server() -> None:
-    hosts = tomllib.loads(registry_hosts("127.0.0.1:5001", CA))
+    hosts = tomllib.loads(nodeconfig.registry_hosts("127.0.0.1:5001", CA))
     assert hosts["server"] == "https://127.0.0.1:5001"
     assert hosts["ca"] == str(CA)
     assert hosts["host"] == {"https://127.0.0.1:5001": {"capabilities": ["pull", "resolve"], "ca": str(CA)}}
