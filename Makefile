@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check operator tests scripts bench
 
-# mypy --strict on operator/regcred (settings in pyproject.toml, [tool.mypy]).
+# mypy --strict on operator/regcred, tests/support and scripts (settings in pyproject.toml, [tool.mypy]).
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
 
