@@ -26,6 +26,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from regcred_dev import cpconfig
 from regcred_dev.build import APISERVER, BINARIES, CONTROLLER_MANAGER, ETCD, KUBECTL, ensure_binaries
 from regcred_dev.pki import Certificates, write_kubeconfig
 from regcred_dev.process import (
@@ -43,10 +44,6 @@ from regcred_dev.process import (
     wait_until,
 )
 
-# deployment and replicaset: the onboarding burst test (tests/integration/test_admission.py)
-# needs Pods created the way a ReplicaSet creates them, the instant a ServiceAccount exists.
-CONTROLLERS = ("garbagecollector,namespace,serviceaccount,serviceaccount-token,root-ca-cert-publisher,"
-               "deployment,replicaset")
 TEMP_PREFIX = "regcred-cp-"
 
 
@@ -120,71 +117,26 @@ class ControlPlane(RunContext):
         pki = Certificates(self.dir / "pki")
         admin_cert, admin_key = pki.issue("admin", ("system:masters",))
         kcm_cert, kcm_key = pki.issue("kube-controller-manager", ("system:masters",))
-        # How the API server authenticates to a node's kubelet (`kubectl logs`, scripts/node.py).
-        kubelet_client_cert, kubelet_client_key = pki.issue("kube-apiserver-kubelet-client",
-                                                            ("system:masters",))
+        kubelet_client = pki.issue("kube-apiserver-kubelet-client", ("system:masters",))
         self.pki = pki
         self.etcd_port, self.etcd_peer_port, self.port = free_port(), free_port(), free_port()
         self.server = f"https://127.0.0.1:{self.port}"
-        etcd_url = f"http://127.0.0.1:{self.etcd_port}"
         write_kubeconfig(self.kubeconfig, self.server, pki.ca, admin_cert, admin_key, "admin")
         kcm_config = write_kubeconfig(self.dir / "controller-manager.kubeconfig", self.server, pki.ca,
                                       kcm_cert, kcm_key, "kube-controller-manager")
-        audit_policy = self.dir / "audit-policy.json"
-        audit_policy.write_text(json.dumps({
-            "apiVersion": "audit.k8s.io/v1", "kind": "Policy",
-            "omitStages": ["RequestReceived", "ResponseStarted"],
-            "rules": [{"level": "None", "users": ["system:apiserver"]}, {"level": "Metadata"}],
-        }))
-        peer_url = f"http://127.0.0.1:{self.etcd_peer_port}"
+        policy = self.dir / "audit-policy.json"
+        policy.write_text(json.dumps(cpconfig.audit_policy()))
+        proxy = self.pod_network_proxy
         argv = {
-            ETCD: [str(binaries[ETCD]), "--name", "regcred-test", "--data-dir", str(self.dir / "etcd"),
-                   "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
-                   "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-                   "--initial-cluster", f"regcred-test={peer_url}",
-                   "--unsafe-no-fsync", "--quota-backend-bytes", str(4 << 30), "--log-level", "warn"],
-            APISERVER: [str(binaries[APISERVER]), "--etcd-servers", etcd_url,
-                        "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
-                        "--secure-port", str(self.port), "--cert-dir", str(self.dir / "pki"),
-                        "--tls-cert-file", str(pki.server), "--tls-private-key-file", str(pki.server_key),
-                        "--client-ca-file", str(pki.ca),
-                        "--service-account-key-file", str(pki.sa_pub),
-                        "--service-account-signing-key-file", str(pki.sa_key),
-                        "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
-                        "--service-cluster-ip-range", "10.0.0.0/24",
-                        "--authorization-mode", "Node,RBAC",
-                        # As kubeadm and managed clusters run it: a kubelet may only touch its
-                        # own Node and Pods, and request ServiceAccount tokens only for the
-                        # audiences RBAC grants it (the credential provider's, docs/credential-provider.md).
-                        "--enable-admission-plugins", "NodeRestriction",
-                        "--kubelet-client-certificate", str(kubelet_client_cert),
-                        "--kubelet-client-key", str(kubelet_client_key),
-                        "--kubelet-certificate-authority", str(pki.ca),
-                        # A node's name is `localhost`: reach it there, never on another address.
-                        "--kubelet-preferred-address-types", "Hostname",
-                        "--enable-priority-and-fairness=false", "--profiling=false",
-                        # Loopback can't be an Endpoints address; nothing runs in-cluster anyway.
-                        "--endpoint-reconciler-type", "none",
-                        # On SIGTERM, close idle connections after 2s instead of waiting 60s for watches.
-                        "--shutdown-send-retry-after=true",
-                        "--audit-policy-file", str(audit_policy), "--audit-log-path", str(self.audit_log),
-                        "--audit-log-maxsize", "0", "--audit-log-mode", "blocking",
-                        *(["--enable-aggregator-routing=true"] if self.pod_network_proxy else [])],
-            CONTROLLER_MANAGER: [str(binaries[CONTROLLER_MANAGER]), "--kubeconfig", str(kcm_config),
-                                 "--controllers", CONTROLLERS + (",endpoint,endpointslice,disruption"
-                                                                 if self.pod_network_proxy else ""),
-                                 "--service-account-private-key-file", str(pki.sa_key),
-                                 "--root-ca-file", str(pki.ca), "--use-service-account-credentials=false",
-                                 "--leader-elect=false", "--secure-port", "0",
-                                 "--concurrent-gc-syncs", "5", "--concurrent-namespace-syncs", "5",
-                                 # The defaults (20/30) make `default` ServiceAccounts for a
-                                 # thousand namespaces take a minute; benchmarks need more.
-                                 "--kube-api-qps", "200", "--kube-api-burst", "400"],
+            ETCD: cpconfig.etcd_argv(binaries[ETCD], self.dir / "etcd", self.etcd_port, self.etcd_peer_port),
+            APISERVER: cpconfig.apiserver_argv(
+                binaries[APISERVER], etcd_port=self.etcd_port, port=self.port, cert_dir=self.dir / "pki",
+                pki=pki, kubelet_client=kubelet_client, audit_policy_file=policy, audit_log=self.audit_log,
+                aggregator_routing=bool(proxy)),
+            CONTROLLER_MANAGER: cpconfig.controller_manager_argv(
+                binaries[CONTROLLER_MANAGER], kcm_config, pki, pod_network=bool(proxy)),
         }
-        # Go never proxies loopback (etcd, the API server itself); the rest is the pod network.
-        env = {APISERVER: {"HTTPS_PROXY": self.pod_network_proxy, "HTTP_PROXY": self.pod_network_proxy,
-                           "NO_PROXY": "127.0.0.1,localhost"}
-               } if self.pod_network_proxy else {}
+        env = {APISERVER: cpconfig.apiserver_proxy_env(proxy)} if proxy else {}
         self.components = {name: Component(name, argv[name], self.log_dir / f"{name}.log", env.get(name))
                            for name in BINARIES}
 

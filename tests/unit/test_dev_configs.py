@@ -7,16 +7,39 @@ from __future__ import annotations
 import ipaddress
 import json
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from regcred_dev import build, image, nodeconfig, nodedeps, podnet
+from regcred_dev import build, cpconfig, image, nodeconfig, nodedeps, podnet
 from regcred_dev.pki import kubeconfig
 from regcred_dev.process import ControlPlaneError
 
 RUN = Path("/tmp/regcred-node-abc123")
 CA = Path("/tmp/regcred-cp-x/pki/ca.crt")
+
+
+@dataclass(frozen=True)
+class Pki:
+    """The CA's files as `cpconfig` reads them (`pki.Certificates` makes them with openssl)."""
+
+    ca: Path = CA
+    server: Path = Path("/p/server.crt")
+    server_key: Path = Path("/p/server.key")
+    sa_key: Path = Path("/p/sa.key")
+    sa_pub: Path = Path("/p/sa.pub")
+
+
+def flags(argv: list[str]) -> dict[str, str]:
+    """`--name value` and `--name=value` pairs of a command line (flags without a value: "")."""
+    found: dict[str, str] = {}
+    for index, arg in enumerate(argv):
+        if arg.startswith("--"):
+            name, equals, value = arg.partition("=")
+            following = argv[index + 1] if index + 1 < len(argv) else "--"
+            found[name] = value if equals else ("" if following.startswith("--") else following)
+    return found
 
 
 def test_containerd_config_keeps_every_path_in_the_run_dir() -> None:
@@ -154,3 +177,68 @@ def test_regcred_version_is_read_from_the_package_source() -> None:
     assert image.regcred_version()  # the repository's own
     with pytest.raises(ControlPlaneError, match="__version__"):
         image.regcred_version("VERSION = 1\n")
+
+
+def test_etcd_listens_on_loopback_only() -> None:
+    argv = cpconfig.etcd_argv(Path("/bin/etcd"), Path("/run/etcd"), 2379, 2380)
+    given = flags(argv)
+    assert argv[0] == "/bin/etcd"
+    assert given["--data-dir"] == "/run/etcd"
+    urls = [given[name] for name in ("--listen-client-urls", "--advertise-client-urls", "--listen-peer-urls",
+                                     "--initial-advertise-peer-urls")]
+    assert urls == ["http://127.0.0.1:2379", "http://127.0.0.1:2379", "http://127.0.0.1:2380",
+                    "http://127.0.0.1:2380"]
+    assert given["--initial-cluster"] == "regcred-test=http://127.0.0.1:2380"
+
+
+def apiserver(aggregator_routing: bool) -> dict[str, str]:
+    return flags(cpconfig.apiserver_argv(
+        Path("/bin/kube-apiserver"), etcd_port=2379, port=6443, cert_dir=Path("/run/pki"), pki=Pki(),
+        kubelet_client=(Path("/p/kc.crt"), Path("/p/kc.key")), audit_policy_file=Path("/run/audit.json"),
+        audit_log=Path("/run/logs/audit.jsonl"), aggregator_routing=aggregator_routing))
+
+
+def test_apiserver_serves_loopback_with_the_runs_ca_as_clusters_run_it() -> None:
+    given = apiserver(aggregator_routing=False)
+    assert given["--etcd-servers"] == "http://127.0.0.1:2379"
+    assert (given["--bind-address"], given["--advertise-address"], given["--secure-port"]) == (
+        "127.0.0.1", "127.0.0.1", "6443")
+    assert (given["--tls-cert-file"], given["--client-ca-file"]) == ("/p/server.crt", str(CA))
+    assert (given["--service-account-key-file"], given["--service-account-signing-key-file"]) == (
+        "/p/sa.pub", "/p/sa.key")
+    assert given["--authorization-mode"] == "Node,RBAC"
+    assert given["--enable-admission-plugins"] == "NodeRestriction"
+    assert (given["--kubelet-client-certificate"], given["--kubelet-certificate-authority"]) == (
+        "/p/kc.crt", str(CA))
+    assert given["--kubelet-preferred-address-types"] == "Hostname"
+    assert (given["--audit-policy-file"], given["--audit-log-path"]) == (
+        "/run/audit.json", "/run/logs/audit.jsonl")
+    assert "--enable-aggregator-routing" not in given
+    assert apiserver(aggregator_routing=True)["--enable-aggregator-routing"] == "true"
+
+
+def test_controller_manager_runs_the_controllers_the_tests_rely_on() -> None:
+    argv = cpconfig.controller_manager_argv(Path("/bin/kcm"), Path("/run/kcm.kubeconfig"), Pki(),
+                                            pod_network=False)
+    given = flags(argv)
+    controllers = given["--controllers"].split(",")
+    assert {"namespace", "garbagecollector", "serviceaccount", "serviceaccount-token",
+            "deployment", "replicaset"} <= set(controllers)
+    assert "endpointslice" not in controllers
+    assert (given["--kubeconfig"], given["--root-ca-file"]) == ("/run/kcm.kubeconfig", str(CA))
+    assert given["--service-account-private-key-file"] == "/p/sa.key"
+    with_network = flags(cpconfig.controller_manager_argv(Path("/bin/kcm"), Path("/k"), Pki(),
+                                                          pod_network=True))
+    assert {"endpoint", "endpointslice"} <= set(with_network["--controllers"].split(","))
+
+
+def test_apiserver_proxy_never_takes_loopback() -> None:
+    env = cpconfig.apiserver_proxy_env("http://127.0.0.1:3128")
+    assert env["HTTPS_PROXY"] == env["HTTP_PROXY"] == "http://127.0.0.1:3128"
+    assert set(env["NO_PROXY"].split(",")) == {"127.0.0.1", "localhost"}
+
+
+def test_audit_policy_records_metadata_of_everyone_but_the_apiserver() -> None:
+    policy = cpconfig.audit_policy()
+    assert policy["kind"] == "Policy"
+    assert policy["rules"] == [{"level": "None", "users": ["system:apiserver"]}, {"level": "Metadata"}]
