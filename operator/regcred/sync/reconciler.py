@@ -17,7 +17,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -84,6 +84,23 @@ class NamespaceOutcome:
     rotated: dict[str, int] = field(default_factory=dict)
     changed: set[str] = field(default_factory=set)  # credentials whose ledger entry changed
     transient: bool = False  # an API call failed in a way worth retrying soon
+
+
+@dataclass
+class FanOutOutcome:
+    """What a fan-out's namespace syncs did, summed as each finishes (none is kept)."""
+
+    wrote: int = 0
+    rotated: dict[str, int] = field(default_factory=dict)
+    changed: set[str] = field(default_factory=set)
+    transient: bool = False
+
+    def add(self, outcome: NamespaceOutcome) -> None:
+        self.wrote += outcome.wrote
+        for credential, count in outcome.rotated.items():
+            self.rotated[credential] = self.rotated.get(credential, 0) + count
+        self.changed |= outcome.changed
+        self.transient |= outcome.transient
 
 
 @dataclass(frozen=True)
@@ -295,17 +312,38 @@ class Reconciler:
         problem = self._render(name, body)
         with self._lock:
             self._synced_generations[name] = int((body.get("metadata") or {}).get("generation") or 0)
-        outcomes = list(self._pool.map(self.sync_namespace, self._world.namespace_names()))
-        rotated = sum(o.rotated.get(name, 0) for o in outcomes)
-        wrote = sum(o.wrote for o in outcomes)
-        for other in set().union(*(o.changed for o in outcomes)) & self._ledger.complete() - {name}:
+        outcome = self._fan_out()
+        for other in outcome.changed & self._ledger.complete() - {name}:
             self._publisher.publish(other, wrote=False)
         self._ledger.mark_complete(name)
-        self._publisher.publish(name, wrote=wrote > 0, rotated=rotated)
+        self._publisher.publish(name, wrote=outcome.wrote > 0, rotated=outcome.rotated.get(name, 0))
         self._metrics.credential_synced(name, problem is None)
         self._metrics.observe_reconcile("credential", problem is not None, time.monotonic() - started)
         unreadable = isinstance(problem, SourceUnreadable)
-        return CredentialOutcome(transient=unreadable or any(o.transient for o in outcomes))
+        return CredentialOutcome(transient=unreadable or outcome.transient)
+
+    def _fan_out(self) -> FanOutOutcome:
+        """Sync every namespace on the pool, with at most two per worker in flight.
+
+        `pool.map` would make a future for every namespace up front and keep every outcome
+        until the last: at 20,000 namespaces tens of MB per fan-out, freed in pieces the
+        allocator could not give back (RSS rose 50 MB over three fan-outs; docs/performance.md).
+        """
+        total = FanOutOutcome()
+        pending: set[Future[NamespaceOutcome]] = set()
+        try:
+            for namespace in self._world.namespace_names():
+                if len(pending) >= 2 * self._settings.workers:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        total.add(future.result())
+                pending.add(self._pool.submit(self.sync_namespace, namespace))
+            for future in wait(pending).done:
+                total.add(future.result())
+        finally:
+            for future in pending:
+                future.cancel()
+        return total
 
     def _render(self, name: str, body: Mapping[str, Any]) -> Problem | None:
         """Render the CR's content; on any problem keep copies as they are (frozen)."""
@@ -336,7 +374,7 @@ class Reconciler:
 
     def forget_credential(self, name: str) -> None:
         """The CR is being deleted: remove its copies and entries everywhere, then its state."""
-        outcomes = list(self._pool.map(self.sync_namespace, self._world.namespace_names()))
+        outcome = self._fan_out()
         # A copy whose deletion is under way counts as gone, even if somebody else's
         # finalizer holds it: waiting for that would hold the CR on ours.
         leftovers = [c for ns in self._world.namespace_names() for c in self._world.copies(ns)
@@ -349,7 +387,7 @@ class Reconciler:
         self._ledger.forget(name)
         self._publisher.forget(name)
         self._metrics.forget(name)
-        log.info("cleaned up", credential=name, writes=sum(o.wrote for o in outcomes))
+        log.info("cleaned up", credential=name, writes=outcome.wrote)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
