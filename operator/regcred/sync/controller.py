@@ -24,7 +24,7 @@ from regcred.settings import Settings
 from regcred.sync.cachecheck import CacheChecker, CheckableCaches
 from regcred.sync.executor import Executor
 from regcred.sync.ledger import Ledger, StatusPublisher
-from regcred.sync.reconciler import Reconciler, World
+from regcred.sync.reconciler import NamespaceOutcome, Reconciler, World
 from regcred.sync.workqueue import CacheCheckKey, CredentialKey, Key, NamespaceKey, WorkQueue
 from regcred.verification.verifier import Verification
 
@@ -93,27 +93,37 @@ class Controller:
             self.process(key)
 
     def process(self, key: Key) -> None:
-        """Run one key, then retry it later if it failed transiently, or reset its backoff."""
+        """Run one key, then retry it later if it failed transiently, or reset its backoff.
+
+        A namespace's status publish comes after the key is done: an event that arrived
+        during the sync (the namespace's new ServiceAccount, while its copy's POST was under
+        way) is picked up by the next free worker at once, not after a status write."""
+        synced: NamespaceOutcome | None = None
         try:
-            transient = self._run(key)
+            if isinstance(key, NamespaceKey):
+                synced = self.reconciler.sync_namespace(key.name)
+                transient = synced.transient
+            else:
+                transient = self._run(key)
         except Exception:  # never lose a key, nor a worker, to an unexpected error
             log.exception("sync failed", key=repr(key))
             transient = True
         finally:
             self._queue.done(key)
+        if synced is not None:
+            try:
+                self.reconciler.publish_changed(synced)
+            except Exception:  # the next sync publishes again; the worker goes on
+                log.exception("status publish failed", key=repr(key))
         if not transient:
             self._queue.forget(key)
             return
         delay = self._queue.retry_later(key)
         log.info("retrying after a transient API failure", key=repr(key), seconds=delay)
 
-    def _run(self, key: Key) -> bool:
+    def _run(self, key: CredentialKey | CacheCheckKey) -> bool:
         """Whether `key` failed in a way worth retrying soon."""
         match key:
-            case NamespaceKey(name):
-                outcome = self.reconciler.sync_namespace(name)
-                self.reconciler.publish_changed(outcome)
-                return outcome.transient
             case CredentialKey(name):
                 return self.reconciler.sync_credential(name).transient
             case CacheCheckKey(periodic):
