@@ -47,6 +47,8 @@ from regcred.sync.ledger import Ledger, StatusPublisher
 
 log = structlog.get_logger("regcred.reconciler")
 
+NAMESPACE_LOCKS = 1024
+
 
 class CleanupIncomplete(Exception):
     """Some copies of a deleted CR could not be removed yet; the finalizer stays for a retry."""
@@ -131,8 +133,10 @@ class Reconciler:
         # namespace -> Secret names a refused create showed exist there and are not ours (the
         # managed-Secret watch cannot see them); a credential's resync looks again.
         self._foreign: dict[str, set[str]] = defaultdict(set)
-        # A namespace is synced by one thread at a time: its event syncs and fan-outs meet here.
-        self._namespace_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+        # A namespace is synced by one thread at a time: its event syncs and fan-outs meet here,
+        # at one of a fixed set of locks chosen by its name, so that no lock is kept per
+        # namespace ever seen; two namespaces sharing one rarely meet (a few dozen syncs run).
+        self._namespace_locks = tuple(threading.Lock() for _ in range(NAMESPACE_LOCKS))
 
     # --- what the planner sees (reads only) --------------------------------------------------
 
@@ -209,7 +213,7 @@ class Reconciler:
         """Converge one namespace; returns what it wrote and whose ledger entry changed."""
         started = time.monotonic()
         outcome = NamespaceOutcome()
-        with self._namespace_locks[namespace]:
+        with self._namespace_locks[hash(namespace) % NAMESPACE_LOCKS]:
             indexed = self._indexed_names()  # before the plan's read: the index only grows meanwhile
             credentials = self.credentials()
             for name in self.unsynced(credentials):
