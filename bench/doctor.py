@@ -31,7 +31,7 @@ from controlplane import ControlPlane  # noqa: E402
 from keep import current_commit, keep  # noqa: E402
 from kubernetes import client  # noqa: E402
 
-from regcred.core.doctor import diagnose  # noqa: E402
+from regcred.core.doctor.rules import diagnose  # noqa: E402
 from regcred.doctor.command import quiet_logging, read_snapshot  # noqa: E402
 from regcred.kube.client import Kube  # noqa: E402
 from regcred.kube.config import connect  # noqa: E402

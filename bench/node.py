@@ -20,15 +20,16 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "scripts"), str(REPO / "tests" / "integration")]
+sys.path[:0] = [str(REPO / "scripts"), str(REPO / "tests" / "integration"), str(REPO / "tests")]
 import images  # noqa: E402
 from controlplane import KUBERNETES_VERSION, ControlPlane  # noqa: E402
-from helpers import wait_for  # noqa: E402
 from keep import current_commit, keep  # noqa: E402
 from kubernetes import client, config  # noqa: E402
 from node import Node  # noqa: E402
 from node_fixtures import Pods  # noqa: E402
 from registry import Registry  # noqa: E402
+
+from support.wait import wait_for  # noqa: E402
 
 
 def timed(action) -> tuple[float, object]:

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-for extra in (REPO / "scripts", REPO / "tests" / "integration"):
+for extra in (REPO / "scripts", REPO / "tests" / "integration", REPO / "tests"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 

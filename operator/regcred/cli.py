@@ -189,7 +189,8 @@ def run(settings: Settings) -> int:
 
     from regcred.logs import configure
     from regcred.metrics import Metrics
-    from regcred.sync.handlers import SharedMemo, register
+    from regcred.runtime import Runtime, SharedMemo
+    from regcred.sync.handlers import register
 
     configure(settings.log_format, settings.log_level)
     metrics = Metrics()
@@ -217,8 +218,7 @@ def run(settings: Settings) -> int:
         peering_name=settings.peering,
         priority=priority if settings.peering else None,
         liveness_endpoint=liveness,
-        memo=SharedMemo(settings=settings, metrics=metrics, api_configuration=api_configuration,
-                        priority=priority),
+        memo=SharedMemo(runtime=Runtime(settings, metrics, api_configuration, priority)),
     )
     return 0
 

@@ -7,25 +7,18 @@ control plane that cannot be built or started is a test error, in CI and locally
 from __future__ import annotations
 
 import re
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import helpers
 import pytest
+from controlplane import ControlPlane
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "scripts"))
-from controlplane import ControlPlane  # noqa: E402
+from support import wait
 
 HERE = Path(__file__).resolve().parent
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "integration: runs against a real control plane")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -95,7 +88,7 @@ def fresh_namespaces(kube: client.ApiClient, request: pytest.FixtureRequest,
 @pytest.fixture(scope="session")
 def wait_for() -> Callable[..., object]:
     """`wait_for(predicate, timeout=30, interval=0.1, message="")`: poll until truthy."""
-    return helpers.wait_for
+    return wait.wait_for
 
 
 # --- the operator -------------------------------------------------------------------------------

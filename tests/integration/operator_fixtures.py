@@ -7,10 +7,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import helpers
 import pytest
 from operator_process import OperatorProcess
 from scenario import OPERATOR_NAMESPACE, Cluster, unique
+
+from support import wait
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -95,7 +96,7 @@ class Tenant:
                  **extra_labels: str) -> list[str]:
         names = self.make_namespaces(count, labels={**self.selector, **extra_labels})
         for namespace in names if with_service_account else ():
-            helpers.wait_for(lambda ns=namespace: self.cluster.pull_secrets(ns) is not None,
+            wait.wait_for(lambda ns=namespace: self.cluster.pull_secrets(ns) is not None,
                              timeout=60, message=f"default ServiceAccount in {namespace}")
         return names
 

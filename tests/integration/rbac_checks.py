@@ -18,7 +18,7 @@ import yaml
 from operator_process import OperatorProcess, free_port
 from scenario import SERVER, Cluster, credential_spec, password, unique
 
-# regcred registers its MutatingWebhookConfiguration itself, under this name (admission.py).
+# regcred registers its MutatingWebhookConfiguration itself, under this name (regcred/admission/webhook.py).
 WEBHOOK_CONFIGURATION = "regcred"
 
 # Needed, but only on paths the quiet scenario below does not take.

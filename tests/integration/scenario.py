@@ -12,9 +12,10 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from helpers import wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+
+from support.wait import wait_for
 
 GROUP, VERSION, PLURAL = "regcred.dev", "v1alpha1", "registrycredentials"
 OPERATOR_NAMESPACE = "regcred-system"

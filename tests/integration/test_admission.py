@@ -14,11 +14,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from helpers import wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from operator_process import OperatorProcess, free_port
 from scenario import Cluster, unique
+
+from support.wait import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("remove_new_credentials")]
 

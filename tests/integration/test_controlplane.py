@@ -8,9 +8,10 @@ import uuid
 
 import pytest
 from controlplane import KUBERNETES_VERSION, ControlPlane
-from helpers import wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+
+from support.wait import wait_for
 
 JSON_PATCH = "application/json-patch+json"
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from scenario import PASSWORD_MARK, Cluster, unique
 
+from support.leaks import assert_not_shown
+
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("remove_new_credentials")]
 
 
@@ -26,7 +28,7 @@ def doctor(kubeconfig: str, *args: str, output: str = "json") -> tuple[int, dict
         [sys.executable, "-m", "regcred.cli", "doctor", "--kubeconfig", kubeconfig, "-o", output, *args],
         capture_output=True, text=True, timeout=60,
     )
-    assert PASSWORD_MARK not in result.stdout + result.stderr
+    assert_not_shown(PASSWORD_MARK, stdout=result.stdout, stderr=result.stderr)
     body = json.loads(result.stdout) if output == "json" and result.returncode in (0, 1) else result.stdout
     return result.returncode, body, result.stderr
 

@@ -19,6 +19,8 @@ from node_fixtures import REGISTRY_USER, start_registry
 from scenario import PASSWORD_MARK, Cluster, password, unique
 from token_issuer import TokenIssuer
 
+from support.leaks import assert_not_shown
+
 pytestmark = [pytest.mark.integration, pytest.mark.node, pytest.mark.usefixtures("remove_new_credentials")]
 
 INTERVAL = 10  # spec.verify.intervalSeconds for these tests (the minimum)
@@ -28,7 +30,7 @@ def doctor(kubeconfig: str, *args: str) -> tuple[int, dict]:
     result = subprocess.run([sys.executable, "-m", "regcred.cli", "doctor", "--kubeconfig", kubeconfig,
                              "-o", "json", *args], capture_output=True, text=True, timeout=120)
     assert result.returncode in (0, 1), result.stderr
-    assert PASSWORD_MARK not in result.stdout + result.stderr
+    assert_not_shown(PASSWORD_MARK, stdout=result.stdout, stderr=result.stderr)
     return result.returncode, json.loads(result.stdout)
 
 

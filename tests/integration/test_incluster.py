@@ -17,12 +17,13 @@ from collections.abc import Iterator
 
 import images
 import pytest
-from helpers import wait_for
 from incluster import CHART, NAMESPACE, PULL_SECRET, RELEASE, InCluster
 from kubernetes import client, config
 from node_fixtures import Pods, require
 from scenario import Cluster, password, unique
 from test_helm import assert_uninstalled_as_documented, copy_writes
+
+from support.wait import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.node]
 

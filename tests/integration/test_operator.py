@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 from scenario import (
-    OPERATOR_NAMESPACE,
     PASSWORD_MARK,
     SERVER,
     create_synced,
@@ -17,6 +16,8 @@ from scenario import (
     password,
     unique,
 )
+
+from support.leaks import assert_not_shown
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("remove_new_credentials")]
 
@@ -258,13 +259,32 @@ def test_restart_with_nothing_changed_writes_nothing(cluster, operator, tenant, 
     assert versions() == before
 
 
-def test_no_secret_material_in_logs_status_or_events(cluster, operator, wait_for):
-    """Runs last in this module: everything above used passwords carrying PASSWORD_MARK."""
+def shown_by(cluster, operator) -> dict[str, str]:
+    """What regcred shows: its log and metrics, the CRs' status, and every event."""
     log = operator.log()
     assert log, "the operator wrote no log"
-    assert PASSWORD_MARK not in log
-    assert PASSWORD_MARK not in operator.metrics()
-    assert PASSWORD_MARK not in str([c.get("status") for c in cluster.credentials()])
     events = cluster.core.list_event_for_all_namespaces()
-    assert PASSWORD_MARK not in str([(e.reason, e.message) for e in events.items])
-    assert OPERATOR_NAMESPACE  # the source Secrets live there, and only there
+    return {"log": log, "metrics": operator.metrics(),
+            "status": str([c.get("status") for c in cluster.credentials()]),
+            "events": str([(e.reason, e.message) for e in events.items])}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_secret_shown_by_this_module(cluster, operator):
+    """After the module, whatever order its tests ran in: none of their passwords (each
+    carries PASSWORD_MARK) shows in anything the operator wrote."""
+    yield
+    assert_not_shown(PASSWORD_MARK, **shown_by(cluster, operator))
+
+
+def test_no_secret_material_in_logs_status_or_events(cluster, operator, tenant, wait_for):
+    """A CR synced and rotated (both passwords carry PASSWORD_MARK): neither shows."""
+    [namespace] = tenant(1)
+    name = create_synced(cluster, tenant.selector, [namespace])
+    rotated = password("leak-check")
+    cluster.rotate_source(name, rotated)
+    wait_for(lambda: cluster.docker_password(namespace, name, SERVER) == rotated,
+             message="rotated copy")
+    wait_for(lambda: any(e.reason == "Rotated" for e in cluster.events_for(name)),
+             message="Rotated event")
+    assert_not_shown(PASSWORD_MARK, **shown_by(cluster, operator))

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from scenario import PASSWORD_MARK, Cluster, password, unique
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from registry_server import Certificates, fake_registry
+from support.leaks import assert_not_shown
+from support.registry import Certificates, fake_registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("remove_new_credentials")]
 
@@ -75,10 +75,12 @@ def test_rotation_to_a_refused_password_flips_the_condition(cluster, operator, k
                              "-n", namespace, "-o", "json"], capture_output=True, text=True, timeout=60)
     report = json.loads(result.stdout)
     assert (result.returncode, [f["code"] for f in report["findings"]]) == (1, ["CredentialRejected"])
-    shown = json.dumps(cluster.credential(name)) + operator.metrics() + result.stdout + " ".join(
-        e.message or "" for e in cluster.events_for(name))
-    assert PASSWORD_MARK not in shown and registry.token not in shown
-    assert PASSWORD_MARK not in operator.log_path.read_text()
+    shown = {"status": json.dumps(cluster.credential(name)), "metrics": operator.metrics(),
+             "doctor": result.stdout,
+             "events": " ".join(e.message or "" for e in cluster.events_for(name))}
+    assert_not_shown(PASSWORD_MARK, **shown)
+    assert_not_shown(registry.token, **shown)
+    assert_not_shown(PASSWORD_MARK, log=operator.log_path.read_text())
 
 
 def test_an_unreachable_registry_never_blocks_the_copies(cluster, operator, certs, fresh_namespaces,

@@ -9,12 +9,12 @@ import base64
 import json
 from typing import Any
 
-from core_builders import cr_body, json_patch, sa_body
 from test_core_admission import parse, synced
 
 from regcred.admission.webhook import LiveCredentials, Reviewer
 from regcred.core.spec import PULL_SECRETS_ANNOTATION
 from regcred.kube.errors import ApiUnavailable
+from support.builders import cr_body, json_patch, sa_body
 
 
 class FakeDecider:

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from controlplane import free_port
+from loopback_https import LoopbackHTTPS, QuietHandler
 from test_startup import command, no_cluster_environment
 
 from regcred.admission.tls import WebhookTLS, issue
@@ -47,10 +49,6 @@ from regcred.kube.errors import (
     UNREACHABLE,
     Cause,
 )
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-from controlplane import free_port
-from loopback_https import LoopbackHTTPS, QuietHandler
 
 PLUGIN = Path(sys.executable).parent / "kubectl-regcred"
 # A class name of Python or a library (MaxRetryError, SSLCertVerificationError, ...).
@@ -116,52 +114,12 @@ def setups(tmp_path: Path) -> Iterator[Callable[[str], Setup]]:
     started: list[LoopbackHTTPS] = []
     silent: list[socket.socket] = []
     plain: list[ThreadingHTTPServer] = []
-    now = datetime.now(UTC)
 
     def make(cause: str) -> Setup:
         here = tmp_path / cause
         here.mkdir()
-        if cause == REFUSED.code:
-            return Setup(f"https://127.0.0.1:{free_port()}")
-        if cause == DNS.code:
-            return Setup("https://api.regcred-test.invalid:6443", prefix=in_own_network_namespace())
-        if cause == UNREACHABLE.code:  # TEST-NET-1, in a namespace with no route: nothing is sent
-            return Setup("https://192.0.2.1:6443", prefix=in_own_network_namespace())
-        if cause == DROPPED.code:  # accepts, then closes without a word
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sock.listen(16)
-            silent.append(sock)
-            threading.Thread(target=hang_up, args=(sock,), daemon=True).start()
-            return Setup(f"https://127.0.0.1:{sock.getsockname()[1]}")
-        if cause == TLS_OTHER.code:  # plain HTTP where HTTPS is expected
-            server = ThreadingHTTPServer(("127.0.0.1", 0), answering(503))
-            threading.Thread(target=server.serve_forever, daemon=True).start()
-            plain.append(server)
-            return Setup(f"https://127.0.0.1:{server.server_address[1]}")
-        if cause == TIMEOUT.code:  # accepts connections (the kernel does) and never answers
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sock.listen(16)
-            silent.append(sock)
-            return Setup(f"https://127.0.0.1:{sock.getsockname()[1]}")
-        if cause == TLS_UNKNOWN_CA.code:
-            server = tls_server(here, issue(["127.0.0.1"], now))
-            started.append(server)
-            return Setup(f"https://127.0.0.1:{server.port}", ca=issue(["127.0.0.1"], now).ca_cert)
-        if cause == TLS_NAME.code:
-            tls = issue(["api.other.example"], now)
-            started.append(server := tls_server(here, tls))
-            return Setup(f"https://127.0.0.1:{server.port}", ca=tls.ca_cert)
-        if cause == TLS_EXPIRED.code:
-            ca = issue(["127.0.0.1"], now)
-            expired = issue(["127.0.0.1"], now - timedelta(days=800), ca=ca)
-            started.append(server := tls_server(here, expired))
-            return Setup(f"https://127.0.0.1:{server.port}", ca=ca.ca_cert)
-        status = {OVERLOADED.code: 503, UNAUTHORIZED.code: 401}[cause]
-        tls = issue(["127.0.0.1"], now)
-        started.append(server := tls_server(here, tls, status))
-        return Setup(f"https://127.0.0.1:{server.port}", ca=tls.ca_cert)
+        return (without_tls(cause, silent, plain)
+                or with_tls(cause, here, started, datetime.now(UTC)))
 
     yield make
     for server in started:
@@ -171,6 +129,53 @@ def setups(tmp_path: Path) -> Iterator[Callable[[str], Setup]]:
     for http in plain:
         http.shutdown()
         http.server_close()
+
+
+def without_tls(cause: str, silent: list[socket.socket], plain: list[ThreadingHTTPServer]) -> Setup | None:
+    """The causes met before any TLS handshake; None for the others."""
+    if cause == REFUSED.code:
+        return Setup(f"https://127.0.0.1:{free_port()}")
+    if cause == DNS.code:
+        return Setup("https://api.regcred-test.invalid:6443", prefix=in_own_network_namespace())
+    if cause == UNREACHABLE.code:  # TEST-NET-1, in a namespace with no route: nothing is sent
+        return Setup("https://192.0.2.1:6443", prefix=in_own_network_namespace())
+    if cause in (DROPPED.code, TIMEOUT.code):
+        # TIMEOUT: the kernel accepts connections and nothing answers; DROPPED: each one is
+        # accepted, then closed without a word
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        silent.append(sock)
+        if cause == DROPPED.code:
+            threading.Thread(target=hang_up, args=(sock,), daemon=True).start()
+        return Setup(f"https://127.0.0.1:{sock.getsockname()[1]}")
+    if cause == TLS_OTHER.code:  # plain HTTP where HTTPS is expected
+        server = ThreadingHTTPServer(("127.0.0.1", 0), answering(503))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        plain.append(server)
+        return Setup(f"https://127.0.0.1:{server.server_address[1]}")
+    return None
+
+
+def with_tls(cause: str, here: Path, started: list[LoopbackHTTPS], now: datetime) -> Setup:
+    """A TLS server whose certificate or answer is the cause."""
+    if cause == TLS_UNKNOWN_CA.code:
+        server = tls_server(here, issue(["127.0.0.1"], now))
+        started.append(server)
+        return Setup(f"https://127.0.0.1:{server.port}", ca=issue(["127.0.0.1"], now).ca_cert)
+    if cause == TLS_NAME.code:
+        tls = issue(["api.other.example"], now)
+        started.append(server := tls_server(here, tls))
+        return Setup(f"https://127.0.0.1:{server.port}", ca=tls.ca_cert)
+    if cause == TLS_EXPIRED.code:
+        ca = issue(["127.0.0.1"], now)
+        expired = issue(["127.0.0.1"], now - timedelta(days=800), ca=ca)
+        started.append(server := tls_server(here, expired))
+        return Setup(f"https://127.0.0.1:{server.port}", ca=ca.ca_cert)
+    status = {OVERLOADED.code: 503, UNAUTHORIZED.code: 401}[cause]
+    tls = issue(["127.0.0.1"], now)
+    started.append(server := tls_server(here, tls, status))
+    return Setup(f"https://127.0.0.1:{server.port}", ca=tls.ca_cert)
 
 
 def hang_up(sock: socket.socket) -> None:

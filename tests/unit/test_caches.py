@@ -7,10 +7,10 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from core_builders import credential, live_copy, observed, sa_body
 
 from regcred.core.plan import observe_service_account
 from regcred.sync.caches import Caches
+from support.builders import credential, live_copy, observed, sa_body
 
 NAMESPACE = "team-a"
 HARBOR = credential("harbor")
@@ -46,26 +46,26 @@ def test_our_write_is_taken_in_when_the_cache_shows_what_it_was_planned_from(cac
     before = observed(HARBOR, NAMESPACE)
     caches.copy_seen(live_copy(HARBOR, NAMESPACE, resourceVersion=before.resource_version))
     written = replace(before, resource_version="2000")
-    caches.wrote(written, planned_from=before.resource_version)
+    caches.take_in(written, planned_from=before.resource_version)
     assert caches.copies(NAMESPACE) == [written]
 
 
 def test_a_create_is_taken_in_only_while_the_cache_shows_nothing(caches):
     written = observed(HARBOR, NAMESPACE)
-    caches.wrote(written, planned_from=None)
+    caches.take_in(written, planned_from=None)
     assert caches.copies(NAMESPACE) == [written]
 
 
 def test_our_write_never_replaces_a_newer_version_a_watch_event_brought(caches):
     planned = observed(HARBOR, NAMESPACE, resourceVersion="10")
     caches.copy_seen(live_copy(HARBOR, NAMESPACE, resourceVersion="12"))  # moved on already
-    caches.wrote(replace(planned, resource_version="11"), planned_from="10")
+    caches.take_in(replace(planned, resource_version="11"), planned_from="10")
     assert [c.resource_version for c in caches.copies(NAMESPACE)] == ["12"]
 
 
 def test_a_create_does_not_overwrite_a_copy_the_watch_showed_meanwhile(caches):
     caches.copy_seen(live_copy(HARBOR, NAMESPACE, resourceVersion="12"))
-    caches.wrote(observed(HARBOR, NAMESPACE, resourceVersion="11"), planned_from=None)
+    caches.take_in(observed(HARBOR, NAMESPACE, resourceVersion="11"), planned_from=None)
     assert [c.resource_version for c in caches.copies(NAMESPACE)] == ["12"]
 
 
@@ -74,15 +74,15 @@ def test_service_account_writes_go_by_the_same_rule(caches):
     caches.service_account_seen(body)
     version = body["metadata"]["resourceVersion"]
     written = replace(observe_service_account(body), resource_version="9", pull_secrets=("harbor",))
-    caches.wrote(written, planned_from="not-" + version)
+    caches.take_in(written, planned_from="not-" + version)
     assert caches.service_accounts(NAMESPACE)[0].pull_secrets == ()
-    caches.wrote(written, planned_from=version)
+    caches.take_in(written, planned_from=version)
     assert caches.service_accounts(NAMESPACE) == [written]
 
 
 def test_the_echo_of_a_write_taken_in_changes_nothing(caches):
     body = live_copy(HARBOR, NAMESPACE)
-    caches.wrote(observed(HARBOR, NAMESPACE, resourceVersion=body["metadata"]["resourceVersion"]),
+    caches.take_in(observed(HARBOR, NAMESPACE, resourceVersion=body["metadata"]["resourceVersion"]),
                  planned_from=None)
     assert not caches.copy_seen(body)
 
@@ -92,9 +92,9 @@ def test_forget_drops_namespaces_and_copies_by_uid(caches):
     copy = live_copy(HARBOR, NAMESPACE)
     caches.copy_seen(copy)
     assert caches.cached_uids() == {"ns-uid": NAMESPACE, copy["metadata"]["uid"]: NAMESPACE}
-    caches.forget({copy["metadata"]["uid"]})
+    caches.drop_uids({copy["metadata"]["uid"]})
     assert caches.copies(NAMESPACE) == []
-    caches.forget({"ns-uid"})
+    caches.drop_uids({"ns-uid"})
     assert caches.namespace_names() == []
 
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import pytest
-from fakes import CREDENTIAL, NAMESPACE, Api, Wired
 
 from regcred.kube.errors import ApiRefused, ApiUnavailable
 from regcred.sync.cachecheck import CacheChecker
-from regcred.sync.controller import Controller
-from regcred.sync.workqueue import RETRY_DELAYS, CacheCheckKey, CredentialKey, Key, NamespaceKey, WorkQueue
+from regcred.sync.controller import CacheCheckKey, Controller, CredentialKey, Key, NamespaceKey
+from regcred.workqueue import RETRY_DELAYS, WorkQueue
+from support.fakes import CREDENTIAL, NAMESPACE, Api, Wired
 
 
 class Clock:
@@ -32,7 +32,7 @@ class Cached:
     def cached_uids(self) -> dict[str, str]:
         return dict(self.cached)
 
-    def forget(self, uids: Iterable[str]) -> None:
+    def drop_uids(self, uids: Iterable[str]) -> None:
         for uid in list(uids):
             self.cached.pop(uid, None)
 

@@ -8,7 +8,6 @@ import itertools
 from typing import Any
 
 import pytest
-from core_builders import OPERATOR_NAMESPACE, cr_body, credential, json_patch, ns, sa_body, selector
 
 from regcred.core.admission import (
     AdmissionCredential,
@@ -21,6 +20,7 @@ from regcred.core.admission import (
 from regcred.core.matching import NamespaceInfo
 from regcred.core.plan import AddPullSecret, observe_service_account, plan_namespace
 from regcred.core.spec import PULL_SECRETS_ANNOTATION, parse_credential
+from support.builders import OPERATOR_NAMESPACE, cr_body, credential, json_patch, ns, sa_body, selector
 
 parse = functools.partial(parse_credential, default_source_namespace=OPERATOR_NAMESPACE,
                           allowed_source_namespaces=frozenset({OPERATOR_NAMESPACE}))

@@ -6,17 +6,13 @@ import json
 from typing import Any
 
 import pytest
-from core_builders import PASSWORD, b64, cr_body, live_copy, sa_body
-from core_builders import credential as make_credential
 
-from regcred.core.doctor import (
-    CODES,
-    Snapshot,
-    diagnose,
-    report_json,
-    snapshot_from,
-)
-from regcred.doctor.command import UsageError, _pod_name, render_table
+from regcred.core.doctor.observation import Snapshot, snapshot_from
+from regcred.core.doctor.report import render_table, report_json
+from regcred.core.doctor.rules import CODES, diagnose
+from regcred.doctor.command import UsageError, _pod_name
+from support.builders import PASSWORD, b64, cr_body, live_copy, sa_body
+from support.builders import credential as make_credential
 
 NS = "team-a"
 HARBOR = "harbor.example.com"

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from core_builders import make_spec, ns, req, selector
 
 from regcred.core.matching import namespace_matches, selector_matches, service_account_matches
 from regcred.core.spec import parse_selector
+from support.builders import make_spec, ns, req, selector
 
 TEAM = {"team": "a", "tier": "prod"}
 

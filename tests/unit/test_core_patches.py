@@ -1,16 +1,16 @@
 """JSON Patches for ServiceAccount.imagePullSecrets (`regcred.core.patches.pull_secret_patch`).
 
-The ops are applied with a tiny RFC 6902 implementation (core_builders.json_patch) to
+The ops are applied with a tiny RFC 6902 implementation (support.builders.json_patch) to
 check the object that results, the way the API server would.
 """
 
 from __future__ import annotations
 
 import pytest
-from core_builders import PatchTestFailed, json_patch, sa_body
 
 from regcred.core.patches import pull_secret_patch
 from regcred.core.plan import observe_service_account
+from support.builders import PatchTestFailed, json_patch, sa_body
 
 ANNOTATION = "regcred.dev/image-pull-secrets"
 ANNOTATION_PATH = "/metadata/annotations/regcred.dev~1image-pull-secrets"

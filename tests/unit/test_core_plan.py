@@ -7,17 +7,6 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
-from core_builders import (
-    PASSWORD,
-    World,
-    credential,
-    live_copy,
-    make_spec,
-    ns,
-    observed,
-    sa_body,
-    with_password,
-)
 
 from regcred.core.plan import (
     AddPullSecret,
@@ -36,14 +25,25 @@ from regcred.core.plan import (
     observe_service_account,
     plan_namespace,
 )
+from support.builders import (
+    PASSWORD,
+    PlannedNamespace,
+    credential,
+    live_copy,
+    make_spec,
+    ns,
+    observed,
+    sa_body,
+    with_password,
+)
 
 NS = "team-a"
 
 
-def world(*creds, copies=(), accounts=None, foreign=frozenset(), namespace=None) -> World:
+def world(*creds, copies=(), accounts=None, foreign=frozenset(), namespace=None) -> PlannedNamespace:
     """A namespace `team-a` with the given credentials, copies (bodies) and ServiceAccounts."""
     accounts = [sa_body("default", NS)] if accounts is None else accounts
-    return World(
+    return PlannedNamespace(
         namespace=namespace or ns(NS, {"team": "a"}),
         credentials=list(creds),
         copies={body["metadata"]["name"]: body for body in copies},
@@ -508,17 +508,17 @@ def test_plan_accepts_plain_observed_inputs():
 # --- idempotence: plan, apply, plan again -> nothing ----------------------------------------
 
 
-def _fresh() -> World:
+def _fresh() -> PlannedNamespace:
     return world(credential("harbor-prod"))
 
 
-def _rotation() -> World:
+def _rotation() -> PlannedNamespace:
     old = credential("harbor-prod", password="old")
     return world(with_password(old, "new"), copies=[live_copy(old, NS)],
                  accounts=[sa_body("default", NS, ["harbor-prod"], ours=["harbor-prod"])])
 
 
-def _drift() -> World:
+def _drift() -> PlannedNamespace:
     cred = credential("harbor-prod")
     body = live_copy(cred, NS)
     _extra_label(body)
@@ -526,7 +526,7 @@ def _drift() -> World:
     return world(cred, copies=[body], accounts=[sa_body("default", NS, ["x"], ours=["harbor-prod"])])
 
 
-def _cr_deleted() -> World:
+def _cr_deleted() -> PlannedNamespace:
     gone = credential("harbor-prod", service_accounts=("*",))
     return world(copies=[live_copy(gone, NS)], accounts=[
         sa_body("default", NS, ["a", "harbor-prod", "b"], ours=["harbor-prod"], annotations={"x": "y"}),
@@ -534,19 +534,19 @@ def _cr_deleted() -> World:
     ])
 
 
-def _renamed() -> World:
+def _renamed() -> PlannedNamespace:
     before = credential("harbor-prod")
     return world(credential("harbor-prod", secret_name="harbor-pull"), copies=[live_copy(before, NS)],
                  accounts=[sa_body("default", NS, ["harbor-prod", "other"], ours=["harbor-prod"])])
 
 
-def _stops_matching() -> World:
+def _stops_matching() -> PlannedNamespace:
     before = credential("harbor-prod")
     return world(credential("harbor-prod", namespaces=("ci",)), copies=[live_copy(before, NS)],
                  accounts=[sa_body("default", NS, ["harbor-prod"], ours=["harbor-prod"])])
 
 
-def _accounts_narrowed() -> World:
+def _accounts_narrowed() -> PlannedNamespace:
     before = credential("harbor-prod", service_accounts=("*",))
     after = credential("harbor-prod", service_accounts=("default",))
     return world(after, copies=[live_copy(before, NS)], accounts=[
@@ -554,17 +554,17 @@ def _accounts_narrowed() -> World:
     ])
 
 
-def _adopt_orphan() -> World:
+def _adopt_orphan() -> PlannedNamespace:
     gone = credential("old", secret_name="pull")
     return world(credential("new", secret_name="pull"), copies=[live_copy(gone, NS)],
                  accounts=[sa_body("default", NS, ["pull"], ours=["pull"])])
 
 
-def _someone_elses_entry() -> World:
+def _someone_elses_entry() -> PlannedNamespace:
     return world(credential("harbor-prod"), accounts=[sa_body("default", NS, ["harbor-prod"])])
 
 
-def _conflicts() -> World:
+def _conflicts() -> PlannedNamespace:
     holder = credential("z-holder", secret_name="pull", created="2024-06-01T00:00:00Z")
     return world(
         holder,
@@ -576,7 +576,7 @@ def _conflicts() -> World:
     )
 
 
-def _multi() -> World:
+def _multi() -> PlannedNamespace:
     """Several CRs and ServiceAccounts in one namespace, with every kind of neighbour."""
     creds = [
         credential("harbor", service_accounts=("*",), labels={"team": "platform"}),
@@ -608,7 +608,7 @@ def _multi() -> World:
     return world(*creds, copies=copies, accounts=accounts, foreign={"foreign-one"})
 
 
-SCENARIOS: dict[str, Callable[[], World]] = {
+SCENARIOS: dict[str, Callable[[], PlannedNamespace]] = {
     "fresh namespace": _fresh,
     "rotation": _rotation,
     "drifted copy and lost entry": _drift,

@@ -6,7 +6,6 @@ import json
 from dataclasses import replace
 
 import pytest
-from core_builders import PASSWORD, b64, credential, ns, raw_source
 
 from regcred.core.plan import Credential
 from regcred.core.provider import (
@@ -29,6 +28,7 @@ from regcred.core.provider import (
     token_claims,
 )
 from regcred.core.source import DOCKERCONFIGJSON_TYPE, render
+from support.builders import PASSWORD, b64, credential, ns, raw_source
 
 AUDIENCE = "regcred.dev/credential-provider"
 IMAGE = "harbor.example.com/team/app:1"

@@ -16,9 +16,9 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from core_builders import PASSWORD, basic_source, make_spec
 
 from regcred.core.source import DOCKER_HUB_KEY, render
+from support.builders import PASSWORD, basic_source, make_spec
 
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
 

@@ -8,7 +8,6 @@ import json
 import traceback
 
 import pytest
-from core_builders import PASSWORD, b64, basic_source, make_spec, raw_source
 
 from regcred.core.errors import InvalidInput
 from regcred.core.source import (
@@ -20,6 +19,7 @@ from regcred.core.source import (
     registry_key,
     render,
 )
+from support.builders import PASSWORD, b64, basic_source, make_spec, raw_source
 
 USERNAME = "robot$ci"
 AUTH = base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()

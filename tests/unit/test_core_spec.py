@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from core_builders import OPERATOR_NAMESPACE, T0, cr_body, req, selector
 
 from regcred.core.errors import InvalidInput
 from regcred.core.spec import CredentialSpec, SourceRef, parse_credential
+from support.builders import OPERATOR_NAMESPACE, T0, cr_body, req, selector
 
 ALLOWED = frozenset({OPERATOR_NAMESPACE, "shared-secrets"})
 

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 import urllib3
-from core_builders import PASSWORD, PatchTestFailed, credential, json_patch, sa_body
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from structlog.testing import capture_logs
@@ -34,6 +33,7 @@ from regcred.kube import client as kube_client
 from regcred.kube.client import Kube, Outage
 from regcred.kube.errors import OVERLOADED, REFUSED, ApiConflict, ApiRefused, ApiUnavailable, api_error
 from regcred.sync.executor import COPY_ATTEMPTS, SERVICE_ACCOUNT_ATTEMPTS, Executor
+from support.builders import PASSWORD, PatchTestFailed, credential, json_patch, sa_body
 
 NAMESPACE = "team-a"
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from regcred.core.doctor import observe_secret
+from regcred.core.doctor.observation import observe_secret
 from regcred.core.errors import InvalidInput
 from regcred.core.images import parse_image
 from regcred.core.keyring import AuthsEntry, lookup

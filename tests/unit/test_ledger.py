@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import pytest
-from fakes import CREDENTIAL, NOW, Api, World, credential_body
 
 from regcred.core.errors import InvalidInput, SourceUnreadable
 from regcred.core.status import Failure
 from regcred.metrics import Metrics
 from regcred.sync.ledger import Ledger, StatusPublisher
+from support.builders import cr_body
+from support.fakes import CREDENTIAL, NOW, Api, World
 
 CONFLICT = Failure("b", "Conflict", "secret harbor exists and is not managed by regcred")
 
@@ -92,16 +96,24 @@ def test_a_rotation_is_news(published):
 def test_a_credential_gone_or_being_deleted_gets_no_status(published):
     publisher, _, api, world = published
     publisher.publish("other", wrote=True)
-    world.bodies[CREDENTIAL] = {**credential_body(), "metadata": {
-        **credential_body()["metadata"], "deletionTimestamp": NOW}}
+    world.bodies[CREDENTIAL] = {**cr_body(CREDENTIAL, generation=1), "metadata": {
+        **cr_body(CREDENTIAL, generation=1)["metadata"], "deletionTimestamp": NOW}}
     publisher.publish(CREDENTIAL, wrote=True)
     assert api.statuses == []
 
 
+class Verified:
+    """A status extension with one condition of its own."""
+
+    def status_for(self, name: str, body: Mapping[str, Any], previous: Mapping[str, Any],
+                   ) -> tuple[tuple[Mapping[str, Any], ...], Mapping[str, Any]]:
+        return ({"type": "CredentialsVerified", "status": "True", "reason": "Verified",
+                 "message": "registry accepted them"},), {}
+
+
 def test_extra_conditions_are_published_after_ready(published):
     publisher, _, api, _ = published
-    publisher.set_condition(CREDENTIAL, {"type": "CredentialsVerified", "status": "True",
-                                         "reason": "Verified", "message": "registry accepted them"})
+    publisher.extend(Verified())
     publisher.publish(CREDENTIAL, wrote=False)
     types = [c["type"] for c in api.statuses[-1]["conditions"]]
     assert types == ["Ready", "CredentialsVerified"]

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from core_builders import OPERATOR_NAMESPACE, PASSWORD, basic_source, cr_body, credential, ns
 
 from regcred.admission.tls import issue, utc_now
 from regcred.cli import build_parser, settings_from
@@ -30,6 +29,7 @@ from regcred.metrics import Metrics
 from regcred.provider import plugin
 from regcred.provider.endpoint import PATH, Endpoint, LiveServed, ProviderServer, PullTally, publish_counts
 from regcred.settings import ProviderSettings
+from support.builders import OPERATOR_NAMESPACE, PASSWORD, basic_source, cr_body, credential, ns
 
 AUDIENCE = "regcred.dev/credential-provider"
 IMAGE = "harbor.example.com/team/app:1"

@@ -1,6 +1,6 @@
 """Error paths of the reconciler: what it records when the API refuses or fails.
 
-The Kubernetes layer is replaced by a fake here (tests/unit/fakes.py): these are the failure
+The Kubernetes layer is replaced by a fake here (tests/support/fakes.py): these are the failure
 paths a real API server will not produce on demand. Happy paths run against the real
 control plane in tests/integration.
 """
@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
-from fakes import CREDENTIAL, NAMESPACE, PASSWORD, Api, Wired, World, credential_body
 
 from regcred.core.errors import InvalidInput
 from regcred.core.plan import (
@@ -25,6 +24,8 @@ from regcred.core.plan import (
 )
 from regcred.kube.errors import ApiConflict, ApiRefused, ApiUnavailable, KubeError
 from regcred.sync.executor import Applied
+from support.builders import cr_body
+from support.fakes import CREDENTIAL, NAMESPACE, PASSWORD, Api, Wired, World
 
 NOT_OURS = Applied(wrote=False, not_ours="secret harbor exists and is not managed by regcred")
 
@@ -168,7 +169,7 @@ class IndexedDuringThePlan(ResumedWorld):
     def credential_bodies(self) -> list[Mapping[str, Any]]:
         self.reads += 1
         if self.reads > 2:
-            self.bodies["newer"] = credential_body("newer")
+            self.bodies["newer"] = cr_body("newer", generation=1)
         return super().credential_bodies()
 
 
@@ -188,13 +189,13 @@ def test_a_cr_is_parsed_again_at_a_new_version_and_an_invalid_one_keeps_failing_
     """Parses are kept per resourceVersion: a changed CR must not be planned from its old
     spec, and an invalid one raises the same error each time without its traceback growing."""
     wired = Wired(Api())
-    body = credential_body()
+    body = cr_body(CREDENTIAL)
     body["metadata"]["resourceVersion"] = "1"
     assert wired.reconciler.parse(body).secret_name == CREDENTIAL
-    changed = credential_body(target={"secretName": "renamed"})
+    changed = cr_body(CREDENTIAL, target={"secretName": "renamed"})
     changed["metadata"]["resourceVersion"] = "2"
     assert wired.reconciler.parse(changed).secret_name == "renamed"
-    invalid = credential_body()
+    invalid = cr_body(CREDENTIAL)
     invalid["metadata"]["resourceVersion"] = "3"
     del invalid["spec"]
     depths = []

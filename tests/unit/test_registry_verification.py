@@ -5,19 +5,12 @@ from __future__ import annotations
 
 import random
 import socket
-import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
 
-import fakes
 import pytest
-from core_builders import PASSWORD, basic_source, make_spec
 from prometheus_client import generate_latest
-from registry_server import Certificates, fake_registry
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-from helpers import wait_for
 
 from regcred.core.conditions import CREDENTIALS_VERIFIED as CONDITION
 from regcred.core.errors import InvalidInput
@@ -39,6 +32,10 @@ from regcred.core.verification import (
 from regcred.metrics import Metrics
 from regcred.sync.ledger import Ledger, StatusPublisher
 from regcred.verification.verifier import Verification, check
+from support import fakes
+from support.builders import PASSWORD, basic_source, cr_body, make_spec
+from support.registry import Certificates, fake_registry
+from support.wait import wait_for
 
 WRONG = "wrong-" + PASSWORD
 
@@ -243,7 +240,7 @@ class Harness:
 
 
 def verify_body() -> dict:
-    body = fakes.credential_body("harbor-prod")
+    body = cr_body("harbor-prod", generation=1)
     body["spec"]["verify"] = {"enabled": True}
     return body
 

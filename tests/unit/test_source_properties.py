@@ -14,7 +14,6 @@ import base64
 import json
 from typing import Any
 
-from core_builders import make_spec, raw_source
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +22,7 @@ from regcred.core.images import parse_image
 from regcred.core.keyring import AuthsEntry, lookup
 from regcred.core.pullsecret import DOCKER_HUB_KEY, kubelet_read, server_key
 from regcred.core.source import MAX_VALUE_BYTES, SourceSecret, render
+from support.builders import make_spec, raw_source
 
 # Every refusal the render may give: the condition reasons of docs/user-guide.md.
 REASONS = {"MissingKey", "InvalidBase64", "EmptyValue", "InvalidSource", "SourceTooLarge",

@@ -7,10 +7,10 @@ import threading
 from typing import Any
 
 import pytest
-from core_builders import credential, live_copy, sa_body
 
 from regcred.sync.caches import Caches
 from regcred.sync.watches import Watches
+from support.builders import credential, live_copy, sa_body
 
 HARBOR = credential("harbor")
 

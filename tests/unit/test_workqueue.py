@@ -1,4 +1,4 @@
-"""The work queue's contract (regcred/sync/workqueue.py), on a clock the tests move by hand."""
+"""The work queue's contract (regcred/workqueue.py), on a clock the tests move by hand."""
 
 from __future__ import annotations
 
@@ -6,13 +6,8 @@ import threading
 
 import pytest
 
-from regcred.sync.workqueue import (
-    RETRY_DELAYS,
-    CacheCheckKey,
-    CredentialKey,
-    NamespaceKey,
-    WorkQueue,
-)
+from regcred.sync.controller import CacheCheckKey, CredentialKey, NamespaceKey
+from regcred.workqueue import RETRY_DELAYS, WorkQueue
 
 
 class Clock:
@@ -110,12 +105,12 @@ def test_a_delayed_add_of_a_queued_key_adds_nothing(queue, clock):
     assert drain(queue) == [NamespaceKey("a")]
 
 
-def test_backoff_grows_per_key_up_to_its_cap_and_resets_on_forget(queue, clock):
+def test_backoff_grows_per_key_up_to_its_cap_and_is_reset_after_a_success(queue, clock):
     key, other = CredentialKey("a"), CredentialKey("b")
     delays = [queue.retry_later(key) for _ in range(len(RETRY_DELAYS) + 2)]
     assert delays == [*RETRY_DELAYS, RETRY_DELAYS[-1], RETRY_DELAYS[-1]]
     assert queue.retry_later(other) == RETRY_DELAYS[0]  # per key
-    queue.forget(key)
+    queue.reset_backoff(key)
     assert queue.failures(key) == 0
     assert queue.retry_later(key) == RETRY_DELAYS[0]
 

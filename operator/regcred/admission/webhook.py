@@ -50,6 +50,7 @@ from regcred.core.spec import GROUP, PLURAL, VERSION, CredentialSpec, parse_cred
 from regcred.kube.client import Kube
 from regcred.kube.config import api_client
 from regcred.kube.errors import OPERATOR_ROLE, ApiConflict, ApiInvalid, KubeError
+from regcred.runtime import runtime_of
 from regcred.settings import AdmissionSettings, Settings
 
 log = structlog.get_logger("regcred.admission")
@@ -427,25 +428,31 @@ class AdmissionServer:
 
 
 def start_admission(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    options: Settings = memo.settings
-    if "admission" in memo:  # kopf retries start-up steps: build once
+    runtime = runtime_of(memo)
+    regcred_settings = runtime.settings
+    if runtime.get(Admission) is not None:  # kopf retries start-up steps: build once
         return
-    kube = Kube(api_client(memo.api_configuration, API_THREADS), on_error=memo.metrics.api_error,
+    kube = Kube(api_client(runtime.api_configuration, API_THREADS), on_error=runtime.metrics.api_error,
                 role=OPERATOR_ROLE)
-    assert options.admission is not None
-    decider = Decider(kube, options)
-    registrar = Registrar(kube, options.admission, options.operator_namespace,
+    assert regcred_settings.admission is not None
+    decider = Decider(kube, regcred_settings)
+    registrar = Registrar(kube, regcred_settings.admission, regcred_settings.operator_namespace,
                           lambda: decider.specs(kube.list_credentials()))
-    server = AdmissionServer(kube, options, registrar, Reviewer(decider))
-    memo.admission = Admission(decider, registrar, server)
+    server = AdmissionServer(kube, regcred_settings, registrar, Reviewer(decider))
+    runtime.add(Admission(decider, registrar, server))
     decider.credentials.start(kube, server.stopped)
     settings.admission.server = server
     settings.admission.managed = None  # regcred writes the configuration (see the docstring)
 
 
 def stop_admission(memo: kopf.Memo, **_: Any) -> None:
-    if "admission" in memo:
-        memo.admission.server.close()
+    admission = runtime_of(memo).get(Admission)
+    if admission is not None:
+        admission.server.close()
+
+
+def _admission(memo: kopf.Memo) -> Admission:
+    return runtime_of(memo).started(Admission)  # built by the start-up step, before any handler
 
 
 def credential_seen_by_admission(memo: kopf.Memo, credential_index: kopf.Index[str, dict[str, Any]],
@@ -454,6 +461,7 @@ def credential_seen_by_admission(memo: kopf.Memo, credential_index: kopf.Index[s
     namespaces now. Written only when it changes."""
     bodies = [body for store in credential_index.values() for body in store]
     try:
-        memo.admission.registrar.register(specs=memo.admission.decider.specs(bodies))
+        admission = _admission(memo)
+        admission.registrar.register(specs=admission.decider.specs(bodies))
     except KubeError as error:  # the next CR event, or the next start, tries again
         log.warning("cannot update the admission webhook", error=str(error))

@@ -44,10 +44,6 @@ class ImageRef:
     tag: str
     digest: str
 
-    @property
-    def docker_hub(self) -> bool:
-        return self.registry == DOCKER_HUB_DOMAIN
-
 
 def parse_image(image: str) -> ImageRef:
     """Parse like the kubelet; raises `InvalidInput("InvalidImageName", ...)` where it fails."""

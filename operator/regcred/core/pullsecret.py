@@ -150,12 +150,8 @@ def _read_document(document: Any, problem: str | None, legacy: bool) -> Reading:
         return Reading(entries={}, problem=problem or (None if legacy else "it has no 'auths' object"))
     if not isinstance(document, _Object):
         return Reading(entries={}, error=f"it is {_kind(document)}, not an object")
-    if legacy:  # .dockercfg: the document is the auths map itself
-        entries: dict[str, Entry] = {}
-        failed = _read_auths(document, entries)
-        if failed:
-            return Reading(entries={}, error=failed[0], error_key=failed[1])
-        return Reading(entries=entries, problem=problem)
+    if legacy:
+        return _read_legacy(document, problem)
     auths: dict[str, Entry] | None = None
     seen_auths = 0
     error = None
@@ -174,6 +170,12 @@ def _read_document(document: Any, problem: str | None, legacy: bool) -> Reading:
                     return Reading(entries={}, error=failed[0], error_key=failed[1])
         elif folded == "httpheaders" and value is not None and not _string_map(value):
             error = error or "'HttpHeaders' is not an object of strings"
+    return _config_reading(auths, seen_auths, error, problem)
+
+
+def _config_reading(auths: dict[str, Entry] | None, seen_auths: int, error: str | None,
+                    problem: str | None) -> Reading:
+    """The reading of a whole config document, once its fields are decoded."""
     if error:
         return Reading(entries={}, error=error)
     if seen_auths > 1:
@@ -181,6 +183,15 @@ def _read_document(document: Any, problem: str | None, legacy: bool) -> Reading:
     if auths is None:
         problem = problem or "it has no 'auths' object"
     return Reading(entries=auths or {}, problem=problem)
+
+
+def _read_legacy(document: _Object, problem: str | None) -> Reading:
+    """.dockercfg: the document is the auths map itself."""
+    entries: dict[str, Entry] = {}
+    failed = _read_auths(document, entries)
+    if failed:
+        return Reading(entries={}, error=failed[0], error_key=failed[1])
+    return Reading(entries=entries, problem=problem)
 
 
 def _read_auths(value: _Object, auths: dict[str, Entry]) -> tuple[str, str] | None:

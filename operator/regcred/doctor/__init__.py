@@ -1,2 +1,2 @@
 """`regcred doctor`: reads what it needs from the API and hands it to the core's rules
-(`core/doctor.py`)."""
+(`core/doctor/`)."""

@@ -3,7 +3,7 @@
 Read-only: one paged list per kind (pods, serviceaccounts, secrets, Warning events about
 Pods, namespaces, registrycredentials), never a request per Pod. Secrets are reduced to
 their type and `auths` keys as they stream in; no content is kept or printed. The
-decisions are in regcred/core/doctor.py.
+decisions are in regcred/core/doctor/ (observation, rules, report).
 """
 
 from __future__ import annotations
@@ -18,16 +18,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 
-from regcred.core.doctor import (
-    ERROR,
-    WARNING,
-    Finding,
-    Report,
-    Snapshot,
-    diagnose,
-    report_json,
-    snapshot_from,
-)
+from regcred.core.doctor.observation import Snapshot, snapshot_from
+from regcred.core.doctor.report import ERROR, WARNING, render_table, report_json
+from regcred.core.doctor.rules import diagnose
 
 if TYPE_CHECKING:  # `regcred run` imports this module (for its parser) before it may import
     from regcred.kube.client import Kube  # `kubernetes`, which reads $KUBECONFIG at import time
@@ -177,59 +170,7 @@ def _namespaces(kube: Kube, namespace: str | None) -> Iterable[Mapping[str, Any]
 
 # --- the table ------------------------------------------------------------------------------
 
-_COLOURS = {ERROR: "\033[31m", WARNING: "\033[33m", "ok": "\033[32m"}
-_RESET = "\033[0m"
-
-
 def _colour(choice: str, out: TextIO) -> bool:
     if choice != "auto":
         return choice == "always"
     return out.isatty() and not os.environ.get("NO_COLOR")
-
-
-def render_table(report: Report, *, colour: bool) -> str:
-    """One row per container image, then each finding with its evidence and fix."""
-    def paint(text: str, what: str) -> str:
-        return f"{_COLOURS[what]}{text}{_RESET}" if colour else text
-
-    by_container: dict[tuple[str, str, str], list[Finding]] = {}
-    for finding in report.findings:
-        by_container.setdefault((finding.namespace, finding.pod, finding.container), []).append(finding)
-    header = ("NAMESPACE", "POD", "CONTAINER", "REGISTRY", "POLICY", "PULL SECRET", "STATE", "FINDINGS")
-    rows, severities = [], []
-    for image in report.images:
-        secret = f"{image.pull_secret.secret} ({image.pull_secret.key})" if image.pull_secret else "-"
-        found = (by_container.get((image.namespace, image.pod, ""), [])
-                 + by_container.get((image.namespace, image.pod, image.container), []))
-        rows.append((image.namespace, image.pod, image.container, image.registry,
-                     image.pull_policy, secret,
-                     image.state, ",".join(dict.fromkeys(f.code for f in found)) or "ok"))
-        severities.append(_worst(found))
-    widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(header, widths, strict=True)).rstrip()]
-    for row, severity in zip(rows, severities, strict=True):
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
-        cells[-1] = paint(cells[-1], severity or "ok")
-        lines.append("  ".join(cells).rstrip())
-    if not rows:
-        lines.append("(no pods)")
-    for finding in report.findings:
-        lines.append("")
-        mark = paint(f"{finding.severity.upper()} {finding.code}", finding.severity)
-        where = f"[{finding.container}] {finding.image}" if finding.container else "[pod]"
-        lines.append(f"{mark}  {finding.namespace}/{finding.pod} {where}")
-        lines.append(f"  {finding.message}")
-        lines.extend(f"  - {line}" for line in finding.evidence if line)
-        if finding.fix:
-            lines.append(f"  fix: {finding.fix}")
-        lines.extend(f"    $ {command}" if not command.startswith("#") else f"    {command}"
-                     for command in finding.commands)
-    errors, warnings = report.count(ERROR), report.count(WARNING)
-    summary = f"{report.pods} pods, {len(report.images)} images: {errors} errors, {warnings} warnings"
-    lines.extend(["", paint(summary, ERROR if errors else WARNING if warnings else "ok")])
-    return "\n".join(lines) + "\n"
-
-
-def _worst(findings: Iterable[Finding]) -> str | None:
-    severities = {f.severity for f in findings}
-    return ERROR if ERROR in severities else WARNING if WARNING in severities else None

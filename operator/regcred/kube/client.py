@@ -332,11 +332,7 @@ class Kube:
         while not stop.is_set():
             try:
                 if not resource_version:
-                    listing = self._call("list", f"secrets in {namespace}",
-                                         self._core.list_namespaced_secret, namespace)
-                    resource_version = listing["metadata"]["resourceVersion"]
-                    for item in listing.get("items") or []:
-                        on_change(namespace, item["metadata"]["name"])
+                    resource_version = self._list_sources(namespace, on_change)
                 stream = watch.Watch().stream(
                     self._core.list_namespaced_secret, namespace,
                     resource_version=resource_version, timeout_seconds=300,
@@ -369,6 +365,14 @@ class Kube:
                 log.warning("source secret watch failed, retrying", namespace=namespace,
                             error=type(error).__name__)
                 stop.wait(2)
+
+    def _list_sources(self, namespace: str, on_change: Callable[[str, str], None]) -> str:
+        """Call `on_change` for every Secret listed now; the listing's resourceVersion."""
+        listing = self._call("list", f"secrets in {namespace}", self._core.list_namespaced_secret,
+                             namespace)
+        for item in listing.get("items") or []:
+            on_change(namespace, item["metadata"]["name"])
+        return str(listing["metadata"]["resourceVersion"])
 
     # --- admission (regcred/admission/webhook.py): live reads and the webhook's own objects -----
 

@@ -59,7 +59,10 @@ from regcred.kube.client import Kube
 from regcred.kube.config import api_client
 from regcred.kube.errors import OPERATOR_ROLE, KubeError
 from regcred.metrics import Metrics
+from regcred.runtime import runtime_of
 from regcred.settings import ProviderSettings, Settings
+from regcred.sync.controller import SyncLoop
+from regcred.sync.ledger import StatusPublisher
 
 log = structlog.get_logger("regcred.provider")
 
@@ -341,9 +344,9 @@ class Provider:
 class _FromController:
     """`Served` from the running operator: its reconciler's renders, its namespace cache."""
 
-    def __init__(self, memo: kopf.Memo) -> None:
-        self._reconciler = memo.controller.reconciler
-        self._caches = memo.caches
+    def __init__(self, sync: SyncLoop) -> None:
+        self._reconciler = sync.controller.reconciler
+        self._caches = sync.caches
 
     def credentials(self) -> list[Credential]:
         result: list[Credential] = self._reconciler.credentials()
@@ -361,20 +364,24 @@ def register(registry: kopf.OperatorRegistry) -> None:
 
 
 def start_provider(memo: kopf.Memo, **_: Any) -> None:
-    if "provider" in memo:  # kopf retries start-up steps: build once
+    runtime = runtime_of(memo)
+    if runtime.get(Provider) is not None:  # kopf retries start-up steps: build once
         return
-    if "controller" not in memo:
+    sync = runtime.get(SyncLoop)
+    if sync is None:
         raise kopf.TemporaryError("waiting for the operator to start", delay=1)
-    settings: Settings = memo.settings
+    settings = runtime.settings
     options = settings.provider
     assert options is not None
-    kube = Kube(api_client(memo.api_configuration, API_THREADS), on_error=memo.metrics.api_error,
+    publisher = sync.controller.publisher
+    assert publisher is not None  # controller.build always gives it one
+    kube = Kube(api_client(runtime.api_configuration, API_THREADS), on_error=runtime.metrics.api_error,
                 role=OPERATOR_ROLE)
     tally = PullTally(options.window_seconds)
-    memo.controller.publisher.extend(tally)
-    served = _FromController(memo)
-    live = LiveServed(kube, memo.controller.reconciler.parse) if settings.peering else None
-    endpoint = Endpoint(kube, served, options, memo.metrics, tally, live)
+    publisher.extend(tally)
+    served = _FromController(sync)
+    live = LiveServed(kube, sync.controller.reconciler.parse) if settings.peering else None
+    endpoint = Endpoint(kube, served, options, runtime.metrics, tally, live)
     hosts = serving_hosts(options, settings.operator_namespace)
     try:
         tls = ensure_certificate(kube, settings.operator_namespace, options.tls_secret, hosts)
@@ -383,22 +390,24 @@ def start_provider(memo: kopf.Memo, **_: Any) -> None:
     server = ProviderServer((options.listen_host, options.listen_port), endpoint)
     server.use_certificate(tls)
     stop = threading.Event()
-    memo.provider = Provider(server, stop)
+    runtime.add(Provider(server, stop))
     threading.Thread(target=server.serve_forever, name="credential-provider", daemon=True).start()
-    threading.Thread(target=_maintain, args=(kube, server, tally, memo, hosts, stop),
+    synced_here = sync.controller.reconciler.has_synced
+    threading.Thread(target=_maintain,
+                     args=(kube, server, tally, publisher, synced_here, settings, hosts, stop),
                      name="credential-provider-upkeep", daemon=True).start()
     log.info("serving the credential provider endpoint",
              listen=f"{options.listen_host}:{options.listen_port}", audience=options.audience)
 
 
-def _maintain(kube: Kube, server: ProviderServer, tally: PullTally, memo: kopf.Memo, hosts: list[str],
+def _maintain(kube: Kube, server: ProviderServer, tally: PullTally, publisher: StatusPublisher,
+              synced_here: Callable[[str], bool], settings: Settings, hosts: list[str],
               stop: threading.Event) -> None:
     """Publish changed counts every few seconds; renew the certificate every hour."""
-    settings: Settings = memo.settings
     assert settings.provider is not None
     last_check = time.monotonic()
     while not stop.wait(STATUS_PUBLISH_SECONDS):
-        publish_counts(tally, memo.controller.reconciler.has_synced, memo.controller.publisher.publish)
+        publish_counts(tally, synced_here, publisher.publish)
         if time.monotonic() - last_check >= CERTIFICATE_CHECK_SECONDS:
             last_check = time.monotonic()
             try:
@@ -418,7 +427,8 @@ def publish_counts(tally: PullTally, synced_here: Callable[[str], bool],
 
 
 def stop_provider(memo: kopf.Memo, **_: Any) -> None:
-    if "provider" in memo:
-        memo.provider.stop.set()
-        memo.provider.server.shutdown()
-        memo.provider.server.server_close()
+    provider = runtime_of(memo).get(Provider)
+    if provider is not None:
+        provider.stop.set()
+        provider.server.shutdown()
+        provider.server.server_close()

@@ -24,7 +24,7 @@ log = structlog.get_logger("regcred.cachecheck")
 class CheckableCaches(Protocol):
     # uid -> namespace of the cached namespaces and copies
     def cached_uids(self) -> dict[str, str]: ...
-    def forget(self, uids: Iterable[str]) -> None: ...
+    def drop_uids(self, uids: Iterable[str]) -> None: ...
 
 
 class LiveUids(Protocol):
@@ -61,6 +61,6 @@ class CacheChecker:
         gone = {uid: namespace for uid, namespace in cached.items() if uid not in live}
         if not gone:
             return CheckResult()
-        self._caches.forget(gone)
+        self._caches.drop_uids(gone)
         log.warning("dropped cache entries deleted while a watch was down", objects=len(gone))
         return CheckResult(tuple(sorted(set(gone.values()))))

@@ -93,7 +93,7 @@ class Caches:
             cache.setdefault(namespace, {})[name] = observe(body)
             return True
 
-    def wrote(self, written: ObservedCopy | ObservedServiceAccount, planned_from: str | None) -> None:
+    def take_in(self, written: ObservedCopy | ObservedServiceAccount, planned_from: str | None) -> None:
         """Take in an object as regcred just wrote it, so that a plan made before its watch
         event arrives sees it, and the event then changes nothing. Only if the entry still
         shows the version the write was planned from (None: absent): a watch event that has
@@ -137,8 +137,8 @@ class Caches:
                          for copy in entries.values())
         return found
 
-    def forget(self, uids: Iterable[str]) -> None:
-        """Drop entries whose DELETED event was lost with a watch (see Reconciler.verify_caches)."""
+    def drop_uids(self, uids: Iterable[str]) -> None:
+        """Drop entries whose DELETED event was lost with a watch (found by `CacheChecker.check`)."""
         gone = set(uids)
         with self._lock:
             for name in [n for n, cached in self._namespaces.items() if cached.uid in gone]:

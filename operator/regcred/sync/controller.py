@@ -13,22 +13,58 @@ kopf's finalizer waits for its result.
 from __future__ import annotations
 
 import threading
-from typing import Protocol, assert_never
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, assert_never
 
 import structlog
 
 from regcred.kube.client import Kube
-from regcred.kube.errors import KubeError
+from regcred.kube.config import api_client
+from regcred.kube.errors import OPERATOR_ROLE, KubeError
 from regcred.metrics import Metrics
 from regcred.settings import Settings
-from regcred.sync.cachecheck import CacheChecker, CheckableCaches
+from regcred.sync.activity import Activity
+from regcred.sync.cachecheck import CacheChecker
+from regcred.sync.caches import Caches
 from regcred.sync.executor import Executor
-from regcred.sync.ledger import Ledger, StatusPublisher
-from regcred.sync.reconciler import NamespaceOutcome, Reconciler, World
-from regcred.sync.workqueue import CacheCheckKey, CredentialKey, Key, NamespaceKey, WorkQueue
+from regcred.sync.ledger import Ledger, StatusPublisher, utc_now
+from regcred.sync.reconciler import NamespaceOutcome, Reconciler
+from regcred.sync.watches import Watches
 from regcred.verification.verifier import Verification
+from regcred.workqueue import WorkQueue
 
 log = structlog.get_logger("regcred.controller")
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceKey:
+    """Converge one namespace against every credential."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialKey:
+    """Re-render one credential from its source and converge every namespace."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class CacheCheckKey:
+    """Check the caches against the API for objects whose DELETED event was lost.
+
+    `periodic` checks may be skipped when one ran recently; a check asked for after a
+    re-list never is.
+    """
+
+    periodic: bool = False
+
+
+# Every way into the controller; `Controller.process` runs namespaces, `_run` the rest (it ends in
+# assert_never).
+Key = NamespaceKey | CredentialKey | CacheCheckKey
 
 RELIST_CHECK_DELAY = 1.0  # after a re-list, give the listing a moment before checking
 
@@ -116,7 +152,7 @@ class Controller:
             except Exception:  # the next sync publishes again; the worker goes on
                 log.exception("status publish failed", key=repr(key))
         if not transient:
-            self._queue.forget(key)
+            self._queue.reset_backoff(key)
             return
         delay = self._queue.retry_later(key)
         log.info("retrying after a transient API failure", key=repr(key), seconds=delay)
@@ -138,13 +174,63 @@ class Controller:
         assert_never(key)
 
 
-class ObservedState(World, CheckableCaches, Protocol):
-    """What the controller reads (`Caches`): the reconciler's view and the cache check's."""
+class SyncLoop:
+    """The sync feature as kopf's start-up step builds it: the client, the caches and the
+    watches that fill them, whether this replica acts, the controller and its workers, and one
+    watch per allow-listed source namespace; stopped by kopf's clean-up step."""
+
+    def __init__(self, kube: Kube, caches: Caches, controller: Controller, settings: Settings,
+                 metrics: Metrics, priority: int) -> None:
+        self.kube = kube
+        self.caches = caches
+        self.controller = controller
+        self._source_namespaces = sorted(settings.source_namespaces)
+        self._stop = threading.Event()
+        self.activity = Activity(settings.peering, priority, on_resumed=self._look_at_every_namespace)
+        self._watches = Watches(kube, caches, controller, metrics.watch_event, self.activity)
+
+    def start(self) -> None:
+        """Fill the caches (before any work is queued: nothing is planned on a half-filled
+        cache), learn whether this replica acts, then start the workers and the watches.
+        Raises `KubeError` while the API cannot be listed; the caller tries again."""
+        self.kube.check_crd()
+        versions = self._watches.fill()
+        self.activity.start(self.kube, self._stop)
+        self.controller.start()
+        self._watches.start(versions, self._stop)
+        for namespace in self._source_namespaces:
+            threading.Thread(
+                target=self.kube.watch_secrets,
+                args=(namespace, self.controller.source_changed, self._stop),
+                name=f"source-watch-{namespace}", daemon=True,
+            ).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.controller.shutdown()
+
+    def _look_at_every_namespace(self) -> None:
+        """This replica took over (or started alone): whatever it saw while paused was left to
+        the other one; every namespace is looked at once (a plan is empty where nothing is
+        missing)."""
+        for namespace in self.caches.namespace_names():
+            self.controller.namespace_changed(namespace)
 
 
-def build(kube: Kube, caches: ObservedState, settings: Settings, metrics: Metrics) -> Controller:
-    """Wire the operator: one queue, the ledger and its publisher, the reconciler and its
-    executor, the check."""
+def api_threads(settings: Settings, kopf_threads: int) -> int:
+    """Threads that may call the API at once, which the client's connection pool is sized for:
+    our fan-out pool and queue workers, kopf's handler threads, and one long watch per source
+    namespace."""
+    return 2 * settings.workers + kopf_threads + len(settings.source_namespaces)
+
+
+def build(api_configuration: Any, credential_index: Mapping[str, Iterable[Mapping[str, Any]]],
+          settings: Settings, metrics: Metrics, priority: int, kopf_threads: int) -> SyncLoop:
+    """Wire the operator: the client, the caches, one queue, the ledger and its publisher, the
+    reconciler and its executor, the check, verification."""
+    kube = Kube(api_client(api_configuration, api_threads(settings, kopf_threads)),
+                on_error=metrics.api_error, role=OPERATOR_ROLE)
+    caches = Caches(credential_index)
     queue: WorkQueue[Key] = WorkQueue()
     ledger = Ledger()
     publisher = StatusPublisher(kube, caches, ledger, metrics)
@@ -156,7 +242,9 @@ def build(kube: Kube, caches: ObservedState, settings: Settings, metrics: Metric
     verification = Verification(kube, metrics, rendered=reconciler.rendered,
                                 exists=lambda name: caches.credential_body(name) is not None,
                                 republish=lambda name: publisher.publish(name, wrote=False),
+                                clock=utc_now,
                                 # an active replica publishes every CR at least once per resync
                                 stale_after=2 * settings.resync_seconds + 60)
     publisher.extend(verification)
-    return Controller(queue, reconciler, checker, settings.workers, verification, publisher)
+    controller = Controller(queue, reconciler, checker, settings.workers, verification, publisher)
+    return SyncLoop(kube, caches, controller, settings, metrics, priority)

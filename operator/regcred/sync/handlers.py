@@ -10,36 +10,21 @@ Nothing is registered on import: `register(registry, settings)` does it, so ever
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
 from regcred.core.spec import GROUP, PLURAL, VERSION
-from regcred.kube.client import Kube
-from regcred.kube.config import api_client
-from regcred.kube.errors import OPERATOR_ROLE, KubeError
-from regcred.metrics import Metrics
+from regcred.kube.errors import KubeError
+from regcred.runtime import runtime_of
 from regcred.settings import Settings
-from regcred.sync.activity import Activity
-from regcred.sync.caches import Caches
-from regcred.sync.controller import Controller, build
+from regcred.sync.controller import SyncLoop, build
 from regcred.sync.reconciler import CleanupIncomplete
-from regcred.sync.watches import Watches
 
 CRD = (GROUP, VERSION, PLURAL)
 PEERING_LIFETIME_SECONDS = 15
 WORKER_IDLE_SECONDS = 0.5
-
-
-class SharedMemo(kopf.Memo):
-    """The operator's one memo. kopf gives each watched object a shallow copy of it for state
-    of its own (0.2 KB apiece, 5 MB at 25,000 objects); regcred keeps no per-object state
-    there, so every object shares this one."""
-
-    def __copy__(self) -> SharedMemo:
-        return self
 
 
 def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
@@ -69,83 +54,62 @@ def credential_index(body: Mapping[str, Any], name: str, **_: Any) -> dict[str, 
 
 def start(settings: kopf.OperatorSettings, memo: kopf.Memo,
           credential_index: kopf.Index[str, dict[str, Any]], retry: int = 0, **_: Any) -> None:
-    """Configure kopf, build the operator, fill the caches (before any work is queued), then
-    start the workers and the watches. kopf retries the step while the API is down."""
-    options: Settings = memo.settings
-    kopf_threads = configure_kopf(settings, options)
-    if "controller" not in memo:
-        # Threads that may call the API at once: our fan-out pool and queue workers, kopf's
-        # handler threads, and one long watch per source namespace.
-        threads = 2 * options.workers + kopf_threads + len(options.source_namespaces)
-        metrics: Metrics = memo.metrics
-        memo.kube = Kube(api_client(memo.api_configuration, threads), on_error=metrics.api_error,
-                         role=OPERATOR_ROLE)
-        memo.caches = Caches(credential_index)
-        memo.controller = build(memo.kube, memo.caches, options, metrics)
-        memo.stop = threading.Event()
-        memo.activity = Activity(options.peering, memo.priority,
-                                 on_resumed=lambda: _queue_every_namespace(memo))
-        memo.watches = Watches(memo.kube, memo.caches, memo.controller, metrics.watch_event, memo.activity)
+    """Configure kopf, build the sync feature once, then start it (`SyncLoop.start`). kopf
+    retries the step while the API is down."""
+    runtime = runtime_of(memo)
+    kopf_threads = configure_kopf(settings, runtime.settings)
+    sync = runtime.get(SyncLoop)
+    if sync is None:
+        sync = build(runtime.api_configuration, credential_index, runtime.settings,
+                     runtime.metrics, runtime.priority, kopf_threads)
+        runtime.add(sync)
     try:
-        memo.kube.check_crd()
-        versions = memo.watches.fill()
-        memo.activity.start(memo.kube, memo.stop)
+        sync.start()
     except KubeError as error:
         # kopf logs each attempt: 5, 10, then every 15 s while the outage lasts
         raise kopf.TemporaryError(f"cannot list the cluster yet: {error}",
                                   delay=min(15, 5 * 2 ** retry)) from None
-    controller: Controller = memo.controller
-    controller.start()
-    memo.watches.start(versions, memo.stop)
-    for namespace in sorted(options.source_namespaces):
-        threading.Thread(
-            target=memo.kube.watch_secrets, args=(namespace, controller.source_changed, memo.stop),
-            name=f"source-watch-{namespace}", daemon=True,
-        ).start()
 
 
-def configure_kopf(settings: kopf.OperatorSettings, options: Settings) -> int:
+def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: Settings) -> int:
     """Set kopf up for regcred; returns the number of kopf's handler threads."""
-    settings.persistence.finalizer = f"{GROUP}/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    kopf_settings.persistence.finalizer = f"{GROUP}/finalizer"
+    kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
-    settings.posting.enabled = False  # we post our own events, only on news
-    kopf_threads = max(8, options.workers)
-    settings.execution.max_workers = kopf_threads
+    kopf_settings.posting.enabled = False  # we post our own events, only on news
+    kopf_threads = max(8, settings.workers)
+    kopf_settings.execution.max_workers = kopf_threads
     # kopf keeps a worker per object for this long after its last event, holding that event's
     # whole body (only CRs and the peering object are kopf's now; docs/performance.md).
-    settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
+    kopf_settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
     # A killed leader's peering entry expires after `lifetime`: that is the failover time.
-    settings.peering.lifetime = PEERING_LIFETIME_SECONDS
+    kopf_settings.peering.lifetime = PEERING_LIFETIME_SECONDS
     return kopf_threads
 
 
 def stop(memo: kopf.Memo, **_: Any) -> None:
-    if "controller" in memo:
-        memo.stop.set()
-        memo.controller.shutdown()
+    sync = runtime_of(memo).get(SyncLoop)
+    if sync is not None:
+        sync.stop()
+
+
+def _started(memo: kopf.Memo) -> SyncLoop:
+    return runtime_of(memo).started(SyncLoop)  # kopf watches only once start-up succeeded
 
 
 # --- the custom resource -------------------------------------------------------------------
 
 def credential_changed(name: str, memo: kopf.Memo, **_: Any) -> None:
-    memo.controller.credential_changed(name)
+    _started(memo).controller.credential_changed(name)
 
 
 def resync(name: str, memo: kopf.Memo, **_: Any) -> None:
-    memo.controller.resync(name)
+    _started(memo).controller.resync(name)
 
 
 def credential_deleted(name: str, memo: kopf.Memo, **_: Any) -> None:
     try:
-        memo.controller.credential_deleted(name)
+        _started(memo).controller.credential_deleted(name)
     except CleanupIncomplete as error:
         raise kopf.TemporaryError(str(error), delay=2) from None
-
-
-def _queue_every_namespace(memo: kopf.Memo) -> None:
-    """This replica took over: whatever it saw while paused was left to the other one; every
-    namespace is looked at once (a plan is empty where nothing is missing)."""
-    for namespace in memo.caches.namespace_names():
-        memo.controller.namespace_changed(namespace)

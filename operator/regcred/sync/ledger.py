@@ -7,9 +7,8 @@ it last rendered. Namespace syncs record into it; the status is computed from it
 `StatusPublisher`: computes a credential's status from the ledger with the pure
 `core.status.build_status`, writes it only when it differs from what the CR shows, and posts
 an Event on news (a new reason for not being Ready, a rotation). Conditions other than Ready
-(a credential check's, say) come in through `set_condition`, and are published with Ready;
-a `StatusExtension` (regcred/verification/verifier.py) adds conditions and fields computed at each
-publish.
+and fields of their own come from the one `StatusExtension` (regcred/verification/verifier.py),
+asked at each publish.
 """
 
 from __future__ import annotations
@@ -132,7 +131,6 @@ class StatusPublisher:
         self._clock = clock
         self._lock = threading.Lock()
         self._published: dict[str, dict[str, Any]] = {}  # the status we last wrote, per CR
-        self._conditions: dict[str, dict[str, Mapping[str, Any]]] = defaultdict(dict)
         # One computation and write at a time per CR: two publishes racing could otherwise
         # let the one computed from an older ledger land last, and stay.
         self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
@@ -140,11 +138,6 @@ class StatusPublisher:
 
     def extend(self, extension: StatusExtension) -> None:
         self._extensions.append(extension)
-
-    def set_condition(self, credential: str, condition: Mapping[str, Any]) -> None:
-        """Publish `condition` (type, status, reason, message) next to Ready from now on."""
-        with self._lock:
-            self._conditions[credential][condition["type"]] = dict(condition)
 
     def publish(self, name: str, *, wrote: bool, rotated: int = 0) -> None:
         """Write the CR's status if it differs from what it shows; post events on news."""
@@ -156,7 +149,6 @@ class StatusPublisher:
     def forget(self, name: str) -> None:
         with self._lock:
             self._published.pop(name, None)
-            self._conditions.pop(name, None)
 
     def _publish(self, name: str, *, wrote: bool, rotated: int) -> None:
         body = self._credentials.credential_body(name)
@@ -166,7 +158,6 @@ class StatusPublisher:
         entries = self._ledger.entries(name)
         with self._lock:
             previous = self._published.get(name) or dict(body.get("status") or {})
-            extra = tuple(self._conditions.get(name, {}).values())
         failures = tuple(f for f in entries.values() if f)
         conditions: tuple[Mapping[str, Any], ...] = ()
         fields: dict[str, Any] = {}
@@ -185,7 +176,7 @@ class StatusPublisher:
             source_resource_version=self._ledger.source_version(name),
             wrote=wrote,
             rotated=rotated > 0,
-            extra_conditions=(*extra, *conditions),
+            extra_conditions=conditions,
         )
         status.update(fields)
         self._metrics.set_copies(name, len(entries) - len(failures))

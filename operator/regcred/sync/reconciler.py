@@ -64,7 +64,7 @@ class World(Protocol):
     def credential_bodies(self) -> list[Mapping[str, Any]]: ...
     def credential_body(self, name: str) -> Mapping[str, Any] | None: ...
     # take in an object as just written, if the cache still shows the version it was planned from
-    def wrote(self, written: ObservedCopy | ObservedServiceAccount, planned_from: str | None) -> None: ...
+    def take_in(self, written: ObservedCopy | ObservedServiceAccount, planned_from: str | None) -> None: ...
 
 
 class Api(Protocol):
@@ -291,7 +291,7 @@ class Reconciler:
     def _take_in(self, action: Action, applied: Applied) -> None:
         """Hand what a write wrote to the caches at once, so that the next plan sees it."""
         if applied.written is not None:
-            self._world.wrote(applied.written, _planned_from(action))
+            self._world.take_in(applied.written, _planned_from(action))
 
     def _took_effect(self, outcome: NamespaceOutcome, action: Action, applied: Applied) -> None:
         """Count and log a write."""

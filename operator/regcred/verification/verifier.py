@@ -14,14 +14,12 @@ Neither the password nor a token is logged, put in status, events, metrics or ex
 
 from __future__ import annotations
 
-import heapq
 import http.client
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -48,7 +46,7 @@ from regcred.core.verification import (
     verdict,
 )
 from regcred.metrics import Metrics
-from regcred.sync.ledger import utc_now
+from regcred.workqueue import WorkQueue
 
 log = structlog.get_logger("regcred.verification")
 
@@ -74,25 +72,7 @@ def check(target: Target, settings: VerifySettings) -> tuple[str, str]:
     timeout = settings.timeout_seconds
     url = target.base + "/v2/"
     try:
-        status, challenge_header, _ = _get(url, None, context, timeout)
-        if status == 200:
-            return ANONYMOUS, "GET /v2/ answers 200 without credentials: nothing to verify"
-        if status != 401:
-            return UNEXPECTED, f"GET /v2/ without credentials: {status} (expected 401 with a challenge)"
-        challenge = parse_challenge(challenge_header)
-        basic = basic_header(target.username, target.password)
-        if challenge.scheme == "basic":
-            status, _, _ = _get(url, basic, context, timeout)
-            return verdict("GET /v2/ (Basic)", status)
-        if challenge.scheme == "bearer":
-            realm = token_url(challenge, target.username)
-            status, _, body = _get(realm, basic, context, timeout)
-            realm_host = urlsplit(realm).netloc
-            if status != 200:
-                return verdict(f"token request to {realm_host}", status)
-            status, _, _ = _get(url, "Bearer " + token_from(body), context, timeout)
-            return verdict("GET /v2/ (Bearer token)", status)
-        return UNEXPECTED, f"GET /v2/: 401 with an unsupported challenge {challenge.scheme or 'none'!r}"
+        return _auth_flow(target, url, context, timeout)
     except Refused as error:
         return UNEXPECTED, str(error)
     except ssl.SSLCertVerificationError as error:
@@ -106,6 +86,30 @@ def check(target: Target, settings: VerifySettings) -> tuple[str, str]:
     except (OSError, http.client.HTTPException) as error:
         why = getattr(error, "strerror", None) or "connection failed"
         return UNREACHABLE, f"{type(error).__name__}: {why}"
+
+
+def _auth_flow(target: Target, url: str, context: ssl.SSLContext, timeout: float) -> tuple[str, str]:
+    """`docker login`'s requests: anonymous `GET /v2/`, then Basic or the Bearer token flow as
+    the challenge asks. Connection and TLS failures raise; `check` turns them into results."""
+    status, challenge_header, _ = _get(url, None, context, timeout)
+    if status == 200:
+        return ANONYMOUS, "GET /v2/ answers 200 without credentials: nothing to verify"
+    if status != 401:
+        return UNEXPECTED, f"GET /v2/ without credentials: {status} (expected 401 with a challenge)"
+    challenge = parse_challenge(challenge_header)
+    basic = basic_header(target.username, target.password)
+    if challenge.scheme == "basic":
+        status, _, _ = _get(url, basic, context, timeout)
+        return verdict("GET /v2/ (Basic)", status)
+    if challenge.scheme == "bearer":
+        realm = token_url(challenge, target.username)
+        status, _, body = _get(realm, basic, context, timeout)
+        realm_host = urlsplit(realm).netloc
+        if status != 200:
+            return verdict(f"token request to {realm_host}", status)
+        status, _, _ = _get(url, "Bearer " + token_from(body), context, timeout)
+        return verdict("GET /v2/ (Bearer token)", status)
+    return UNEXPECTED, f"GET /v2/: 401 with an unsupported challenge {challenge.scheme or 'none'!r}"
 
 
 def _get(url: str, authorization: str | None, context: ssl.SSLContext,
@@ -158,19 +162,18 @@ class Verification:
                  rendered: Callable[[str], RenderedConfig | None], exists: Callable[[str], bool],
                  republish: Callable[[str], None],
                  check_registry: Callable[[Target, VerifySettings], tuple[str, str]] = check,
-                 clock: Callable[[], str] = utc_now, stale_after: float | None = None) -> None:
+                 clock: Callable[[], str], stale_after: float | None = None) -> None:
         self._kube, self._metrics, self._clock = kube, metrics, clock
         self._stale_after = stale_after
         self._republishing = threading.local()  # set while our own republish runs
         self._rendered, self._exists, self._republish = rendered, exists, republish
         self._check = check_registry
         self._tracked: dict[str, _Tracked] = {}
-        self._due: list[tuple[float, str]] = []  # heap of (monotonic time, CR name)
-        self._wake = threading.Condition()
-        self._stopped = False
-        self._pool = ThreadPoolExecutor(CHECK_WORKERS, thread_name_prefix="regcred-verify")
-        self._thread = threading.Thread(target=self._loop, name="regcred-verify-scheduler", daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()
+        # Due checks, by CR name: the controller's queue semantics (one pending check per CR,
+        # never two at once), drained by CHECK_WORKERS threads started with the first check.
+        self._queue: WorkQueue[str] = WorkQueue()
+        self._workers: list[threading.Thread] = []
 
     def status_for(self, name: str, body: Mapping[str, Any], previous: Mapping[str, Any],
                    ) -> tuple[tuple[Mapping[str, Any], ...], Mapping[str, Any]]:
@@ -189,7 +192,7 @@ class Verification:
                         if isinstance(r, Mapping))
         key = (settings, servers, config.digest if config else None)
         republishing = getattr(self._republishing, "active", False)
-        with self._wake:
+        with self._lock:
             tracked = self._tracked.get(name)
             if tracked is None and republishing:
                 # Our own republish after a check whose CR was forgotten meanwhile (not ours
@@ -211,7 +214,7 @@ class Verification:
         return (condition(results),), {"registries": registries_status(results, source_version)}
 
     def forget(self, name: str) -> None:
-        with self._wake:
+        with self._lock:
             tracked = self._tracked.pop(name, None)
             if tracked is not None:
                 for server, result in tracked.results.items():
@@ -220,44 +223,57 @@ class Verification:
     def shutdown(self, wait: bool = False) -> None:
         """Stop scheduling; with `wait`, also wait for checks under way (each ends within its
         timeout), so nothing of this object runs after it returns."""
-        with self._wake:
-            self._stopped = True
-            self._wake.notify_all()
-        self._pool.shutdown(wait=wait, cancel_futures=True)
+        self._queue.shutdown()
         if wait:
-            self._thread.join()
+            with self._lock:
+                workers = list(self._workers)
+            for worker in workers:
+                worker.join()
 
     # --- internals ----------------------------------------------------------------------
 
     def _schedule(self, name: str, tracked: _Tracked, delay: float) -> None:
-        """Caller holds `_wake`. One pending check per CR: an earlier entry left in the heap
-        no longer matches `tracked.due` and is skipped."""
+        """Caller holds `_lock`. `tracked.due` is when the next check is due; a queued add
+        that comes earlier (the check was put off since) is added again for that time."""
         tracked.due = time.monotonic() + delay
-        heapq.heappush(self._due, (tracked.due, name))
-        self._wake.notify_all()
+        if not self._workers:
+            self._workers = [threading.Thread(target=self._work, name=f"regcred-verify-{index}",
+                                              daemon=True) for index in range(CHECK_WORKERS)]
+            for worker in self._workers:
+                worker.start()
+        self._queue.add_after(name, delay)
 
-    def _loop(self) -> None:
-        with self._wake:
-            while not self._stopped:
-                now = time.monotonic()
-                while self._due and self._due[0][0] <= now:
-                    due, name = heapq.heappop(self._due)
-                    tracked = self._tracked.get(name)
-                    if tracked is None or tracked.running or tracked.due != due:
-                        continue
-                    if self._stale_after is not None and now - tracked.seen > self._stale_after:
-                        self._pool.submit(self.forget, name)  # not ours to check any more
-                        continue
-                    tracked.running, tracked.due = True, None
-                    self._pool.submit(self._run, name, tracked)
-                self._wake.wait(timeout=(self._due[0][0] - now) if self._due else None)
+    def _work(self) -> None:
+        while (name := self._queue.get()) is not None:
+            try:
+                self._take(name)
+            finally:
+                self._queue.done(name)
+
+    def _take(self, name: str) -> None:
+        """Run the CR's check if it is due now."""
+        with self._lock:
+            tracked = self._tracked.get(name)
+            if tracked is None or tracked.running or tracked.due is None:
+                return  # forgotten, or its check ran already
+            now = time.monotonic()
+            if tracked.due > now:
+                self._queue.add_after(name, tracked.due - now)
+                return
+            stale = self._stale_after is not None and now - tracked.seen > self._stale_after
+            if not stale:
+                tracked.running, tracked.due = True, None
+        if stale:
+            self.forget(name)  # not ours to check any more
+            return
+        self._run(name, tracked)
 
     def _run(self, name: str, tracked: _Tracked) -> None:
         try:
             self._verify(name, tracked)
         except Exception:  # a thread pool would swallow it; keep the schedule alive
             log.exception("verification failed unexpectedly", credential=name)
-            with self._wake:
+            with self._lock:
                 tracked.running = False
                 self._schedule(name, tracked, tracked.settings.interval_seconds)
 
@@ -265,7 +281,7 @@ class Verification:
         if not self._exists(name):  # deleted meanwhile: stop checking it
             self.forget(name)
             return
-        with self._wake:
+        with self._lock:
             key, settings, servers, config = tracked.key, tracked.settings, tracked.servers, tracked.config
         before = self._verdict_of(tracked)
         now = self._clock()
@@ -277,7 +293,7 @@ class Verification:
                 found[target.server] = Result(target.server, answer, message, now)
             for server, message in skipped.items():
                 found[server] = Result(server, "NotChecked", message, now)
-        with self._wake:
+        with self._lock:
             if self._tracked.get(name) is not tracked:
                 return  # forgotten meanwhile
             old_results, tracked.results = tracked.results, found

@@ -16,6 +16,7 @@ from regcred.settings import Settings
 from regcred.sync.executor import Applied
 from regcred.sync.ledger import Ledger, StatusPublisher
 from regcred.sync.reconciler import Reconciler
+from support.builders import cr_body
 
 PASSWORD = "s3cr3t-Pa55-XYZ"
 NAMESPACE = "team-a"
@@ -25,20 +26,11 @@ SETTINGS = Settings(operator_namespace="regcred-system",
                     source_namespaces=frozenset({"regcred-system"}), workers=2)
 
 
-def credential_body(name: str = CREDENTIAL, generation: int = 1, **spec: Any) -> dict[str, Any]:
-    return {
-        "metadata": {"name": name, "uid": f"uid-{name}", "generation": generation,
-                     "creationTimestamp": "2024-01-01T00:00:00Z"},
-        "spec": {"registries": [{"server": "harbor.example.com"}],
-                 "sourceSecretRef": {"name": "robot"}, **spec},
-    }
-
-
 class World:
     """An in-memory cache: one namespace, its default ServiceAccount, the CRs in `bodies`."""
 
     def __init__(self) -> None:
-        self.bodies: dict[str, dict[str, Any]] = {CREDENTIAL: credential_body()}
+        self.bodies: dict[str, dict[str, Any]] = {CREDENTIAL: cr_body(CREDENTIAL, generation=1)}
         self.written: list[tuple[ObservedCopy | ObservedServiceAccount, str | None]] = []
 
     def namespace_names(self) -> list[str]:
@@ -59,7 +51,7 @@ class World:
     def credential_body(self, name: str) -> Mapping[str, Any] | None:
         return self.bodies.get(name)
 
-    def wrote(self, written: ObservedCopy | ObservedServiceAccount, planned_from: str | None) -> None:
+    def take_in(self, written: ObservedCopy | ObservedServiceAccount, planned_from: str | None) -> None:
         """Recorded, not taken in: every sync here plans from the same observed state."""
         self.written.append((written, planned_from))
 
@@ -94,7 +86,7 @@ class Api:
         return Applied(wrote=True)
 
     def list_credentials(self, *, from_watch_cache: bool = False) -> list[dict[str, Any]]:
-        return [credential_body(name) for name in self.live_credentials]
+        return [cr_body(name, generation=1) for name in self.live_credentials]
 
     def patch_status(self, name: str, status: Mapping[str, Any]) -> None:
         self.statuses.append(dict(status))

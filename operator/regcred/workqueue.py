@@ -6,11 +6,12 @@
   dirty, and `done` queues it once more, so the change made during the run is not lost.
 - `add_after` delays an add; of two delayed adds of one key, the earlier wins.
 - `retry_later` delays by the key's own backoff (`RETRY_DELAYS`, the last one repeating), and
-  `forget` resets that backoff after a success.
+  `reset_backoff` resets that backoff after a success.
 - `shutdown` wakes every waiting worker; `get` then returns None and adds are ignored.
 
-Keys are typed (`NamespaceKey`, `CredentialKey`, `CacheCheckKey`): the worker dispatches on
-their type, never on a string. The clock is injected, so tests run it by hand, with no sleeps.
+Keys are opaque to the queue (anything hashable), as in client-go: the sync controller's are
+typed (`sync/controller.py`: its workers dispatch on the type, never on a string), and
+verification's are CR names. The clock is injected, so tests run it by hand, with no sleeps.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -29,33 +30,7 @@ from typing import Generic, TypeVar
 RETRY_DELAYS: tuple[float, ...] = (2.0, 4.0, 8.0, 15.0, 30.0)
 
 
-@dataclass(frozen=True, slots=True)
-class NamespaceKey:
-    """Converge one namespace against every credential."""
-
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class CredentialKey:
-    """Re-render one credential from its source and converge every namespace."""
-
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class CacheCheckKey:
-    """Check the caches against the API for objects whose DELETED event was lost.
-
-    `periodic` checks may be skipped when one ran recently; a check asked for after a
-    re-list never is.
-    """
-
-    periodic: bool = False
-
-
-Key = NamespaceKey | CredentialKey | CacheCheckKey
-K = TypeVar("K")
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(order=True)
@@ -113,7 +88,7 @@ class WorkQueue(Generic[K]):
         self.add_after(key, delay)
         return delay
 
-    def forget(self, key: K) -> None:
+    def reset_backoff(self, key: K) -> None:
         """`key` succeeded: its next failure starts the backoff from the first delay again."""
         with self._condition:
             self._failures.pop(key, None)

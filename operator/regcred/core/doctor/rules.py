@@ -1,30 +1,36 @@
 """`regcred doctor`: why a Pod cannot pull, decided from listed objects alone (no I/O here).
 
-The CLI (regcred/doctor.py) lists each kind once and reduces every object with the
-`observe_*` functions below; `diagnose` then walks every container image of every Pod:
-its registry, its effective pull policy, the pull secret the kubelet would use (by the
-kubelet's own matching rules, regcred/core/keyring.py), and each problem as a `Finding`
-with a code, the evidence and the fix. Secret content is never kept: of a pull secret only
-its `auths` keys (registry names) survive the reduction.
+The CLI (regcred/doctor/command.py) lists each kind once and reduces every object
+(`observation.py`); `diagnose` then walks every container image of every Pod: its registry,
+its effective pull policy, the pull secret the kubelet would use (by the kubelet's own
+matching rules, regcred/core/keyring.py), and each problem as a `Finding` with a code, the
+evidence and the fix (`report.py` renders them).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any
 
 from regcred.core.conditions import (
     NAMESPACE_FAILURE_REASONS,
     PASSING,
     UNAUTHORIZED,
-    RegistryResult,
-    read_status,
 )
+from regcred.core.doctor.observation import (
+    DOCKERCFG_TYPE,
+    PULL_REASONS,
+    ContainerImage,
+    ContainerState,
+    CredentialInfo,
+    PodInfo,
+    PullEvent,
+    PullSecretInfo,
+    Snapshot,
+)
+from regcred.core.doctor.report import ERROR, WARNING, Finding, ImageReport, Report
 from regcred.core.errors import InvalidInput
 from regcred.core.images import IF_NOT_PRESENT, ImageRef, default_pull_policy, parse_image
 from regcred.core.keyring import AuthsEntry, lookup, normalized_key
@@ -35,18 +41,12 @@ from regcred.core.matching import (
     selector_matches,
     service_account_matches,
 )
-from regcred.core.pullsecret import check, kubelet_read
-from regcred.core.source import DOCKERCONFIGJSON_KEY, DOCKERCONFIGJSON_TYPE, registry_key
+from regcred.core.source import DOCKERCONFIGJSON_TYPE, registry_key
 from regcred.core.spec import (
-    CREDENTIAL_LABEL,
     IGNORE_LABEL,
     CredentialSpec,
-    parse_credential,
 )
 
-DOCKERCFG_TYPE = "kubernetes.io/dockercfg"
-DOCKERCFG_KEY = ".dockercfg"
-ERROR, WARNING = "error", "warning"
 MAX_EVIDENCE_TEXT = 300
 
 # Finding codes: (severity, one line on what it means). docs/doctor.md explains each.
@@ -78,8 +78,6 @@ CODES: dict[str, tuple[str, str]] = {
     "VerificationFailed": (WARNING, "regcred could not verify the credential at the registry"),
 }
 
-PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName",
-                          "RegistryUnavailable", "SignatureValidationFailed"})
 # kubelet/containerd pull error texts -> finding code; the first match wins (DNS before TCP:
 # a lookup failure also says "dial tcp").
 _PULL_CAUSES: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -98,284 +96,6 @@ _PULL_CAUSES: tuple[tuple[str, re.Pattern[str]], ...] = (
 # cause only when nothing else says more.
 _VAGUE = re.compile(r"(?:Error: )?(?:ErrImagePull|ImagePullBackOff)\s*$|^\w+: Back-off pulling image "
                     r'"[^"]*"\s*$|^(?:ErrImagePull|ImagePullBackOff)\b')
-
-
-# --- observed objects, reduced ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ContainerImage:
-    name: str
-    kind: str  # "initContainer", "container" or "ephemeralContainer"
-    image: str
-    pull_policy: str  # as in the spec ("" if unset, which the API server never leaves)
-
-
-@dataclass(frozen=True)
-class ContainerState:
-    """What the Pod's status says about one container's image."""
-
-    waiting_reason: str = ""
-    waiting_message: str = ""
-    pulled: bool = False  # running or terminated: its image was there
-
-
-@dataclass(frozen=True)
-class PodInfo:
-    namespace: str
-    name: str
-    service_account: str
-    pull_secrets: tuple[str, ...]
-    created: str
-    containers: tuple[ContainerImage, ...]
-    states: Mapping[str, ContainerState] = field(default_factory=dict)
-    owner: str = ""  # "ReplicaSet/web-7d9c" of the controlling owner, if any
-
-
-@dataclass(frozen=True)
-class ServiceAccountInfo:
-    namespace: str
-    name: str
-    pull_secrets: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class PullSecretInfo:
-    """A Secret as far as the kubelet's keyring cares: its type and `auths` keys, never values.
-    `problem` says why regcred's check (core/pullsecret.py) refuses it (None: nothing wrong);
-    `refused`: the kubelet refuses it altogether, so every pull of a Pod listing it fails."""
-
-    namespace: str
-    name: str
-    type: str
-    keys: tuple[str, ...] = ()
-    problem: str | None = None
-    refused: bool = False
-    credential: str = ""  # the regcred.dev/credential label: a regcred copy of that CR
-    owner_uids: tuple[str, ...] = ()
-
-    @property
-    def pull_secret(self) -> bool:
-        return self.type in (DOCKERCONFIGJSON_TYPE, DOCKERCFG_TYPE)
-
-
-@dataclass(frozen=True)
-class PullEvent:
-    namespace: str
-    pod: str
-    container: str  # from involvedObject.fieldPath, "" if absent
-    reason: str
-    message: str
-    count: int
-    last_seen: str
-
-
-@dataclass(frozen=True)
-class CredentialInfo:
-    """A RegistryCredential with what the doctor reads from its status."""
-
-    name: str
-    uid: str
-    spec: CredentialSpec | None
-    problem: str = ""  # why the spec cannot be parsed
-    ready: str = ""  # Ready condition status: "True", "False" or "" (no status yet)
-    ready_reason: str = ""
-    ready_message: str = ""
-    failed_namespaces: Mapping[str, tuple[str, str]] = field(default_factory=dict)
-    verification: tuple[RegistryResult, ...] = ()
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    pods: Sequence[PodInfo]
-    service_accounts: Mapping[tuple[str, str], ServiceAccountInfo]
-    secrets: Mapping[tuple[str, str], PullSecretInfo]
-    events: Sequence[PullEvent]
-    credentials: Sequence[CredentialInfo]
-    namespaces: Mapping[str, NamespaceInfo]
-
-
-def observe_pod(body: Mapping[str, Any]) -> PodInfo:
-    meta, spec, status = body.get("metadata") or {}, body.get("spec") or {}, body.get("status") or {}
-    containers = tuple(
-        ContainerImage(c.get("name", ""), kind, c.get("image") or "", c.get("imagePullPolicy") or "")
-        for key, kind in (("initContainers", "initContainer"), ("containers", "container"),
-                          ("ephemeralContainers", "ephemeralContainer"))
-        for c in spec.get(key) or []
-    )
-    states = {}
-    for key in ("initContainerStatuses", "containerStatuses", "ephemeralContainerStatuses"):
-        for s in status.get(key) or []:
-            state = s.get("state") or {}
-            waiting = state.get("waiting") or {}
-            states[s.get("name", "")] = ContainerState(
-                waiting_reason=waiting.get("reason") or "",
-                waiting_message=waiting.get("message") or "",
-                # an image ID means the image is on the node (a crash loop after a pull too)
-                pulled=bool(s.get("imageID")) and waiting.get("reason") not in PULL_REASONS,
-            )
-    owner = next((f"{ref.get('kind')}/{ref.get('name')}" for ref in meta.get("ownerReferences") or []
-                  if ref.get("controller")), "")
-    return PodInfo(
-        namespace=meta.get("namespace", ""),
-        name=meta.get("name", ""),
-        service_account=spec.get("serviceAccountName") or "default",
-        pull_secrets=tuple(ref.get("name", "") for ref in spec.get("imagePullSecrets") or []
-                           if ref.get("name")),
-        created=meta.get("creationTimestamp") or "",
-        containers=containers,
-        states=states,
-        owner=owner,
-    )
-
-
-def observe_service_account(body: Mapping[str, Any]) -> ServiceAccountInfo:
-    meta = body.get("metadata") or {}
-    return ServiceAccountInfo(
-        namespace=meta.get("namespace", ""), name=meta.get("name", ""),
-        pull_secrets=tuple(ref.get("name", "") for ref in body.get("imagePullSecrets") or []),
-    )
-
-
-def observe_secret(body: Mapping[str, Any]) -> PullSecretInfo:
-    """Reduce a Secret to its type and registry keys; the content is dropped here."""
-    meta = body.get("metadata") or {}
-    secret_type = body.get("type") or "Opaque"
-    common = {
-        "namespace": meta.get("namespace", ""), "name": meta.get("name", ""), "type": secret_type,
-        "credential": (meta.get("labels") or {}).get(CREDENTIAL_LABEL, ""),
-        "owner_uids": tuple(ref.get("uid", "") for ref in meta.get("ownerReferences") or []),
-    }
-    if secret_type not in (DOCKERCONFIGJSON_TYPE, DOCKERCFG_TYPE):
-        return PullSecretInfo(**common)
-    key = DOCKERCONFIGJSON_KEY if secret_type == DOCKERCONFIGJSON_TYPE else DOCKERCFG_KEY
-    encoded = (body.get("data") or {}).get(key)
-    if not encoded:
-        return PullSecretInfo(**common, problem=f"it has no {key} key")
-    try:
-        raw = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        return PullSecretInfo(**common, problem=f"its {key} is not base64", refused=True)
-    legacy = secret_type == DOCKERCFG_TYPE
-    reading = kubelet_read(raw, legacy=legacy)
-    try:
-        check(reading)
-        problem = None
-    except InvalidInput as refusal:
-        problem = f"its {key}: {refusal.message}"
-    return PullSecretInfo(**common, keys=tuple(reading.entries),
-                          problem=problem, refused=reading.error is not None)
-
-
-def observe_event(body: Mapping[str, Any]) -> PullEvent | None:
-    """A kubelet pull event about a Pod, or None for any other event."""
-    involved = body.get("involvedObject") or {}
-    reason = body.get("reason") or ""
-    message = body.get("message") or ""
-    if involved.get("kind") != "Pod" or body.get("type") != "Warning":
-        return None
-    if reason not in ("Failed", "ErrImageNeverPull", "InspectFailed") and "pull" not in message.lower():
-        return None
-    container = re.search(r"\{(.+)\}", involved.get("fieldPath") or "")
-    return PullEvent(
-        namespace=involved.get("namespace") or (body.get("metadata") or {}).get("namespace", ""),
-        pod=involved.get("name", ""),
-        container=container.group(1) if container else "",
-        reason=reason, message=message, count=int(body.get("count") or 1),
-        last_seen=body.get("lastTimestamp") or body.get("eventTime") or "",
-    )
-
-
-def observe_credential(body: Mapping[str, Any]) -> CredentialInfo:
-    """A RegistryCredential; its source namespace is taken as allowed (the doctor does not know
-    the operator's allow-list: the operator's own Ready condition reports refusals)."""
-    meta = body.get("metadata") or {}
-    ref = (body.get("spec") or {}).get("sourceSecretRef") or {}
-    source_namespace = str(ref.get("namespace") or "regcred-system") if isinstance(ref, dict) \
-        else "regcred-system"
-    try:
-        spec, problem = parse_credential(body, default_source_namespace=source_namespace,
-                                         allowed_source_namespaces=frozenset({source_namespace})), ""
-    except InvalidInput as error:
-        spec, problem = None, error.message
-    status = read_status(body)
-    return CredentialInfo(
-        name=meta.get("name", ""), uid=meta.get("uid", ""), spec=spec, problem=problem,
-        ready=status.ready.status, ready_reason=status.ready.reason,
-        ready_message=status.ready.message,
-        failed_namespaces={f.namespace: (f.reason, f.message) for f in status.failed_namespaces},
-        verification=status.registries,
-    )
-
-
-def snapshot_from(*, pods: Iterable[Mapping[str, Any]], service_accounts: Iterable[Mapping[str, Any]],
-                  secrets: Iterable[Mapping[str, Any]], events: Iterable[Mapping[str, Any]],
-                  credentials: Iterable[Mapping[str, Any]],
-                  namespaces: Iterable[Mapping[str, Any]]) -> Snapshot:
-    """A `Snapshot` from API bodies (iterables, so listings stream through: each Secret is
-    reduced as it arrives and its content dropped)."""
-    return Snapshot(
-        pods=[observe_pod(body) for body in pods],
-        service_accounts={(a.namespace, a.name): a for a in map(observe_service_account, service_accounts)},
-        secrets={(s.namespace, s.name): s for s in map(observe_secret, secrets)},
-        events=[e for e in map(observe_event, events) if e],
-        credentials=[observe_credential(body) for body in credentials],
-        namespaces={n.name: n for n in map(NamespaceInfo.from_body, namespaces)},
-    )
-
-
-# --- the report ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Finding:
-    code: str
-    namespace: str
-    pod: str
-    container: str
-    image: str
-    message: str
-    evidence: tuple[str, ...] = ()
-    fix: str = ""
-    commands: tuple[str, ...] = ()
-
-    @property
-    def severity(self) -> str:
-        return CODES[self.code][0]
-
-
-@dataclass(frozen=True)
-class ImageReport:
-    namespace: str
-    pod: str
-    container: str
-    container_kind: str
-    image: str
-    registry: str
-    repository: str
-    tag: str
-    digest: str
-    pull_policy: str  # the effective one
-    default_pull_policy: str  # what the API server fills in for this image when none is given
-    pull_secret: AuthsEntry | None
-    pull_secret_credential: str  # the CR whose copy it is, "" if not a regcred copy
-    candidates: tuple[AuthsEntry, ...]
-    state: str
-
-
-@dataclass(frozen=True)
-class Report:
-    images: tuple[ImageReport, ...]
-    findings: tuple[Finding, ...]
-    pods: int
-
-    def count(self, severity: str) -> int:
-        return sum(1 for f in self.findings if f.severity == severity)
-
-    def failed(self, fail_on: str = WARNING) -> bool:
-        """Exit status 1 or 0: any error, or with `fail_on="warning"` any warning too."""
-        severities = {ERROR} if fail_on == ERROR else {ERROR, WARNING}
-        return any(f.severity in severities for f in self.findings)
 
 
 def diagnose(snapshot: Snapshot) -> Report:
@@ -417,7 +137,7 @@ class _Context:
     def add(self, code: str, message: str, evidence: Iterable[str] = (), fix: str = "",
             commands: Iterable[str] = ()) -> None:
         self.findings.append(Finding(
-            code=code, namespace=self.pod.namespace, pod=self.pod.name,
+            code=code, severity=CODES[code][0], namespace=self.pod.namespace, pod=self.pod.name,
             container=self.container.name if self.container else "",
             image=self.container.image if self.container else "", message=message,
             evidence=tuple(evidence), fix=fix, commands=tuple(commands)))
@@ -557,83 +277,166 @@ def _same_host(key: str, registry: str) -> bool:
     return bare.split(":", 1)[0].lower() == registry.split(":", 1)[0].lower()
 
 
+@dataclass(frozen=True)
+class _Case:
+    """One RegistryCredential that should cover one image of one Pod: what each check reads."""
+
+    snapshot: Snapshot
+    pod: PodInfo
+    ref: ImageRef
+    credential: CredentialInfo
+    spec: CredentialSpec
+    namespace: NamespaceInfo
+    copy: PullSecretInfo | None  # the Secret of the copy's name in the Pod's namespace
+    context: _Context
+
+    @property
+    def name(self) -> str:
+        return self.credential.name
+
+
 def _explain_credential(snapshot: Snapshot, pod: PodInfo, ref: ImageRef, credential: CredentialInfo,
                         context: _Context) -> None:
+    """Why `credential` does not give the Pod its pull secret: the first of `CREDENTIAL_CHECKS`
+    that finds a cause reports it (later ones assume the earlier ones passed)."""
     spec = credential.spec
     assert spec is not None  # only parsed credentials cover anything
-    namespace = snapshot.namespaces.get(pod.namespace, NamespaceInfo(pod.namespace))
-    name = credential.name
-    if not namespace_matches(spec, namespace):
-        context.add("NamespaceNotMatched",
-                    f"RegistryCredential {name} covers {ref.registry} but not namespace {pod.namespace}",
-                    [_why_namespace_unmatched(spec, namespace)],
-                    fix=_namespace_fix(spec, namespace))
-        return
-    if not service_account_matches(spec, pod.service_account):
-        context.add("ServiceAccountNotMatched",
-                    f"RegistryCredential {name} does not add its copy to ServiceAccount "
-                    f"{pod.service_account}",
-                    [f"spec.serviceAccounts is {list(spec.service_accounts)}; the Pod runs as "
-                     f"{pod.service_account}"],
-                    fix=f"add {pod.service_account!r} to spec.serviceAccounts of {name}, or list "
-                        f"{spec.secret_name!r} in the Pod's imagePullSecrets")
-        return
-    if spec.suspend:
-        context.add("CredentialSuspended", f"RegistryCredential {name} is suspended",
-                    ["spec.suspend is true: regcred writes no new copies or entries"],
-                    fix=f"kubectl patch registrycredential {name} --type merge -p "
-                        "'{\"spec\":{\"suspend\":false}}'")
-        return
-    if spec.served_at_pull:
-        # No pull secret is expected: the kubelet's credential provider asks regcred at pull
-        # time (docs/credential-provider.md); a failing pull is reported from its events.
-        _report_not_ready(credential, "the credential provider has nothing to hand out", context)
-        return
-    copy = snapshot.secrets.get((pod.namespace, spec.secret_name))
-    if copy is not None and copy.credential != name and credential.uid not in copy.owner_uids:
-        context.add("CopyConflict",
-                    f"Secret {pod.namespace}/{spec.secret_name} exists and is not managed by regcred",
-                    [f"RegistryCredential {name} refuses to overwrite it"],
-                    fix=f"delete or rename that Secret, or set spec.target.secretName of {name}")
-        return
-    if copy is None:
-        failed = credential.failed_namespaces.get(pod.namespace)
-        if _report_not_ready(credential, f"there is no copy in {pod.namespace}", context):
+    case = _Case(snapshot, pod, ref, credential, spec,
+                 snapshot.namespaces.get(pod.namespace, NamespaceInfo(pod.namespace)),
+                 snapshot.secrets.get((pod.namespace, spec.secret_name)), context)
+    for check in CREDENTIAL_CHECKS:
+        if check(case):
             return
-        evidence = [f"no Secret {spec.secret_name} in {pod.namespace}"]
-        if failed:
-            evidence.append(f"status.failedNamespaces: {failed[0]}: {failed[1]}")
-        else:
-            evidence.append("the operator has not written it: is regcred running? "
-                            "(kubectl -n regcred-system get pods)")
-        context.add("CopyMissing", f"RegistryCredential {name} has no copy in {pod.namespace}",
-                    evidence, fix="check the operator's logs and the CR's status")
-        return
-    account = snapshot.service_accounts.get((pod.namespace, pod.service_account))
-    if account is None or spec.secret_name not in account.pull_secrets:
-        listed = ", ".join(account.pull_secrets) if account else "(no such ServiceAccount)"
-        context.add("ServiceAccountMissingEntry",
-                    f"ServiceAccount {pod.namespace}/{pod.service_account} does not list "
-                    f"{spec.secret_name}",
-                    [f"its imagePullSecrets: {listed or 'none'}"],
-                    fix="regcred adds it within seconds while it runs; check the operator, or add "
-                        f"{spec.secret_name!r} to the Pod's imagePullSecrets")
-        return
-    if spec.secret_name not in pod.pull_secrets:
-        restart = [f"kubectl delete pod -n {pod.namespace} {pod.name}"]
-        if pod.owner.startswith("ReplicaSet/"):
-            restart.append(f"# or restart its workload: kubectl rollout restart -n {pod.namespace} "
-                           f"deployment/{pod.owner.split('/', 1)[1].rsplit('-', 1)[0]}")
-        context.add("PodAdmittedBeforeEntry",
-                    f"the Pod was created before ServiceAccount {pod.service_account} listed "
-                    f"{spec.secret_name}",
-                    [f"ServiceAccount {pod.service_account} lists {spec.secret_name} now; the Pod "
-                     f"(created {pod.created}) carries imagePullSecrets "
-                     f"[{', '.join(pod.pull_secrets)}], copied at admission and never updated"],
-                    fix="delete the Pod so that it is created again with the entry"
-                        + (f" (its owner {pod.owner} recreates it)" if pod.owner else
-                           " and create it again"),
-                    commands=restart)
+
+
+def _namespace_not_matched(case: _Case) -> bool:
+    if namespace_matches(case.spec, case.namespace):
+        return False
+    case.context.add("NamespaceNotMatched",
+                     f"RegistryCredential {case.name} covers {case.ref.registry} but not namespace "
+                     f"{case.pod.namespace}",
+                     [_why_namespace_unmatched(case.spec, case.namespace)],
+                     fix=_namespace_fix(case.spec, case.namespace))
+    return True
+
+
+def _service_account_not_matched(case: _Case) -> bool:
+    pod, spec = case.pod, case.spec
+    if service_account_matches(spec, pod.service_account):
+        return False
+    case.context.add("ServiceAccountNotMatched",
+                     f"RegistryCredential {case.name} does not add its copy to ServiceAccount "
+                     f"{pod.service_account}",
+                     [f"spec.serviceAccounts is {list(spec.service_accounts)}; the Pod runs as "
+                      f"{pod.service_account}"],
+                     fix=f"add {pod.service_account!r} to spec.serviceAccounts of {case.name}, or list "
+                         f"{spec.secret_name!r} in the Pod's imagePullSecrets")
+    return True
+
+
+def _credential_suspended(case: _Case) -> bool:
+    if not case.spec.suspend:
+        return False
+    case.context.add("CredentialSuspended", f"RegistryCredential {case.name} is suspended",
+                     ["spec.suspend is true: regcred writes no new copies or entries"],
+                     fix=f"kubectl patch registrycredential {case.name} --type merge -p "
+                         "'{\"spec\":{\"suspend\":false}}'")
+    return True
+
+
+def _copy_conflict(case: _Case) -> bool:
+    copy, name = case.copy, case.name
+    if copy is None or copy.credential == name or case.credential.uid in copy.owner_uids:
+        return False
+    case.context.add("CopyConflict",
+                     f"Secret {case.pod.namespace}/{case.spec.secret_name} exists and is not managed "
+                     "by regcred",
+                     [f"RegistryCredential {name} refuses to overwrite it"],
+                     fix=f"delete or rename that Secret, or set spec.target.secretName of {name}")
+    return True
+
+
+def _served_at_pull(case: _Case) -> bool:
+    """No pull secret is expected: the kubelet's credential provider asks regcred at pull time
+    (docs/credential-provider.md); a failing pull is reported from its events."""
+    if not case.spec.served_at_pull:
+        return False
+    _report_not_ready(case.credential, "the credential provider has nothing to hand out", case.context)
+    return True
+
+
+def _credential_not_ready(case: _Case) -> bool:
+    if case.copy is not None:
+        return False
+    return _report_not_ready(case.credential, f"there is no copy in {case.pod.namespace}", case.context)
+
+
+def _copy_missing(case: _Case) -> bool:
+    if case.copy is not None:
+        return False
+    namespace = case.pod.namespace
+    failed = case.credential.failed_namespaces.get(namespace)
+    evidence = [f"no Secret {case.spec.secret_name} in {namespace}"]
+    if failed:
+        evidence.append(f"status.failedNamespaces: {failed[0]}: {failed[1]}")
+    else:
+        evidence.append("the operator has not written it: is regcred running? "
+                        "(kubectl -n regcred-system get pods)")
+    case.context.add("CopyMissing", f"RegistryCredential {case.name} has no copy in {namespace}",
+                     evidence, fix="check the operator's logs and the CR's status")
+    return True
+
+
+def _service_account_missing_entry(case: _Case) -> bool:
+    pod, secret_name = case.pod, case.spec.secret_name
+    account = case.snapshot.service_accounts.get((pod.namespace, pod.service_account))
+    if account is not None and secret_name in account.pull_secrets:
+        return False
+    listed = ", ".join(account.pull_secrets) if account else "(no such ServiceAccount)"
+    case.context.add("ServiceAccountMissingEntry",
+                     f"ServiceAccount {pod.namespace}/{pod.service_account} does not list "
+                     f"{secret_name}",
+                     [f"its imagePullSecrets: {listed or 'none'}"],
+                     fix="regcred adds it within seconds while it runs; check the operator, or add "
+                         f"{secret_name!r} to the Pod's imagePullSecrets")
+    return True
+
+
+def _pod_admitted_before_entry(case: _Case) -> bool:
+    pod, secret_name = case.pod, case.spec.secret_name
+    if secret_name in pod.pull_secrets:
+        return False
+    restart = [f"kubectl delete pod -n {pod.namespace} {pod.name}"]
+    if pod.owner.startswith("ReplicaSet/"):
+        restart.append(f"# or restart its workload: kubectl rollout restart -n {pod.namespace} "
+                       f"deployment/{pod.owner.split('/', 1)[1].rsplit('-', 1)[0]}")
+    case.context.add("PodAdmittedBeforeEntry",
+                     f"the Pod was created before ServiceAccount {pod.service_account} listed "
+                     f"{secret_name}",
+                     [f"ServiceAccount {pod.service_account} lists {secret_name} now; the Pod "
+                      f"(created {pod.created}) carries imagePullSecrets "
+                      f"[{', '.join(pod.pull_secrets)}], copied at admission and never updated"],
+                     fix="delete the Pod so that it is created again with the entry"
+                         + (f" (its owner {pod.owner} recreates it)" if pod.owner else
+                            " and create it again"),
+                     commands=restart)
+    return True
+
+
+# Why a covering RegistryCredential gives the Pod no pull secret, in the order a copy gets to
+# a Pod: each check reports its finding and returns True, or returns False to pass the case
+# on. A new finding code about a credential is one more function here.
+CREDENTIAL_CHECKS: tuple[Callable[[_Case], bool], ...] = (
+    _namespace_not_matched,
+    _service_account_not_matched,
+    _credential_suspended,
+    _served_at_pull,
+    _copy_conflict,
+    _credential_not_ready,
+    _copy_missing,
+    _service_account_missing_entry,
+    _pod_admitted_before_entry,
+)
 
 
 def _report_not_ready(credential: CredentialInfo, consequence: str, context: _Context) -> bool:
@@ -745,52 +548,3 @@ def _report_failures(failures: Sequence[tuple[str, str, int]], ref: ImageRef,
     for code, text, count in failures:
         context.add(code, f"pulling {ref.image} fails: {CODES[code][1].split(': ', 1)[-1]}",
                     [f"{count}x {text[:MAX_EVIDENCE_TEXT]}"], fix=fixes[code])
-
-
-# --- serialisation ------------------------------------------------------------------------
-
-SCHEMA_VERSION = "regcred.dev/doctor/v1"
-
-
-def report_json(report: Report, scope: Mapping[str, Any]) -> dict[str, Any]:
-    """The `-o json` document (docs/doctor.md documents every field)."""
-    return {
-        "apiVersion": SCHEMA_VERSION,
-        "kind": "DoctorReport",
-        "scope": dict(scope),
-        "summary": {
-            "pods": report.pods, "images": len(report.images),
-            "errors": report.count(ERROR), "warnings": report.count(WARNING),
-            "healthy": not report.findings,
-        },
-        "images": [
-            {
-                "namespace": i.namespace, "pod": i.pod, "container": i.container,
-                "containerType": i.container_kind, "image": i.image, "registry": i.registry,
-                "repository": i.repository, "tag": i.tag, "digest": i.digest,
-                "pullPolicy": i.pull_policy, "defaultPullPolicy": i.default_pull_policy,
-                "pullSecret": _entry_json(i.pull_secret, i.pull_secret_credential),
-                "candidates": [_entry_json(c, "") for c in i.candidates],
-                "state": i.state,
-            }
-            for i in report.images
-        ],
-        "findings": [
-            {
-                "code": f.code, "severity": f.severity, "namespace": f.namespace, "pod": f.pod,
-                "container": f.container, "image": f.image, "message": f.message,
-                "evidence": list(f.evidence), "fix": f.fix, "commands": list(f.commands),
-            }
-            for f in report.findings
-        ],
-    }
-
-
-def _entry_json(entry: AuthsEntry | None, credential: str) -> dict[str, str] | None:
-    if entry is None:
-        return None
-    out = {"secret": entry.secret, "key": entry.key}
-    if credential:
-        out["credential"] = credential
-    return out
-

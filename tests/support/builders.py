@@ -9,7 +9,7 @@ import base64
 import copy as copy_module
 import itertools
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -49,8 +49,9 @@ def unb64(text: str) -> str:
 # --- CR bodies and specs -------------------------------------------------------------------
 
 
-def cr_body(name: str = "harbor-prod", **spec: Any) -> dict[str, Any]:
-    """A RegistryCredential body; `spec` keys (camelCase) override the minimal valid spec."""
+def cr_body(name: str = "harbor-prod", *, generation: int = 3, **spec: Any) -> dict[str, Any]:
+    """A RegistryCredential body (the one builder of them); `spec` keys (camelCase) override
+    the minimal valid spec, and one set to `...` is left out."""
     base: dict[str, Any] = {
         "registries": [{"server": "harbor.example.com"}],
         "sourceSecretRef": {"name": "harbor-robot"},
@@ -59,7 +60,7 @@ def cr_body(name: str = "harbor-prod", **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": "regcred.dev/v1alpha1",
         "kind": "RegistryCredential",
-        "metadata": {"name": name, "uid": f"uid-{name}", "creationTimestamp": T0, "generation": 3},
+        "metadata": {"name": name, "uid": f"uid-{name}", "creationTimestamp": T0, "generation": generation},
         "spec": {k: v for k, v in base.items() if v is not ...},
     }
 
@@ -138,6 +139,7 @@ def credential(
 
 def with_password(cred: Credential, password: str) -> Credential:
     """The same credential after a rotation of its source Secret."""
+    assert cred.spec is not None
     config = render(cred.spec, basic_source(password=password, resource_version="200"))
     return replace(cred, config=config)
 
@@ -202,43 +204,54 @@ def _parent(doc: Any, parts: list[str]) -> Any:
 
 def json_patch(doc: Mapping[str, Any], ops: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Apply `ops` to a deep copy of `doc`; raise PatchTestFailed or KeyError/IndexError like a server."""
-    doc = copy_module.deepcopy(dict(doc))
+    patched: dict[str, Any] = copy_module.deepcopy(dict(doc))
     for op in ops:
         parts = _pointer(op["path"])
-        parent = _parent(doc, parts)
-        last = parts[-1]
-        kind = op["op"]
-        if kind == "test":
-            current = parent[int(last)] if isinstance(parent, list) else parent[last]
-            if current != op["value"]:
-                raise PatchTestFailed(op["path"])
-        elif kind == "add":
-            value = copy_module.deepcopy(op["value"])
-            if isinstance(parent, list):
-                if last == "-":
-                    parent.append(value)
-                else:
-                    index = int(last)
-                    if index > len(parent):
-                        raise IndexError(op["path"])
-                    parent.insert(index, value)
-            else:
-                parent[last] = value
-        elif kind == "remove":
-            if isinstance(parent, list):
-                del parent[int(last)]
-            else:
-                del parent[last]
-        elif kind == "replace":
-            if isinstance(parent, list):
-                parent[int(last)] = copy_module.deepcopy(op["value"])
-            else:
-                if last not in parent:
-                    raise KeyError(op["path"])
-                parent[last] = copy_module.deepcopy(op["value"])
-        else:  # pragma: no cover - the core only emits the ops above
-            raise AssertionError(f"unexpected op {kind}")
-    return doc
+        apply = _PATCH_OPS.get(op["op"])
+        if apply is None:  # pragma: no cover - the core only emits the ops below
+            raise AssertionError(f"unexpected op {op['op']}")
+        apply(_parent(patched, parts), parts[-1], op)
+    return patched
+
+
+def _patch_test(parent: Any, last: str, op: Mapping[str, Any]) -> None:
+    current = parent[int(last)] if isinstance(parent, list) else parent[last]
+    if current != op["value"]:
+        raise PatchTestFailed(op["path"])
+
+
+def _patch_add(parent: Any, last: str, op: Mapping[str, Any]) -> None:
+    value = copy_module.deepcopy(op["value"])
+    if not isinstance(parent, list):
+        parent[last] = value
+    elif last == "-":
+        parent.append(value)
+    else:
+        index = int(last)
+        if index > len(parent):
+            raise IndexError(op["path"])
+        parent.insert(index, value)
+
+
+def _patch_remove(parent: Any, last: str, op: Mapping[str, Any]) -> None:
+    if isinstance(parent, list):
+        del parent[int(last)]
+    else:
+        del parent[last]
+
+
+def _patch_replace(parent: Any, last: str, op: Mapping[str, Any]) -> None:
+    if isinstance(parent, list):
+        parent[int(last)] = copy_module.deepcopy(op["value"])
+        return
+    if last not in parent:
+        raise KeyError(op["path"])
+    parent[last] = copy_module.deepcopy(op["value"])
+
+
+_PATCH_OPS: dict[str, Callable[[Any, str, Mapping[str, Any]], None]] = {
+    "test": _patch_test, "add": _patch_add, "remove": _patch_remove, "replace": _patch_replace,
+}
 
 
 def json_roundtrip(value: Any) -> Any:
@@ -249,8 +262,9 @@ def json_roundtrip(value: Any) -> Any:
 
 
 @dataclass
-class World:
-    """One namespace as the planner observes it; `apply` plays the executor, API server included."""
+class PlannedNamespace:
+    """One namespace as the planner observes it; `apply` plays the executor, API server included.
+    (The reconciler's `World`, the watch caches, is faked by `support.fakes.World`.)"""
 
     namespace: NamespaceInfo | None
     credentials: list[Credential]
@@ -282,16 +296,17 @@ class World:
                 del self.copies[action.secret_name]
             else:  # pragma: no cover
                 raise AssertionError(action)
-        for action in plan.service_account_actions:
-            body = self.accounts[action.service_account]
-            present = isinstance(action, AddPullSecret)
-            assert present or isinstance(action, RemovePullSecret)
-            ops = pull_secret_patch(observe_service_account(body), action.secret_name, present=present)
+        for account_action in plan.service_account_actions:
+            body = self.accounts[account_action.service_account]
+            present = isinstance(account_action, AddPullSecret)
+            assert present or isinstance(account_action, RemovePullSecret)
+            ops = pull_secret_patch(observe_service_account(body), account_action.secret_name,
+                                    present=present)
             if ops is None:
                 continue
             body = json_patch(body, ops)
             body["metadata"]["resourceVersion"] = next_rv()
-            self.accounts[action.service_account] = body
+            self.accounts[account_action.service_account] = body
 
     def converge(self, max_passes: int = 5) -> int:
         """Plan and apply until the plan is empty; the number of non-empty passes."""
@@ -310,7 +325,7 @@ class World:
 
     @staticmethod
     def _stored(manifest: Mapping[str, Any], current: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        body = json_roundtrip(manifest)
+        body: dict[str, Any] = json_roundtrip(manifest)
         uid = current["metadata"]["uid"] if current else f"secret-uid-{next_rv()}"
         body["metadata"]["uid"] = uid
         body["metadata"]["resourceVersion"] = next_rv()

@@ -6,16 +6,12 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "scripts"))
-from controlplane import Certificates  # noqa: E402
-from loopback_https import LoopbackHTTPS, QuietHandler  # noqa: E402
+from controlplane import Certificates
+from loopback_https import LoopbackHTTPS, QuietHandler
 
 
 class FakeRegistry:
