@@ -116,7 +116,7 @@ class InMemoryKube:
 def credential_body(index: int) -> dict[str, Any]:
     name = f"mem-{index}"
     return {"apiVersion": "regcred.io/v1alpha1", "kind": "RegistryCredential",
-            "metadata": {"name": name, "uid": str(uuid.uuid4()), "generation": 1,
+            "metadata": {"name": name, "uid": str(uuid.uuid4()), "generation": 1, "resourceVersion": "1",
                          "creationTimestamp": "2026-12-03T12:00:00Z"},
             "spec": {"registries": [{"server": f"registry-{index}.example.com"}],
                      "sourceSecretRef": {"name": "robot"}, "secretName": f"regcred-{name}"}}
