@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "scripts"), str(REPO / "tests" / "integration")]
+sys.path[:0] = [str(REPO / "scripts"), str(REPO / "tests" / "integration"), str(REPO / "tests")]
 from controlplane import ControlPlane, interruptible  # noqa: E402
 from floor import OPEN, READY, events  # noqa: E402
 from kubernetes import client, watch  # noqa: E402

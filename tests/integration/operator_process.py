@@ -13,6 +13,8 @@ from pathlib import Path
 from controlplane import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
+from support.processes import stop_process
+
 
 class OperatorProcess:
     """One `regcred run` process; its JSON log is kept in `log_path` for assertions."""
@@ -84,14 +86,8 @@ class OperatorProcess:
         return total
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(sig)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, sig, timeout)
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import yaml
 from controlplane import ControlPlane
 
 from regcred.kube.errors import CRD_MISSING, DOCTOR_ROLE, OPERATOR_ROLE, UNAUTHORIZED, Cause, forbidden
+from support.processes import stop_process
 
 pytestmark = [pytest.mark.integration]
 
@@ -93,15 +93,6 @@ def wait_for_attempts(process: subprocess.Popen[bytes], log: Path) -> str:
     return log.read_text()
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.mark.parametrize("case", ["Unauthorized", "Forbidden"])
 def test_regcred_run_says_why_and_keeps_retrying(case: str, control_plane, tmp_path: Path) -> None:
     config = kubeconfig_for(case, control_plane, tmp_path)
@@ -119,7 +110,7 @@ def test_regcred_run_says_why_and_keeps_retrying(case: str, control_plane, tmp_p
             assert len(outage) == 1, text
             assert_says(outage[0], UNAUTHORIZED, control_plane.server)
     finally:
-        stop(process)
+        stop_process(process)
 
 
 @pytest.fixture(scope="module")
@@ -143,4 +134,4 @@ def test_regcred_run_says_the_crd_is_not_installed(cluster_without_the_crd: Cont
         for line in lines:
             assert_says(line, CRD_MISSING, cluster_without_the_crd.server)
     finally:
-        stop(process)
+        stop_process(process)

@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -49,6 +48,7 @@ from regcred.kube.errors import (
     UNREACHABLE,
     Cause,
 )
+from support.processes import stop_process
 
 PLUGIN = Path(sys.executable).parent / "kubectl-regcred"
 # A class name of Python or a library (MaxRetryError, SSLCertVerificationError, ...).
@@ -247,9 +247,4 @@ def test_regcred_run_says_it_once_and_keeps_retrying(cause: Cause, setups, tmp_p
                 assert_says(line, cause, setup)
         assert "Retrying (Retry(" not in text and "Traceback" not in text, text
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
