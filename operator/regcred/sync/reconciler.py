@@ -162,13 +162,13 @@ class Reconciler:
                     default_source_namespace=self._settings.operator_namespace,
                     allowed_source_namespaces=self._settings.source_namespaces,
                 )
-            except InvalidInput as error:
-                parsed = error
+            except InvalidInput as error:  # kept without its traceback (and the frames in it)
+                parsed = InvalidInput(error.reason, error.message)
             if version is not None:
                 with self._lock:
                     self._parsed[name] = (str(version), parsed)
         if isinstance(parsed, InvalidInput):
-            raise parsed.with_traceback(None)  # raised again each time: no growing traceback
+            raise InvalidInput(parsed.reason, parsed.message)  # a fresh one: threads share the kept one
         return parsed
 
     def credentials(self) -> list[Credential]:
