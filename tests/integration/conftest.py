@@ -87,7 +87,7 @@ def fresh_namespaces(kube: client.ApiClient, request: pytest.FixtureRequest,
 
 @pytest.fixture(scope="session")
 def wait_for() -> Callable[..., object]:
-    """`wait_for(predicate, timeout=30, interval=0.1, message="")`: poll until truthy."""
+    """`wait_for(predicate, *args, timeout=30, interval=0.1, message="")`: poll until truthy."""
     return wait.wait_for
 
 

@@ -96,8 +96,8 @@ class Tenant:
                  **extra_labels: str) -> list[str]:
         names = self.make_namespaces(count, labels={**self.selector, **extra_labels})
         for namespace in names if with_service_account else ():
-            wait.wait_for(lambda ns=namespace: self.cluster.pull_secrets(ns) is not None,
-                             timeout=60, message=f"default ServiceAccount in {namespace}")
+            wait.wait_for(lambda ns: self.cluster.pull_secrets(ns) is not None, namespace,
+                          timeout=60, message=f"default ServiceAccount in {namespace}")
         return names
 
 

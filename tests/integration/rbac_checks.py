@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from operator_process import OperatorProcess, free_port
+from controlplane import free_port
+from operator_process import OperatorProcess
 from scenario import SERVER, Cluster, credential_spec, password, unique
 
 # regcred registers its MutatingWebhookConfiguration itself, under this name (regcred/admission/webhook.py).
@@ -73,14 +74,14 @@ def remove_webhook_configuration(admin_kubeconfig: str) -> None:
             "--ignore-not-found")
 
 
-def granted(roles: Iterable[dict]) -> set[Permission]:
+def granted(roles: Iterable[dict[str, Any]]) -> set[Permission]:
     """Every permission that the ClusterRoles and Roles among `roles` grant."""
     rules = [rule for doc in roles if doc["kind"] in ("ClusterRole", "Role") for rule in doc["rules"]]
     return {(group, resource, verb) for rule in rules for group in rule["apiGroups"]
             for resource in rule["resources"] for verb in rule["verbs"]}
 
 
-def used(control_plane: Any, user: str) -> tuple[set[Permission], list[dict]]:
+def used(control_plane: Any, user: str) -> tuple[set[Permission], list[dict[str, Any]]]:
     """What `user` asked the API server for so far, and which of those requests were refused."""
     requests, refused = set(), []
     for event in control_plane.audit_events():
@@ -94,7 +95,7 @@ def used(control_plane: Any, user: str) -> tuple[set[Permission], list[dict]]:
     return requests, refused
 
 
-def deprecated_requests(control_plane: Any, who: Callable[[dict], bool]) -> list[str]:
+def deprecated_requests(control_plane: Any, who: Callable[[dict[str, Any]], bool]) -> list[str]:
     """Requests (by the audit events `who` selects) to an API the server marked deprecated:
     the API server annotates those events with k8s.io/deprecated=true."""
     return sorted({f"{event['verb']} {event['requestURI'].split('?')[0]}"
@@ -143,7 +144,7 @@ def exercise_every_permission(cluster: Cluster, fresh_namespaces: Callable[..., 
     wait_for(lambda: cluster.pull_secrets(keep) == [], message="entry removed")
 
 
-def assert_exactly_granted(control_plane: Any, user: str, roles: Iterable[dict],
+def assert_exactly_granted(control_plane: Any, user: str, roles: Iterable[dict[str, Any]],
                            process: OperatorProcess) -> None:
     """Nothing `user` asked for was refused, nothing granted went unused, and no API it used
     is deprecated in this Kubernetes release."""

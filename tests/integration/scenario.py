@@ -177,7 +177,7 @@ def create_synced(cluster: Cluster, selector: Mapping[str, str], namespaces: lis
     cluster.put_source(name, namespace=source_namespace)
     cluster.create_credential(name, credential_spec(name, selector, **overrides))
     for namespace in namespaces:
-        wait_for(lambda ns=namespace: name in (cluster.pull_secrets(ns) or []), timeout=60,
+        wait_for(lambda ns: name in (cluster.pull_secrets(ns) or []), namespace, timeout=60,
                  message=f"entry in {namespace}")
     wait_for(lambda: cluster.ready(name).get("status") == "True", timeout=60, message=f"{name} Ready")
     return name

@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from controlplane import free_port
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from operator_process import OperatorProcess, free_port
+from operator_process import OperatorProcess
 from scenario import Cluster, unique
 
 from support.wait import wait_for
@@ -140,6 +141,12 @@ def pods_without(cluster: Cluster, namespace: str, secret: str) -> tuple[int, in
     return len(pods), sum(secret not in names(pod.spec.image_pull_secrets) for pod in pods)
 
 
+def pods_once(cluster: Cluster, namespace: str, secret: str, count: int) -> tuple[int, int] | None:
+    """`pods_without`, once `namespace` has `count` Pods."""
+    counted = pods_without(cluster, namespace, secret)
+    return counted if counted[0] >= count else None
+
+
 def burst(cluster: Cluster, kube, fresh_namespaces, secret: str, label: str) -> tuple[int, int]:
     """ROUNDS times: a namespace and a Deployment of REPLICAS applied together, as GitOps or
     `kubectl apply -f tenant/` does. Returns (Pods, Pods without our entry)."""
@@ -151,9 +158,8 @@ def burst(cluster: Cluster, kube, fresh_namespaces, secret: str, label: str) -> 
         namespaces.append(namespace)
     counts = {}
     for namespace in namespaces:
-        counts[namespace] = wait_for(
-            lambda ns=namespace: (c := pods_without(cluster, ns, secret))[0] >= REPLICAS and c,
-            timeout=120, message=f"{REPLICAS} pods in {namespace}")
+        counts[namespace] = wait_for(pods_once, cluster, namespace, secret, REPLICAS,
+                                     timeout=120, message=f"{REPLICAS} pods in {namespace}")
     return sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values())
 
 
@@ -185,7 +191,7 @@ def test_burst_without_admission_shows_the_race(
     assert pods == ROUNDS * REPLICAS
     # The count is the finding (docs/admission.md); the watch path still patches every SA.
     for namespace in namespaces_labelled(cluster, label):
-        wait_for(lambda ns=namespace: cluster.pull_secrets(ns) == [name], message=f"{namespace} patched")
+        wait_for(lambda ns: cluster.pull_secrets(ns) == [name], namespace, message=f"{namespace} patched")
 
 
 def namespaces_labelled(cluster: Cluster, label: str) -> list[str]:
@@ -201,8 +207,7 @@ def test_a_custom_service_account_and_its_deployment_applied_together(
     client.AppsV1Api(kube).create_namespaced_deployment(namespace, deployment("build", 5, "builder"))
     assert names(created.image_pull_secrets) == [name], "admitted with the entry"
     assert created.metadata.annotations[ANNOTATION] == name
-    _, missing = wait_for(lambda: (c := pods_without(cluster, namespace, name))[0] >= 5 and c,
-                          timeout=120, message="5 pods")
+    _, missing = wait_for(pods_once, cluster, namespace, name, 5, timeout=120, message="5 pods")
     assert missing == 0
 
 
@@ -294,7 +299,7 @@ def test_with_regcred_down_service_accounts_are_still_created_and_repaired_later
     assert names(hung.image_pull_secrets) == names(gone.image_pull_secrets) == []
     start_regcred()  # back: the watch path adds what the webhook could not
     for account in ("default", "hung", "gone"):
-        wait_for(lambda a=account: cluster.pull_secrets(namespace, a) == [name], timeout=60,
+        wait_for(lambda a: cluster.pull_secrets(namespace, a) == [name], account, timeout=60,
                  message=f"{account} repaired")
 
 
@@ -327,7 +332,7 @@ def test_ha_the_paused_standby_admits_while_it_takes_over(
     for _ in range(2):
         before = peers(cluster)
         replicas.append(start_regcred(port=port, env={"REGCRED_PEERING": "regcred"}))
-        [(_, priority)] = wait_for(lambda b=before: list(peers(cluster).items() - b.items()),
+        [(_, priority)] = wait_for(lambda b: list(peers(cluster).items() - b.items()), before,
                                    message="its peering entry")
         priorities.append(priority)
     active, standby = replicas if priorities[0] > priorities[1] else replicas[::-1]
@@ -352,8 +357,8 @@ def test_ha_the_paused_standby_admits_while_it_takes_over(
     wait_for(lambda: resumptions(standby) > paused_at, timeout=60, message="the standby took over")
     for _ in range(3):
         onboard()
-    accounts = {ns: wait_for(lambda ns=ns: (sa := service_account(cluster, ns)) and name in names(
-        sa.image_pull_secrets) and sa, timeout=90, message=f"entry in {ns}")
+    accounts = {ns: wait_for(lambda ns: sa if (sa := service_account(cluster, ns)) and name in names(
+        sa.image_pull_secrets) else None, ns, timeout=90, message=f"entry in {ns}")
         for ns in while_paused + after}
     at_creation = [ns for ns in accounts if admitted_by(standby, ns)]
     report(capsys, f"HA: {len(while_paused)} namespaces created while the standby was paused, "

@@ -17,12 +17,14 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from controlplane import free_port
 from kubernetes.client.exceptions import ApiException
 from node import NODE_NAME, CredentialProvider
 from node_fixtures import REGISTRY_USER
-from operator_process import OperatorProcess, free_port
+from operator_process import OperatorProcess
 from scenario import OPERATOR_NAMESPACE, PASSWORD_MARK, Cluster, password, unique
 
 pytestmark = [pytest.mark.integration, pytest.mark.node, pytest.mark.usefixtures("remove_new_credentials")]
@@ -38,7 +40,7 @@ class Endpoint:
     def __init__(self, url: str, ca: Path) -> None:
         self.url, self.ca = url, ca
 
-    def ask(self, token: str, image: str) -> tuple[dict, str]:
+    def ask(self, token: str, image: str) -> tuple[dict[str, Any], str]:
         """What the real plugin answers the kubelet for this token and image, and its stderr."""
         request = {"apiVersion": "credentialprovider.kubelet.k8s.io/v1",
                    "kind": "CredentialProviderRequest", "image": image, "serviceAccountToken": token}
@@ -70,6 +72,7 @@ def endpoint(provider_operator, cluster: Cluster, tmp_path_factory, wait_for) ->
     port = provider_operator.port
     wait_for(lambda: _listening(port), timeout=60, message="the credential provider endpoint listening")
     secret = cluster.secret(OPERATOR_NAMESPACE, "regcred-provider-tls")
+    assert secret is not None, "regcred made no regcred-provider-tls Secret"
     ca = tmp_path_factory.mktemp("provider-ca") / "ca.crt"
     ca.write_bytes(base64.b64decode(secret["data"]["ca.crt"]))
     return Endpoint(f"https://127.0.0.1:{port}/v1/credentials", ca)
@@ -290,9 +293,9 @@ def test_both_replicas_of_a_peered_pair_answer(cluster, kubeconfig, peering, end
         wait_ready(cluster, name, wait_for)
         token = bound_token(cluster, namespace, parked_pod(cluster, namespace, wait_for))
         for port in ports:
-            wait_for(lambda p=port: _listening(p), timeout=60, message=f"replica endpoint on {port}")
-            replica = Endpoint(f"https://127.0.0.1:{port}/v1/credentials", endpoint.ca)
-            answer, stderr = replica.ask(token, private_image)
+            wait_for(_listening, port, timeout=60, message=f"replica endpoint on {port}")
+            replica_endpoint = Endpoint(f"https://127.0.0.1:{port}/v1/credentials", endpoint.ca)
+            answer, stderr = replica_endpoint.ask(token, private_image)
             assert answer["auth"] == {registry.host: {"username": REGISTRY_USER, "password": secret}}, stderr
         assert any("looked again at live reads" in replica.log() for replica in replicas), \
             "the paused standby answered from live reads"
@@ -330,7 +333,7 @@ def test_without_the_node_rbac_the_kubelet_cannot_get_a_token_for_the_audience(
         subprocess.run([*kubectl, verb, "-f", str(NODE_RBAC)], check=False, capture_output=True)
 
 
-def _try_token(api, namespace: str, request: dict) -> str | None:
+def _try_token(api, namespace: str, request: dict[str, Any]) -> str | None:
     try:
         return api.create_namespaced_service_account_token("default", namespace, request).status.token
     except ApiException as error:

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from scenario import PASSWORD_MARK, Cluster, unique
@@ -22,18 +23,19 @@ from support.leaks import assert_not_shown
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("remove_new_credentials")]
 
 
-def doctor(kubeconfig: str, *args: str, output: str = "json") -> tuple[int, dict | str, str]:
-    """Run the real CLI; returns (exit code, parsed JSON or the table, stderr)."""
+def doctor(kubeconfig: str, *args: str) -> tuple[int, dict[str, Any], str]:
+    """Run the real CLI with `-o json`; returns (exit code, the report, stderr). Exit code 2 (bad
+    usage, no cluster) has no report: it is empty then, and stderr says why."""
     result = subprocess.run(
-        [sys.executable, "-m", "regcred.cli", "doctor", "--kubeconfig", kubeconfig, "-o", output, *args],
+        [sys.executable, "-m", "regcred.cli", "doctor", "--kubeconfig", kubeconfig, "-o", "json", *args],
         capture_output=True, text=True, timeout=60,
     )
     assert_not_shown(PASSWORD_MARK, stdout=result.stdout, stderr=result.stderr)
-    body = json.loads(result.stdout) if output == "json" and result.returncode in (0, 1) else result.stdout
-    return result.returncode, body, result.stderr
+    report = json.loads(result.stdout) if result.returncode in (0, 1) else {}
+    return result.returncode, report, result.stderr
 
 
-def codes(report: dict) -> list[str]:
+def codes(report: dict[str, Any]) -> list[str]:
     return [finding["code"] for finding in report["findings"]]
 
 
@@ -42,7 +44,7 @@ def pod(cluster: Cluster, namespace: str, image: str, *, name: str = "app", poli
     container = {"name": "app", "image": image}
     if policy:
         container["imagePullPolicy"] = policy
-    spec: dict = {"containers": [container]}
+    spec: dict[str, Any] = {"containers": [container]}
     if pull_secrets:
         spec["imagePullSecrets"] = [{"name": n} for n in pull_secrets]
     if account:
@@ -76,8 +78,8 @@ def test_healthy_namespace_exits_0_and_names_the_copy(cluster, operator, kubecon
     name = credential(cluster, namespace, registry)
     wait_for(lambda: cluster.pull_secrets(namespace) == [name], message="entry")
     pod(cluster, namespace, f"{registry}/team/app:v1")
-    code, report, _ = doctor(kubeconfig, "-n", namespace)
-    assert code == 0, report
+    code, report, stderr = doctor(kubeconfig, "-n", namespace)
+    assert code == 0, (report, stderr)
     (image,) = report["images"]
     assert image["pullSecret"] == {"secret": name, "key": registry, "credential": name}
     assert (image["registry"], image["pullPolicy"], report["summary"]["healthy"]) == (registry, "Always",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 import images
 import pytest
@@ -26,7 +27,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.node, pytest.mark.usefixtures
 INTERVAL = 10  # spec.verify.intervalSeconds for these tests (the minimum)
 
 
-def doctor(kubeconfig: str, *args: str) -> tuple[int, dict]:
+def doctor(kubeconfig: str, *args: str) -> tuple[int, dict[str, Any]]:
     result = subprocess.run([sys.executable, "-m", "regcred.cli", "doctor", "--kubeconfig", kubeconfig,
                              "-o", "json", *args], capture_output=True, text=True, timeout=120)
     assert result.returncode in (0, 1), result.stderr
@@ -34,7 +35,7 @@ def doctor(kubeconfig: str, *args: str) -> tuple[int, dict]:
     return result.returncode, json.loads(result.stdout)
 
 
-def codes_by_namespace(report: dict) -> dict[str, set[str]]:
+def codes_by_namespace(report: dict[str, Any]) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for finding in report["findings"]:
         found.setdefault(finding["namespace"], set()).add(finding["code"])
@@ -49,7 +50,7 @@ def credential(cluster: Cluster, servers: list[str], user: str, secret: str, **s
     return name
 
 
-def verified(cluster: Cluster, name: str) -> dict:
+def verified(cluster: Cluster, name: str) -> dict[str, Any]:
     conditions = ((cluster.credential(name) or {}).get("status") or {}).get("conditions") or []
     return next((c for c in conditions if c.get("type") == "CredentialsVerified"), {})
 
@@ -66,7 +67,7 @@ def verified_credential(cluster: Cluster, wait_for, server: str, user: str, secr
     return name
 
 
-def refused(cluster: Cluster, wait_for, name: str) -> dict:
+def refused(cluster: Cluster, wait_for, name: str) -> dict[str, Any]:
     """The CredentialsVerified condition once a check after the registry-side change said False."""
     return wait_for(lambda: (c := verified(cluster, name)).get("status") == "False" and c,
                     timeout=INTERVAL * 1.1 + 30, message="CredentialsVerified=False")

@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -84,7 +85,7 @@ def release_operator(kube, release: Release, log_path: Path) -> OperatorProcess:
                            extra_args=[*args, *loopback_admission_args()]).start()
 
 
-def installed_roles(kube, release: Release) -> list[dict]:
+def installed_roles(kube, release: Release) -> list[dict[str, Any]]:
     """The ClusterRole and the Role the release installed, as plain dicts."""
     rbac = client.RbacAuthorizationV1Api(kube)
     roles = [rbac.read_cluster_role(release.name),
@@ -93,7 +94,8 @@ def installed_roles(kube, release: Release) -> list[dict]:
             for role, kind in zip(roles, ("ClusterRole", "Role"), strict=True)]
 
 
-def copy_writes(control_plane, since: int, namespaces: list[str], name: str, user: str) -> list[dict]:
+def copy_writes(control_plane, since: int, namespaces: list[str], name: str,
+                user: str) -> list[dict[str, Any]]:
     """Writes, after audit event number `since`, to the copies named `name` in `namespaces`
     (by anyone) and to ServiceAccounts there (by the operator)."""
     found = []
@@ -131,7 +133,7 @@ def test_installed_the_operator_works_with_exactly_the_charts_permissions(
         cluster: Cluster, kube, release: Release, control_plane, fresh_namespaces, tmp_path, wait_for):
     assert exists(client.CustomObjectsApi(kube).get_cluster_custom_object, "kopf.dev", "v1",
                   "clusterkopfpeerings", release.name)
-    def helm_made(event: dict) -> bool:
+    def helm_made(event: dict[str, Any]) -> bool:
         return event.get("userAgent", "").startswith("Helm/")
 
     assert any(helm_made(event) for event in control_plane.audit_events()), "no request by Helm seen"

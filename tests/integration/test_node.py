@@ -53,6 +53,7 @@ def assert_untouched(live: node_module.Node, pods, registry, private_image, fres
     """The live node still runs, keeps its kubelet root mount, and still pulls."""
     for component in live.components.values():
         component.check_running()
+    assert live.dir is not None, "the live node has no run directory"
     assert str(live.dir / "kubelet") in node_module.mounts_under(live.dir)
     [namespace] = fresh_namespaces()
     secret = pods.put_pull_secret(namespace, registry.host, registry.login(REGISTRY_USER))

@@ -7,6 +7,8 @@ repair seen here comes from watch events, not from the periodic safety net.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from scenario import (
     PASSWORD_MARK,
@@ -243,7 +245,7 @@ def test_restart_with_nothing_changed_writes_nothing(cluster, operator, tenant, 
     namespaces = tenant(2)
     name = create_synced(cluster, tenant.selector, namespaces)
 
-    def versions() -> dict:
+    def versions() -> dict[str, Any]:
         seen = {"cr": cluster.credential(name)["metadata"]["resourceVersion"]}
         for ns in namespaces:
             seen[ns] = (cluster.resource_version("secret", ns, name),

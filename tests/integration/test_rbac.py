@@ -7,6 +7,7 @@ permission the bundle grants (rbac_checks.py; test_helm.py proves the same for t
 from __future__ import annotations
 
 import subprocess
+from typing import Any
 
 import pytest
 import yaml
@@ -29,7 +30,7 @@ ACCOUNT = "regcred"
 
 
 @pytest.fixture(scope="module")
-def bundle() -> list[dict]:
+def bundle() -> list[dict[str, Any]]:
     rendered = subprocess.run(["kubectl", "kustomize", str(REPO / "manifests")],
                               capture_output=True, text=True, check=True).stdout
     return [doc for doc in yaml.safe_load_all(rendered) if doc]

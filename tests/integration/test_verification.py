@@ -13,12 +13,14 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from controlplane import Certificates
 from scenario import PASSWORD_MARK, Cluster, password, unique
 
 from support.leaks import assert_not_shown
-from support.registry import Certificates, fake_registry
+from support.registry import fake_registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("remove_new_credentials")]
 
@@ -28,13 +30,13 @@ def certs(tmp_path_factory) -> Certificates:
     return Certificates(Path(tmp_path_factory.mktemp("registry-ca")))
 
 
-def verified(cluster: Cluster, name: str) -> dict:
+def verified(cluster: Cluster, name: str) -> dict[str, Any]:
     body = cluster.credential(name) or {}
     conditions = (body.get("status") or {}).get("conditions") or []
     return next((c for c in conditions if c.get("type") == "CredentialsVerified"), {})
 
 
-def spec(name: str, server: str, namespace: str, certs: Certificates, **verify) -> dict:
+def spec(name: str, server: str, namespace: str, certs: Certificates, **verify) -> dict[str, Any]:
     return {"registries": [{"server": server}], "sourceSecretRef": {"name": name},
             "namespaces": [namespace],
             "verify": {"enabled": True, "caBundle": certs.ca.read_text(), "timeoutSeconds": 2, **verify}}

@@ -3,11 +3,14 @@ hold, bad values are refused by name, and manifests/ is exactly the rendered cha
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import yaml
 from render_manifests import CHART, differences, render
 
 from regcred.cli import build_parser, settings_from
+from support.helm import Helm
 
 SERVICE_MONITOR_API = "monitoring.coreos.com/v1/ServiceMonitor"
 
@@ -15,23 +18,24 @@ SERVICE_MONITOR_API = "monitoring.coreos.com/v1/ServiceMonitor"
 @pytest.fixture(scope="module")
 def template(helm):
     """`template(*helm_args)`: the rendered documents of release `regcred` in regcred-system."""
-    def render_chart(*args: str) -> list[dict]:
+    def render_chart(*args: str) -> list[dict[str, Any]]:
         out = helm("template", "regcred", str(CHART), "--namespace", "regcred-system", *args).stdout
         return [doc for doc in yaml.safe_load_all(out) if doc]
     return render_chart
 
 
-def only(documents: list[dict], kind: str) -> dict:
+def only(documents: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     [found] = [doc for doc in documents if doc["kind"] == kind]
     return found
 
 
-def container(documents: list[dict]) -> dict:
+def container(documents: list[dict[str, Any]]) -> dict[str, Any]:
     [regcred] = only(documents, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert isinstance(regcred, dict)
     return regcred
 
 
-def refusal(helm, *args: str) -> str:
+def refusal(helm: Helm, *args: str) -> str:
     result = helm("template", "regcred", str(CHART), *args, check=False)
     assert result.returncode != 0, f"helm accepted {args}"
     return result.stderr

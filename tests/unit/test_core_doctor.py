@@ -102,6 +102,7 @@ def test_a_healthy_pod_has_no_findings_and_names_the_secret_the_kubelet_uses() -
     assert report.findings == () and not report.failed()
     (image,) = report.images
     assert (image.registry, image.repository, image.tag) == (HARBOR, f"{HARBOR}/team/app", "v1")
+    assert image.pull_secret is not None
     assert image.pull_secret.secret == "harbor-prod" and image.pull_secret_credential == "harbor-prod"
     assert image.pull_policy == "Always" and image.state == "Pulled"
 

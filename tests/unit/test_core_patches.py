@@ -87,6 +87,7 @@ def test_add_never_duplicates_when_replayed_after_a_concurrent_write():
     ops = pull_secret_patch(observe_service_account(body), "harbor", present=True)
     raced = json_patch(body, [{"op": "add", "path": "/imagePullSecrets/-", "value": {"name": "b"}}])
     raced["metadata"]["resourceVersion"] = "changed"
+    assert ops is not None
     with pytest.raises(PatchTestFailed):
         json_patch(raced, ops)
 
@@ -134,6 +135,7 @@ def test_remove_tests_the_element_name():
     ops = pull_secret_patch(observe_service_account(body), "harbor", present=False)
     moved = dict(body, imagePullSecrets=[{"name": "harbor"}, {"name": "a"}])
     # even with the same resourceVersion, the element test refuses to remove the wrong entry
+    assert ops is not None
     with pytest.raises(PatchTestFailed):
         json_patch(moved, ops)
 

@@ -61,9 +61,9 @@ def kinds(plan: NamespacePlan) -> list[tuple[str, ...]]:
             summary.append(("replace", name, "rotation" if action.rotation else "meta"))
         else:
             summary.append(("create" if isinstance(action, CreateCopy) else "delete", name))
-    for action in plan.service_account_actions:
-        verb = "add" if isinstance(action, AddPullSecret) else "remove"
-        summary.append((verb, action.service_account, action.secret_name))
+    for sa_action in plan.service_account_actions:
+        verb = "add" if isinstance(sa_action, AddPullSecret) else "remove"
+        summary.append((verb, sa_action.service_account, sa_action.secret_name))
     return summary
 
 
@@ -87,12 +87,14 @@ def test_desired_copy_shape():
         "apiVersion": "regcred.dev/v1alpha1", "kind": "RegistryCredential", "name": "harbor-prod",
         "uid": "uid-harbor-prod", "controller": True, "blockOwnerDeletion": False,
     }]
+    assert cred.config is not None
     assert body["data"] == {".dockerconfigjson": cred.config.encoded}
 
 
 def test_observe_copy_keeps_fingerprints_not_the_secret():
     cred = credential("harbor-prod", password=PASSWORD)
     copy = observe_copy(live_copy(cred, NS))
+    assert cred.config is not None
     assert copy.credential == "harbor-prod"
     assert copy.owner_uids == ("uid-harbor-prod",)
     assert copy.data_digest == cred.config.digest
@@ -138,6 +140,7 @@ def test_rotation_replaces_the_copy_only():
     plan = w.plan()
     assert kinds(plan) == [("replace", "harbor-prod", "rotation")]
     (action,) = plan.secret_actions
+    assert isinstance(action, ReplaceCopy)
     assert action.resource_version == stored["metadata"]["resourceVersion"]
     assert action.manifest == desired_copy(new, NS)
     assert action.credential == "harbor-prod"
@@ -247,12 +250,15 @@ def test_orphan_deleted_when_cr_is_gone():
 def test_cr_recreated_under_the_same_name_takes_its_copies_back():
     old = credential("harbor-prod")
     new = replace(credential("harbor-prod"), uid="uid-recreated")
+    assert new.spec is not None
     new = replace(new, spec=replace(new.spec, uid="uid-recreated"))
     w = world(new, copies=[live_copy(old, NS)],
               accounts=[sa_body("default", NS, ["harbor-prod"], ours=["harbor-prod"])])
     plan = w.plan()
     assert kinds(plan) == [("replace", "harbor-prod", "meta")]
-    assert plan.secret_actions[0].manifest["metadata"]["ownerReferences"][0]["uid"] == "uid-recreated"
+    (action,) = plan.secret_actions
+    assert isinstance(action, ReplaceCopy)
+    assert action.manifest["metadata"]["ownerReferences"][0]["uid"] == "uid-recreated"
 
 
 def test_orphan_of_a_gone_cr_is_adopted_by_a_claimant():
@@ -491,6 +497,7 @@ def test_plan_repr_shows_no_secret_material():
     old = credential("harbor-prod", password="old-" + PASSWORD)
     new = with_password(old, PASSWORD)
     plans = [world(new).plan(), world(new, copies=[live_copy(old, NS)]).plan()]
+    assert new.config is not None and old.config is not None
     for plan in plans:
         text = repr(plan) + str(plan.secret_actions)
         assert new.config.encoded not in text and old.config.encoded not in text
@@ -675,9 +682,10 @@ def test_multi_then_everything_deleted_leaves_only_what_is_not_ours():
 def test_unfreezing_catches_up_in_one_pass():
     w = _multi()
     w.converge()
-    w.credentials = [
-        replace(c, spec=replace(c.spec, suspend=False)) if c.name == "frozen" else c for c in w.credentials
-    ]
+    (frozen,) = (c for c in w.credentials if c.name == "frozen")
+    assert frozen.spec is not None
+    thawed = replace(frozen, spec=replace(frozen.spec, suspend=False))
+    w.credentials = [thawed if c.name == "frozen" else c for c in w.credentials]
     w.credentials = [credential("broken") if c.name == "broken" else c for c in w.credentials]
     plan = w.plan()
     assert ("replace", "frozen", "rotation") in kinds(plan)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -36,7 +37,7 @@ IMAGE = "harbor.example.com/team/app:1"
 
 def review(*, authenticated: bool = True, audiences=(AUDIENCE,),
            username="system:serviceaccount:team-a:default", pod=("app-1", "uid-1"),
-           node: str | None = "node-1") -> dict:
+           node: str | None = "node-1") -> dict[str, Any]:
     extra = {}
     if pod:
         extra["authentication.kubernetes.io/pod-name"] = [pod[0]]
@@ -47,7 +48,7 @@ def review(*, authenticated: bool = True, audiences=(AUDIENCE,),
             "user": {"username": username, "extra": extra}}
 
 
-def pod(uid="uid-1", account: str | None = "default", node="node-1") -> dict:
+def pod(uid="uid-1", account: str | None = "default", node="node-1") -> dict[str, Any]:
     spec = {"nodeName": node}
     if account:
         spec["serviceAccountName"] = account
@@ -61,7 +62,9 @@ def test_a_pod_bound_token_gives_its_claims():
 
 
 def test_a_token_without_a_node_claim_has_none():
-    assert token_claims(review(node=None), AUDIENCE).node is None
+    claims = token_claims(review(node=None), AUDIENCE)
+    assert isinstance(claims, TokenClaims)
+    assert claims.node is None
 
 
 @pytest.mark.parametrize("status, reason", [
@@ -146,6 +149,7 @@ def test_a_frozen_credential_answers_nothing(frozen):
 def test_unmatched_namespace_or_account_is_refused_and_names_the_credential(namespace, account):
     cred = served(namespaces=("team-*",))
     result = resolve([cred], namespace, account, IMAGE)
+    assert isinstance(result, Refusal)
     assert result == Refusal(NOT_MATCHED, result.message, ("harbor-prod",))
     assert PASSWORD not in result.message and "pw-" not in result.message
 

@@ -40,7 +40,9 @@ def kubectl_dockerconfigjson(server: str, username: str, password: str, email: s
     assert result.returncode == 0, result.stderr
     secret = json.loads(result.stdout)
     assert secret["type"] == "kubernetes.io/dockerconfigjson"
-    return secret["data"][".dockerconfigjson"]
+    encoded = secret["data"][".dockerconfigjson"]
+    assert isinstance(encoded, str)
+    return encoded
 
 
 def ours(servers: tuple[str, ...], username: str, password: str, email: str | None) -> str:

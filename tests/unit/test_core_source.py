@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import traceback
+from typing import Any
 
 import pytest
 
@@ -26,11 +27,13 @@ AUTH = base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
 ENTRY = {"username": USERNAME, "password": PASSWORD, "auth": AUTH}
 
 
-def decoded(config: RenderedConfig) -> dict:
-    return json.loads(base64.b64decode(config.encoded))
+def decoded(config: RenderedConfig) -> dict[str, Any]:
+    document = json.loads(base64.b64decode(config.encoded))
+    assert isinstance(document, dict)
+    return document
 
 
-def dockerconfig(auths: dict, **extra) -> SourceSecret:
+def dockerconfig(auths: dict[str, Any], **extra) -> SourceSecret:
     content = json.dumps({"auths": auths, **extra})
     return raw_source("kubernetes.io/dockerconfigjson", {".dockerconfigjson": b64(content)})
 
@@ -131,7 +134,7 @@ GHCR = {"username": "bot", "password": PASSWORD, "auth": b64(f"bot:{PASSWORD}")}
 QUAY = {"auth": b64(f"q:{PASSWORD}"), "email": "q@example.com"}
 
 
-def kubectl_entry(username: str, password: str, email: str | None = None) -> dict:
+def kubectl_entry(username: str, password: str, email: str | None = None) -> dict[str, Any]:
     """What `kubectl create secret docker-registry` writes for these credentials."""
     entry = {"username": username, "password": password}
     if email:

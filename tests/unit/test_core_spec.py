@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
@@ -149,7 +150,7 @@ def test_valid_servers(server):
 
 # --- refusals: (spec overrides, reason, words the message must contain) ----------------------
 
-INVALID = {
+INVALID: dict[str, tuple[dict[str, Any] | None, str, list[str]]] = {
     "spec missing": (None, "InvalidSpec", ["spec.registries", "spec.sourceSecretRef"]),
     "registries missing": ({"registries": ...}, "InvalidSpec", ["spec.registries", "at least one"]),
     "registries empty": ({"registries": []}, "InvalidSpec", ["spec.registries", "at least one"]),

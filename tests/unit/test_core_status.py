@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -19,9 +20,10 @@ def build(previous=None, now=T1, **kwargs):
     return build_status(previous=previous or {}, now=now, **kwargs)
 
 
-def ready(status) -> dict:
+def ready(status) -> dict[str, Any]:
     (condition,) = status["conditions"]
     assert condition["type"] == "Ready"
+    assert isinstance(condition, dict)
     return condition
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,7 @@ def test_the_table_covers_every_case() -> None:
 
 
 @pytest.mark.parametrize("row", RULES["images"], ids=lambda row: row["image"] or "<empty>")
-def test_image_parsing_matches_the_kubelet(row: dict) -> None:
+def test_image_parsing_matches_the_kubelet(row: dict[str, Any]) -> None:
     if row["error"]:
         with pytest.raises(InvalidInput) as raised:
             parse_image(row["image"])
@@ -42,7 +43,7 @@ def test_image_parsing_matches_the_kubelet(row: dict) -> None:
 
 @pytest.mark.parametrize("row", RULES["keyrings"],
                          ids=lambda row: f"{row['image']}<-{[s['keys'] for s in row['secrets']]}")
-def test_auths_matching_matches_the_kubelet(row: dict) -> None:
+def test_auths_matching_matches_the_kubelet(row: dict[str, Any]) -> None:
     entries = [AuthsEntry(secret["name"], key) for secret in row["secrets"] for key in secret["keys"]]
     try:
         repository = parse_image(row["image"]).repository

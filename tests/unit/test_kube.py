@@ -312,7 +312,8 @@ def test_a_refused_call_is_counted_and_its_message_holds_no_response_body(execut
 
 def test_no_answer_is_unavailable_with_status_zero(kube, core, errors):
     def unreachable(*args: Any, **kwargs: Any) -> None:
-        raise urllib3.exceptions.MaxRetryError(None, "/api", "connection refused")
+        raise urllib3.exceptions.MaxRetryError(urllib3.HTTPConnectionPool("api.example"), "/api",
+                                               ConnectionRefusedError(111, "Connection refused"))
 
     core.read_namespaced_secret = unreachable
     with pytest.raises(ApiUnavailable) as raised:

@@ -73,7 +73,7 @@ def kube(monkeypatch: pytest.MonkeyPatch) -> Kube:
 
 
 def follow(kube: Kube, fake: FakeList, version: str, stop_after: int) -> tuple[list[Any], list[Any]]:
-    kube._core.list_namespace = fake  # type: ignore[method-assign]
+    kube._core.list_namespace = fake
     events: list[tuple[str, str]] = []
     listed: list[list[str]] = []
     stop = threading.Event()
@@ -92,7 +92,7 @@ def follow(kube: Kube, fake: FakeList, version: str, stop_after: int) -> tuple[l
 
 def test_a_listing_comes_a_page_at_a_time_and_knows_its_version_at_the_end(kube):
     fake = FakeList([[namespace("a", "1"), namespace("b", "2")], [namespace("c", "3")]], [])
-    kube._core.list_namespace = fake  # type: ignore[method-assign]
+    kube._core.list_namespace = fake
     listing = kube.listing("namespaces")
     assert [item["metadata"]["name"] for item in listing] == ["a", "b", "c"]
     assert listing.resource_version == "list-1"

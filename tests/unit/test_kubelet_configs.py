@@ -19,6 +19,7 @@ import base64
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,7 +35,7 @@ CASES = json.loads((DATA / "kubelet_configs_cases.json").read_text())["configs"]
 TABLE = {row["name"]: row for row in json.loads((DATA / "kubelet_configs.json").read_text())["configs"]}
 
 
-def raw(case: dict) -> bytes:
+def raw(case: dict[str, Any]) -> bytes:
     return case["config"].encode() if "config" in case else base64.b64decode(case["configBase64"])
 
 
@@ -56,7 +57,7 @@ def test_the_corpus_covers_every_class_the_issue_names() -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case["name"])
-def test_the_port_reads_what_the_kubelet_reads(case: dict) -> None:
+def test_the_port_reads_what_the_kubelet_reads(case: dict[str, Any]) -> None:
     kubelet = TABLE[case["name"]]
     reading = kubelet_read(raw(case))
     assert (reading.error is not None) == kubelet["error"], reading.error
@@ -76,7 +77,7 @@ def test_the_port_reads_what_the_kubelet_reads(case: dict) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case["name"])
 @pytest.mark.parametrize("mode", ["regcred", "doctor"])
-def test_regcred_never_copies_what_the_kubelet_refuses_or_misreads(case: dict, mode: str) -> None:
+def test_regcred_never_copies_what_the_kubelet_refuses_or_misreads(case: dict[str, Any], mode: str) -> None:
     kubelet = TABLE[case["name"]]
     servers = case["servers"] if mode == "regcred" else None
     expected = case["regcred"] if mode == "regcred" else case.get("doctor", case["regcred"])
@@ -97,7 +98,7 @@ def test_regcred_never_copies_what_the_kubelet_refuses_or_misreads(case: dict, m
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case["name"])
-def test_the_doctor_judges_a_hand_made_pull_secret_with_the_same_check(case: dict) -> None:
+def test_the_doctor_judges_a_hand_made_pull_secret_with_the_same_check(case: dict[str, Any]) -> None:
     body = {"metadata": {"name": "hand-made", "namespace": "team-a"}, "type": DOCKERCONFIGJSON_TYPE,
             "data": {DOCKERCONFIGJSON_KEY: base64.b64encode(raw(case)).decode()}}
     info = observe_secret(body)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -11,11 +12,11 @@ REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
 
 
-def documents(name: str) -> list[dict]:
+def documents(name: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all((MANIFESTS / name).read_text()) if doc]
 
 
-def by_kind(kind: str) -> list[dict]:
+def by_kind(kind: str) -> list[dict[str, Any]]:
     return [doc for path in sorted(MANIFESTS.glob("*.yaml")) for doc in documents(path.name)
             if doc.get("kind") == kind]
 

@@ -15,6 +15,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,7 +43,7 @@ class FakeApi:
     def __init__(self) -> None:
         self.reviews = 0
 
-    def review_token(self, token: str, audience: str) -> dict:
+    def review_token(self, token: str, audience: str) -> dict[str, Any]:
         self.reviews += 1
         if token == DOWN:
             raise ApiUnavailable("create", "tokenreview", 503, "ServiceUnavailable")
@@ -53,7 +54,7 @@ class FakeApi:
                 "user": {"username": "system:serviceaccount:team-a:default",
                          "extra": extra if token == GOOD else {}}}
 
-    def read_pod(self, namespace: str, name: str) -> dict | None:
+    def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         return {"metadata": {"uid": "uid-1"}, "spec": {"serviceAccountName": "default"}}
 
 
@@ -89,14 +90,14 @@ def endpoint(served, tmp_path: Path) -> Iterator[tuple[str, Path, Metrics, PullT
     server.server_close()
 
 
-def run_plugin(url: str, ca: Path, request: dict | str) -> tuple[dict, str]:
+def run_plugin(url: str, ca: Path, request: dict[str, Any] | str) -> tuple[dict[str, Any], str]:
     stdin = io.StringIO(request if isinstance(request, str) else json.dumps(request))
     stdout, stderr = io.StringIO(), io.StringIO()
     assert plugin.main(["--url", url, "--ca-file", str(ca)], stdin, stdout, stderr) == 0
     return json.loads(stdout.getvalue()), stderr.getvalue()
 
 
-def kubelet_request(token: str | None = GOOD, image: str = IMAGE) -> dict:
+def kubelet_request(token: str | None = GOOD, image: str = IMAGE) -> dict[str, Any]:
     request = {"apiVersion": plugin.API_VERSION, "kind": "CredentialProviderRequest", "image": image}
     if token is not None:
         request["serviceAccountToken"] = token
@@ -239,7 +240,7 @@ def test_bad_endpoint_flags_say_what_is_wrong(flags):
 class FakeLiveApi:
     """The CRs, a namespace and the source Secret as live reads return them."""
 
-    def __init__(self, *bodies: dict, source=None) -> None:
+    def __init__(self, *bodies: dict[str, Any], source=None) -> None:
         self.bodies, self.source = list(bodies), source
         self.source_reads = 0
 
@@ -247,7 +248,7 @@ class FakeLiveApi:
         assert from_watch_cache
         return self.bodies
 
-    def read_namespace(self, name: str) -> dict | None:
+    def read_namespace(self, name: str) -> dict[str, Any] | None:
         return {"metadata": {"name": name, "labels": {"team": "a"}}}
 
     def read_source(self, namespace: str, name: str):

@@ -8,8 +8,10 @@ import socket
 import threading
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
+from controlplane import Certificates
 from prometheus_client import generate_latest
 
 from regcred.core.conditions import CREDENTIALS_VERIFIED as CONDITION
@@ -34,7 +36,7 @@ from regcred.sync.ledger import Ledger, StatusPublisher
 from regcred.verification.verifier import Verification, check
 from support import fakes
 from support.builders import PASSWORD, basic_source, cr_body, make_spec
-from support.registry import Certificates, fake_registry
+from support.registry import fake_registry
 from support.wait import wait_for
 
 WRONG = "wrong-" + PASSWORD
@@ -221,11 +223,11 @@ class Harness:
         self.publisher.publish(name, wrote=False)
         self.republished.set()
 
-    def publish(self) -> dict:
+    def publish(self) -> dict[str, Any]:
         self.publisher.publish("harbor-prod", wrote=False)
         return self.api.statuses[-1]
 
-    def checked(self) -> dict:
+    def checked(self) -> dict[str, Any]:
         """Publish, and wait for the check it schedules to end and publish again."""
         self.republished.clear()
         self.publisher.publish("harbor-prod", wrote=False)
@@ -239,13 +241,13 @@ class Harness:
         return generate_latest(self.metrics.registry).decode()
 
 
-def verify_body() -> dict:
+def verify_body() -> dict[str, Any]:
     body = cr_body("harbor-prod", generation=1)
     body["spec"]["verify"] = {"enabled": True}
     return body
 
 
-def by_type(status: dict) -> dict[str, dict]:
+def by_type(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["type"]: c for c in status["conditions"]}
 
 

@@ -112,7 +112,7 @@ def agreeing(name: str, truth: tuple[str, str]) -> str:
 # Entry shapes people write: kubectl's, docker login's, hand-made ones, and broken ones.
 SHAPES = [("username", "password", "email", "auth"), ("username", "password", "auth"), ("auth",),
           ("username", "password"), ("auth", "email"), ("identitytoken",), ("email",), ()]
-ODD_VALUES = [None, 1, True, [], {}, "", "not base64!", b64(b"nocolon"), "cm9ib3Q6cHc", "\ud800"]
+ODD_VALUES: list[Any] = [None, 1, True, [], {}, "", "not base64!", b64(b"nocolon"), "cm9ib3Q6cHc", "\ud800"]
 
 
 @st.composite
@@ -164,7 +164,7 @@ def dockerconfig_sources(draw: st.DrawFn, spec_servers: tuple[str, ...]) -> tupl
         else:
             entry = draw(st.sampled_from([None, "robot:s3cret", [], 0]))
         auths.append((key, entry))
-    top = [(draw(st.sampled_from(["auths", "auths", "Auths", "auth\u017f"])),
+    top: list[tuple[str, Any]] = [(draw(st.sampled_from(["auths", "auths", "Auths", "auth\u017f"])),
             RawJSON(dumps_pairs(auths, ascii_only)))]
     if draw(st.booleans()):
         top.append((draw(st.sampled_from(["credsStore", "HttpHeaders"])),

@@ -4,10 +4,12 @@ what reaches the caches, and what is queued, listed first, watched, re-listed an
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from regcred.kube.client import Listing
 from regcred.sync.caches import Caches
 from regcred.sync.watches import Watches
 from support.builders import credential, live_copy, sa_body
@@ -19,10 +21,9 @@ def namespace_body(name: str, version: str = "1") -> dict[str, Any]:
     return {"metadata": {"name": name, "uid": f"uid-{name}", "resourceVersion": version, "labels": {}}}
 
 
-class Listed(list[dict[str, Any]]):
-    def __init__(self, items: list[dict[str, Any]], version: str) -> None:
-        super().__init__(items)
-        self.resource_version = version
+def listed(items: list[dict[str, Any]], version: str) -> Listing:
+    """A listing of one page, as `Kube.listing` returns it."""
+    return Listing(lambda **_: {"items": items, "metadata": {"resourceVersion": version}})
 
 
 class FakeKube:
@@ -30,11 +31,12 @@ class FakeKube:
         self.listings = listings
         self.followed: dict[str, tuple[Any, ...]] = {}
 
-    def listing(self, kind: str) -> Listed:
-        return Listed(self.listings.get(kind, []), f"{kind}-v1")
+    def listing(self, kind: str, name: str | None = None) -> Listing:
+        return listed(self.listings.get(kind, []), f"{kind}-v1")
 
-    def follow(self, kind: str, version: str, on_event: Any, on_listed: Any, stop: threading.Event) -> None:
-        self.followed[kind] = (version, on_event, on_listed)
+    def follow(self, kind: str, resource_version: str, on_event: Callable[[str, dict[str, Any]], None],
+               on_listed: Callable[[Listing], None], stop: threading.Event, name: str | None = None) -> None:
+        self.followed[kind] = (resource_version, on_event, on_listed)
 
 
 class Recorder:
@@ -54,7 +56,8 @@ def world() -> dict[str, Any]:
     account = sa_body("default", "team-a")
     kube = FakeKube({"namespaces": [namespace_body("team-a")], "serviceaccounts": [account],
                      "copies": [live_copy(HARBOR, "team-a")]})
-    caches, controller, counted = Caches({}), Recorder(), []
+    caches, controller = Caches({}), Recorder()
+    counted: list[str] = []
     active = {"now": True}
     watches = Watches(kube, caches, controller, counted.append, lambda: active["now"])
     versions = watches.fill()
@@ -103,7 +106,7 @@ def test_a_deleted_copy_queues_its_namespace(world):
 def test_paused_the_caches_follow_but_nothing_is_queued(world):
     world["active"]["now"] = False
     event(world, "namespaces", "ADDED", namespace_body("team-b"))
-    world["kube"].followed["namespaces"][2](Listed([namespace_body("team-c")], "v9"))
+    world["kube"].followed["namespaces"][2](listed([namespace_body("team-c")], "v9"))
     assert world["caches"].namespace("team-b") is not None
     assert world["caches"].namespace("team-c") is not None
     assert world["controller"].queued == []
@@ -111,7 +114,7 @@ def test_paused_the_caches_follow_but_nothing_is_queued(world):
 
 
 def test_a_relisting_queues_what_changed_and_has_the_caches_checked(world):
-    relisting = Listed([namespace_body("team-a"), namespace_body("team-b")], "v9")
+    relisting = listed([namespace_body("team-a"), namespace_body("team-b")], "v9")
     world["kube"].followed["namespaces"][2](relisting)
     assert world["controller"].queued == ["team-b"]
     assert world["controller"].relists == 1
