@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check operator tests scripts bench
 
-# mypy --strict on operator/regcred and tests/support (settings in pyproject.toml, [tool.mypy]);
+# mypy --strict on operator/regcred, tests/support and scripts (settings in pyproject.toml, [tool.mypy]);
 # then the test modules as strictly, except that tests and fixtures may go unannotated and a
 # helper may return the untyped client's or json's Any (docs/design.md). Their own cache: other
 # flags would make each run recheck the other's modules.

@@ -27,7 +27,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "scripts")]
-from controlplane import ControlPlane  # noqa: E402
 from keep import current_commit, keep  # noqa: E402
 from kubernetes import client  # noqa: E402
 
@@ -35,6 +34,7 @@ from regcred.core.doctor.rules import diagnose  # noqa: E402
 from regcred.doctor.command import quiet_logging, read_snapshot  # noqa: E402
 from regcred.kube.client import Kube  # noqa: E402
 from regcred.kube.config import connect  # noqa: E402
+from regcred_dev.controlplane import ControlPlane  # noqa: E402
 
 PODS_PER_NAMESPACE = 50
 REGISTRY = "bench.registry.test:5000"

@@ -30,15 +30,17 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "scripts"), str(REPO / "tests" / "integration"), str(REPO / "tests")]
-import images  # noqa: E402
-from controlplane import KUBERNETES_VERSION, ControlPlane  # noqa: E402
 from keep import current_commit, keep  # noqa: E402
 from kubernetes import client, config  # noqa: E402
-from node import NODE_NAME, CredentialProvider, Node  # noqa: E402
 from node_fixtures import Pods  # noqa: E402
 from operator_process import OperatorProcess, free_port  # noqa: E402
-from registry import Registry  # noqa: E402
 
+from regcred_dev import images  # noqa: E402
+from regcred_dev.build import KUBERNETES_VERSION  # noqa: E402
+from regcred_dev.controlplane import ControlPlane  # noqa: E402
+from regcred_dev.node import NODE_NAME, Node  # noqa: E402
+from regcred_dev.nodeconfig import CredentialProvider  # noqa: E402
+from regcred_dev.registry import Registry  # noqa: E402
 from support.wait import wait_for  # noqa: E402
 
 AUDIENCE = "regcred.dev/credential-provider"

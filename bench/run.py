@@ -43,12 +43,13 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "scripts"), str(REPO / "tests" / "integration"), str(REPO / "tests")]
-from controlplane import ControlPlane, interruptible  # noqa: E402
 from floor import OPEN, READY, events  # noqa: E402
 from kubernetes import client, watch  # noqa: E402
 from operator_process import OperatorProcess, free_port  # noqa: E402
 
 from regcred.kube.config import connect  # noqa: E402
+from regcred_dev.controlplane import ControlPlane  # noqa: E402
+from regcred_dev.process import interruptible  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 USER = "regcred-bench"

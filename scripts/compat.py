@@ -24,8 +24,7 @@ import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from controlplane import DEFAULT_KUBERNETES_VERSION, OLDEST_KUBERNETES_VERSION
+from regcred_dev.build import DEFAULT_KUBERNETES_VERSION, OLDEST_KUBERNETES_VERSION
 
 REPO = Path(__file__).resolve().parents[1]
 SUPPORTED = (OLDEST_KUBERNETES_VERSION, DEFAULT_KUBERNETES_VERSION)

@@ -13,10 +13,10 @@ mode, also the whole demo where no node can run):
 Builds (or reuses) the control plane, installs the CRD, starts `regcred run`, then shows
 the jobs users hire regcred for: declare once, onboard a late namespace, rotate, and
 leave other people's things alone. It ends with the seed tutorials' check on a real node
-(containerd + kubelet, scripts/node.py) and a private registry (scripts/registry.py): a Pod
+(containerd + kubelet, scripts/node.py) and a private registry (scripts/regcred_dev/registry.py): a Pod
 with the private image prints SUCCESS in an onboarded namespace and shows ErrImagePull with
 the registry's 401 in an unmatched one; then a rotation and a fresh Pod; then pull-time
-delivery (scripts/demo_provider.py): the kubelet restarted with regcred's credential provider,
+delivery (scripts/regcred_dev/demo_provider.py): the kubelet restarted with regcred's credential provider,
 a Pod with no pull secret anywhere printing SUCCESS, and a Pod created before its
 RegistryCredential recovering on the kubelet's retry. Where the node
 cannot run (not root, packages missing) it says so in one line and shows the rest.
@@ -36,14 +36,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import image
-import images
-from controlplane import ControlPlane, free_port, interruptible, wait_until
-from demo_provider import endpoint_flags, pull_time_delivery
-from incluster import NAMESPACE, RELEASE, InCluster
-from node import NODE_NAME, Node
-from registry import Registry
+from regcred_dev import image, images
+from regcred_dev.controlplane import ControlPlane
+from regcred_dev.demo_provider import endpoint_flags, pull_time_delivery
+from regcred_dev.incluster import NAMESPACE, RELEASE, InCluster
+from regcred_dev.node import NODE_NAME, Node
+from regcred_dev.process import free_port, interruptible, wait_until
+from regcred_dev.registry import Registry
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE_PASSWORD, ROTATED_PASSWORD = "demo-password-1", "demo-password-2"
@@ -88,7 +87,8 @@ class Demo:
                             "-o", "jsonpath={.data.\\.dockerconfigjson}")
         if not raw:
             return ""
-        return json.loads(base64.b64decode(raw))["auths"].get(server, {}).get("password", "")
+        password: str = json.loads(base64.b64decode(raw))["auths"].get(server, {}).get("password", "")
+        return password
 
     def registry_password(self, namespace: str, server: str) -> str:
         return self.copy_password(namespace, "private-registry", server)

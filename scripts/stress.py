@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-for extra in (REPO / "scripts", REPO / "tests" / "integration", REPO / "tests"):
+for extra in (REPO / "tests" / "integration", REPO / "tests"):  # FanOut's cluster helpers
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     rng = random.Random(seed)
 
-    from controlplane import ControlPlane
+    from regcred_dev.controlplane import ControlPlane
 
     started = time.monotonic()
     results: list[RoundResult] = []

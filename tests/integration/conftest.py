@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from controlplane import ControlPlane
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from regcred_dev.controlplane import ControlPlane
 from support import wait
 
 HERE = Path(__file__).resolve().parent

@@ -1,7 +1,7 @@
 """Fixtures for pulls on a real node: the node, the private registry, the private image.
 
     node           scripts/node.py: containerd + kubelet, registered as Node `localhost`
-    registry       scripts/registry.py: TLS from the run's CA, htpasswd user `robot`
+    registry       scripts/regcred_dev/registry.py: TLS from the run's CA, htpasswd user `robot`
     private_image  `<registry.host>/team/success:1`, prints SUCCESS (pushed by the fixture)
     pods           `Pods`: create pods on the node and read what the kubelet did with them
 
@@ -19,13 +19,14 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import images
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from node import NODE_NAME, Node
-from registry import Registry
 from scenario import password, unique
+
+from regcred_dev import images
+from regcred_dev.node import NODE_NAME, Node
+from regcred_dev.registry import Registry
 
 # conftest star-imports this module: export the fixtures and helpers, never a name that
 # could shadow a conftest fixture.

@@ -10,9 +10,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from controlplane import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
+from regcred_dev.process import free_port
 from support.processes import stop_process
 
 

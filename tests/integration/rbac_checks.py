@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from controlplane import free_port
 from operator_process import OperatorProcess
 from scenario import SERVER, Cluster, credential_spec, password, unique
+
+from regcred_dev.process import free_port
 
 # regcred registers its MutatingWebhookConfiguration itself, under this name (regcred/admission/webhook.py).
 WEBHOOK_CONFIGURATION = "regcred"

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from controlplane import ControlPlane
 
 from regcred.kube.errors import CRD_MISSING, DOCTOR_ROLE, OPERATOR_ROLE, UNAUTHORIZED, Cause, forbidden
+from regcred_dev.controlplane import ControlPlane
 from support.processes import stop_process
 
 pytestmark = [pytest.mark.integration]

@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from node import Node
 from node_fixtures import require
+
+from regcred_dev.node import Node
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

@@ -7,10 +7,11 @@ import json
 import uuid
 
 import pytest
-from controlplane import KUBERNETES_VERSION, ControlPlane
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from regcred_dev.build import KUBERNETES_VERSION
+from regcred_dev.controlplane import ControlPlane
 from support.wait import wait_for
 
 JSON_PATCH = "application/json-patch+json"

@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from controlplane import free_port
 from kubernetes.client.exceptions import ApiException
-from node import NODE_NAME, CredentialProvider
 from node_fixtures import REGISTRY_USER
 from operator_process import OperatorProcess
 from scenario import OPERATOR_NAMESPACE, PASSWORD_MARK, Cluster, password, unique
+
+from regcred_dev.node import NODE_NAME
+from regcred_dev.nodeconfig import CredentialProvider
+from regcred_dev.process import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.node, pytest.mark.usefixtures("remove_new_credentials")]
 

@@ -14,12 +14,12 @@ import subprocess
 import sys
 from typing import Any
 
-import images
 import pytest
 from node_fixtures import REGISTRY_USER, start_registry
 from scenario import PASSWORD_MARK, Cluster, password, unique
-from token_issuer import TokenIssuer
 
+from regcred_dev import images
+from regcred_dev.token_issuer import TokenIssuer
 from support.leaks import assert_not_shown
 
 pytestmark = [pytest.mark.integration, pytest.mark.node, pytest.mark.usefixtures("remove_new_credentials")]

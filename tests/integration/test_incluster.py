@@ -15,14 +15,14 @@ import threading
 import time
 from collections.abc import Iterator
 
-import images
 import pytest
-from incluster import CHART, NAMESPACE, PULL_SECRET, RELEASE, InCluster
 from kubernetes import client, config
 from node_fixtures import Pods, require
 from scenario import Cluster, password, unique
 from test_helm import assert_uninstalled_as_documented, copy_writes
 
+from regcred_dev import images
+from regcred_dev.incluster import CHART, NAMESPACE, PULL_SECRET, RELEASE, InCluster
 from support.wait import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.node]
@@ -33,9 +33,9 @@ TEST_REPOSITORY, TEST_TAG = "team/success", "1"
 
 @pytest.fixture(scope="module")
 def incluster(request: pytest.FixtureRequest) -> Iterator[InCluster]:
-    import image
-    from node import Node
-    from registry import Registry
+    from regcred_dev import image
+    from regcred_dev.node import Node
+    from regcred_dev.registry import Registry
 
     require(Node.unavailable_reason() or image.unavailable_reason() or Registry.unavailable_reason())
     started = InCluster()

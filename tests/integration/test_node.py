@@ -9,11 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import node as node_module
 import pytest
 from kubernetes import client, config
-from node import NODE_NAME, PAUSE_IMAGE
 from node_fixtures import REGISTRY_USER
+
+from regcred_dev import teardown
+from regcred_dev.node import NODE_NAME, Node
+from regcred_dev.nodeconfig import PAUSE_IMAGE
 
 pytestmark = [pytest.mark.integration, pytest.mark.node]
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
@@ -42,19 +44,19 @@ def start_other_run(tmp_path: Path, wait_for) -> tuple[subprocess.Popen[bytes], 
 def leftovers(run_dir: Path) -> dict[str, object]:
     """Everything of a run that could outlive it; empty values when it is clean."""
     return {
-        "processes": node_module.node_processes(run_dir) | node_module.cgroup_processes(run_dir.name),
-        "mounts": node_module.mounts_under(run_dir),
-        "cgroups": node_module.cgroup_dirs(run_dir.name),
+        "processes": teardown.node_processes(run_dir) | teardown.cgroup_processes(run_dir.name),
+        "mounts": teardown.mounts_under(run_dir),
+        "cgroups": teardown.cgroup_dirs(run_dir.name),
         "run dir": run_dir.exists(),
     }
 
 
-def assert_untouched(live: node_module.Node, pods, registry, private_image, fresh_namespaces) -> None:
+def assert_untouched(live: Node, pods, registry, private_image, fresh_namespaces) -> None:
     """The live node still runs, keeps its kubelet root mount, and still pulls."""
     for component in live.components.values():
         component.check_running()
     assert live.dir is not None, "the live node has no run directory"
-    assert str(live.dir / "kubelet") in node_module.mounts_under(live.dir)
+    assert str(live.dir / "kubelet") in teardown.mounts_under(live.dir)
     [namespace] = fresh_namespaces()
     secret = pods.put_pull_secret(namespace, registry.host, registry.login(REGISTRY_USER))
     pods.wait_succeeded(namespace, pods.run(namespace, private_image, pull_secrets=(secret,)))
@@ -78,8 +80,8 @@ def test_a_sigkilled_run_is_swept_and_the_live_run_is_untouched(node, pods, regi
     left = leftovers(run_dir)
     assert left["processes"] and left["mounts"] and left["cgroups"], left  # shims and containers outlive it
 
-    with node_module.host_lock():
-        swept = node_module.sweep()
+    with teardown.host_lock():
+        swept = teardown.sweep()
 
     assert swept == [run_dir]
     assert not any(leftovers(run_dir).values()), leftovers(run_dir)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import base64
 import json
 
-import images
 import pytest
 from node_fixtures import REGISTRY_USER, start_registry
 from scenario import Cluster, password, unique
+
+from regcred_dev import images
 
 pytestmark = [pytest.mark.integration, pytest.mark.node, pytest.mark.usefixtures("remove_new_credentials")]
 

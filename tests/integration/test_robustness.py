@@ -29,6 +29,7 @@ from kubernetes.client.exceptions import ApiException
 from operator_fixtures import audited_operator
 from operator_process import OperatorProcess
 from scenario import MERGE, PASSWORD_MARK, SERVER, Cluster, create_synced, credential_spec, password, unique
+
 from stress import FanOut, wait_until
 
 converge = wait_until  # (problems function, timeout, what): polls until no problem is left

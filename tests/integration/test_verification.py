@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from controlplane import Certificates
 from scenario import PASSWORD_MARK, Cluster, password, unique
 
+from regcred_dev.pki import Certificates
 from support.leaks import assert_not_shown
 from support.registry import fake_registry
 

@@ -12,7 +12,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helm import HelmError, helm_binary
+
+from regcred_dev.helm import HelmError, helm_binary
 
 
 class Helm:

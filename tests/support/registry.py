@@ -1,5 +1,5 @@
 """A tiny HTTPS registry front for unit tests (loopback only): /v2/ behind Basic or the Bearer
-token flow, the way distribution answers, with a throwaway CA from scripts/controlplane.py."""
+token flow, the way distribution answers, with a throwaway CA from scripts/regcred_dev/pki.py."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
 
-from controlplane import Certificates
-from loopback_https import LoopbackHTTPS, QuietHandler
+from regcred_dev.loopback_https import LoopbackHTTPS, QuietHandler
+from regcred_dev.pki import Certificates
 
 
 class FakeRegistry:

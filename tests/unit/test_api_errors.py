@@ -29,8 +29,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from controlplane import free_port
-from loopback_https import LoopbackHTTPS, QuietHandler
 from test_startup import command, no_cluster_environment
 
 from regcred.admission.tls import WebhookTLS, issue
@@ -48,6 +46,8 @@ from regcred.kube.errors import (
     UNREACHABLE,
     Cause,
 )
+from regcred_dev.loopback_https import LoopbackHTTPS, QuietHandler
+from regcred_dev.process import free_port
 from support.processes import stop_process
 
 PLUGIN = Path(sys.executable).parent / "kubectl-regcred"

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 import yaml
-from render_manifests import CHART, differences, render
 
 from regcred.cli import build_parser, settings_from
+from regcred_dev.render_manifests import CHART, differences, render
 from support.helm import Helm
 
 SERVICE_MONITOR_API = "monitoring.coreos.com/v1/ServiceMonitor"

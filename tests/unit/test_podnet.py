@@ -1,4 +1,4 @@
-"""scripts/podnet.py's relays on the host's loopback (no namespace needed): bytes go both
+"""scripts/regcred_dev/podnet.py's relays on the host's loopback (no namespace needed): bytes go both
 ways and half-closes pass through; the proxy tunnels CONNECT, forwards plain HTTP in origin
 form, and refuses anything else."""
 
@@ -8,8 +8,9 @@ import socket
 import threading
 from collections.abc import Iterator
 
-import podnet
 import pytest
+
+from regcred_dev import podnet
 
 
 @pytest.fixture

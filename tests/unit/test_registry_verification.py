@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from controlplane import Certificates
 from prometheus_client import generate_latest
 
 from regcred.core.conditions import CREDENTIALS_VERIFIED as CONDITION
@@ -34,6 +33,7 @@ from regcred.core.verification import (
 from regcred.metrics import Metrics
 from regcred.sync.ledger import Ledger, StatusPublisher
 from regcred.verification.verifier import Verification, check
+from regcred_dev.pki import Certificates
 from support import fakes
 from support.builders import PASSWORD, basic_source, cr_body, make_spec
 from support.registry import fake_registry

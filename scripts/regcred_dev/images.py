@@ -1,7 +1,7 @@
 """Container images without a docker daemon: busybox-static in one layer, OCI archives.
 
 The test image (`Cmd ["/bin/echo", "SUCCESS"]`) is pushed to the private registry through
-the registry API (scripts/registry.py); the node's sandbox (pause) image is written as an OCI
+the registry API (scripts/regcred_dev/registry.py); the node's sandbox (pause) image is written as an OCI
 archive and imported into containerd directly (scripts/node.py), so it needs no network and
 no credentials. Stdlib only.
 """

@@ -25,9 +25,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import nodedeps
-from controlplane import (
-    Certificates,
+from regcred_dev import nodedeps
+from regcred_dev.images import Image
+from regcred_dev.pki import Certificates
+from regcred_dev.process import (
     Component,
     ControlPlaneError,
     RunContext,
@@ -38,7 +39,6 @@ from controlplane import (
     orphaned_run_dirs,
     wait_until,
 )
-from images import Image
 
 TEMP_PREFIX = "regcred-registry-"
 REGISTRY_BINARY = Path("/usr/bin/docker-registry")
@@ -103,11 +103,11 @@ class Registry(RunContext):
 
     @property
     def htpasswd(self) -> Path:
-        return self._path("htpasswd")
+        return self.run_path("htpasswd")
 
     @property
     def log_path(self) -> Path:
-        return self._path("registry.log")
+        return self.run_path("registry.log")
 
     @staticmethod
     def unavailable_reason() -> str | None:
@@ -137,7 +137,7 @@ class Registry(RunContext):
         for orphan in orphaned_run_dirs(TEMP_PREFIX):
             shutil.rmtree(orphan, ignore_errors=True)
         self.dir = make_run_dir(TEMP_PREFIX)
-        with self._stopped_on_failure():
+        with self.stopped_on_failure():
             self.port = free_port()
             self._write_htpasswd()
             config_path = self.dir / "config.yml"

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from controlplane import Certificates, log
-from loopback_https import LoopbackHTTPS, QuietHandler
+from regcred_dev.loopback_https import LoopbackHTTPS, QuietHandler
+from regcred_dev.pki import Certificates
+from regcred_dev.process import log
 
 SERVICE = "regcred-test-registry"
 ISSUER = "regcred-test-issuer"

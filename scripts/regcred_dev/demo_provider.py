@@ -15,10 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from controlplane import free_port, wait_until
-from node import CredentialProvider, Node, credential_provider_config
+from regcred_dev import REPO
+from regcred_dev.node import Node
+from regcred_dev.nodeconfig import CredentialProvider, credential_provider_config
+from regcred_dev.process import free_port, wait_until
 
-REPO = Path(__file__).resolve().parents[1]
 NODE_RBAC = REPO / "manifests" / "examples" / "credential-provider-node-rbac.yaml"
 AUDIENCE = "regcred.dev/credential-provider"
 
