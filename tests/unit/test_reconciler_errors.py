@@ -7,11 +7,13 @@ control plane in tests/integration.
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
 
+from regcred.core.errors import InvalidInput
 from regcred.core.plan import (
     AddPullSecret,
     CreateCopy,
@@ -181,3 +183,25 @@ def test_a_cr_indexed_while_the_plan_was_made_still_defers_the_undoing():
         wired.close()
     assert not [a for a in api.actions if isinstance(a, DeleteCopy | RemovePullSecret)]
     assert outcome.transient
+
+
+def test_a_cr_is_parsed_again_at_a_new_version_and_an_invalid_one_keeps_failing_alike():
+    """Parses are kept per resourceVersion: a changed CR must not be planned from its old
+    spec, and an invalid one raises the same error each time without its traceback growing."""
+    wired = Wired(Api())
+    body = cr_body(CREDENTIAL)
+    body["metadata"]["resourceVersion"] = "1"
+    assert wired.reconciler.parse(body).secret_name == CREDENTIAL
+    changed = cr_body(CREDENTIAL, target={"secretName": "renamed"})
+    changed["metadata"]["resourceVersion"] = "2"
+    assert wired.reconciler.parse(changed).secret_name == "renamed"
+    invalid = cr_body(CREDENTIAL)
+    invalid["metadata"]["resourceVersion"] = "3"
+    del invalid["spec"]
+    depths = []
+    for _ in range(3):
+        with pytest.raises(InvalidInput, match="spec is missing") as caught:
+            wired.reconciler.parse(invalid)
+        depths.append(len(list(traceback.walk_tb(caught.value.__traceback__))))
+    assert depths[0] == depths[-1]
+    wired.close()

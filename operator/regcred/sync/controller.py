@@ -29,7 +29,7 @@ from regcred.sync.cachecheck import CacheChecker
 from regcred.sync.caches import Caches
 from regcred.sync.executor import Executor
 from regcred.sync.ledger import Ledger, StatusPublisher, utc_now
-from regcred.sync.reconciler import Reconciler
+from regcred.sync.reconciler import NamespaceOutcome, Reconciler
 from regcred.sync.watches import Watches
 from regcred.verification.verifier import Verification
 from regcred.workqueue import WorkQueue
@@ -62,7 +62,8 @@ class CacheCheckKey:
     periodic: bool = False
 
 
-# Every way into the controller; `Controller._run` must handle each (it ends in assert_never).
+# Every way into the controller; `Controller.process` runs namespaces, `_run` the rest (it ends in
+# assert_never).
 Key = NamespaceKey | CredentialKey | CacheCheckKey
 
 RELIST_CHECK_DELAY = 1.0  # after a re-list, give the listing a moment before checking
@@ -128,27 +129,37 @@ class Controller:
             self.process(key)
 
     def process(self, key: Key) -> None:
-        """Run one key, then retry it later if it failed transiently, or reset its backoff."""
+        """Run one key, then retry it later if it failed transiently, or reset its backoff.
+
+        A namespace's status publish comes after the key is done: an event that arrived
+        during the sync (the namespace's new ServiceAccount, while its copy's POST was under
+        way) is picked up by the next free worker at once, not after a status write."""
+        synced: NamespaceOutcome | None = None
         try:
-            transient = self._run(key)
+            if isinstance(key, NamespaceKey):
+                synced = self.reconciler.sync_namespace(key.name)
+                transient = synced.transient
+            else:
+                transient = self._run(key)
         except Exception:  # never lose a key, nor a worker, to an unexpected error
             log.exception("sync failed", key=repr(key))
             transient = True
         finally:
             self._queue.done(key)
+        if synced is not None:
+            try:
+                self.reconciler.publish_changed(synced)
+            except Exception:  # the next sync publishes again; the worker goes on
+                log.exception("status publish failed", key=repr(key))
         if not transient:
             self._queue.reset_backoff(key)
             return
         delay = self._queue.retry_later(key)
         log.info("retrying after a transient API failure", key=repr(key), seconds=delay)
 
-    def _run(self, key: Key) -> bool:
+    def _run(self, key: CredentialKey | CacheCheckKey) -> bool:
         """Whether `key` failed in a way worth retrying soon."""
         match key:
-            case NamespaceKey(name):
-                outcome = self.reconciler.sync_namespace(name)
-                self.reconciler.publish_changed(outcome)
-                return outcome.transient
             case CredentialKey(name):
                 return self.reconciler.sync_credential(name).transient
             case CacheCheckKey(periodic):
