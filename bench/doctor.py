@@ -34,7 +34,7 @@ from regcred.core.doctor.rules import diagnose  # noqa: E402
 from regcred.doctor.command import quiet_logging, read_snapshot  # noqa: E402
 from regcred.kube.client import Kube  # noqa: E402
 from regcred.kube.config import connect  # noqa: E402
-from regcred_dev.controlplane import ControlPlane  # noqa: E402
+from regcred_dev.controlplane import ControlPlane, install_crds  # noqa: E402
 
 PODS_PER_NAMESPACE = 50
 REGISTRY = "bench.registry.test:5000"
@@ -67,10 +67,7 @@ def populate(core: client.CoreV1Api, pods: int) -> None:
 
 def install_credential(kubeconfig: str, custom: client.CustomObjectsApi) -> None:
     """The CRD and one RegistryCredential for the registry (no operator: it stays without status)."""
-    subprocess.run(["kubectl", "--kubeconfig", kubeconfig, "apply", "--server-side", "-f",
-                    str(REPO / "crds")], check=True, capture_output=True)
-    subprocess.run(["kubectl", "--kubeconfig", kubeconfig, "wait", "--for=condition=Established",
-                    "crd/registrycredentials.regcred.dev"], check=True, capture_output=True)
+    install_crds(kubeconfig)
     custom.create_cluster_custom_object("regcred.dev", "v1alpha1", "registrycredentials", {
         "apiVersion": "regcred.dev/v1alpha1", "kind": "RegistryCredential",
         "metadata": {"name": "bench"},

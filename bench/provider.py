@@ -37,7 +37,7 @@ from operator_process import OperatorProcess, free_port  # noqa: E402
 
 from regcred_dev import images  # noqa: E402
 from regcred_dev.build import KUBERNETES_VERSION  # noqa: E402
-from regcred_dev.controlplane import ControlPlane  # noqa: E402
+from regcred_dev.controlplane import ControlPlane, install_crds  # noqa: E402
 from regcred_dev.node import NODE_NAME, Node  # noqa: E402
 from regcred_dev.nodeconfig import CredentialProvider  # noqa: E402
 from regcred_dev.registry import Registry  # noqa: E402
@@ -71,11 +71,7 @@ class Bench:
         self.kubectl = ["kubectl", "--kubeconfig", str(plane.kubeconfig)]
 
     def setup(self) -> None:
-        subprocess.run([*self.kubectl, "apply", "--server-side", "-f", str(REPO / "crds")], check=True,
-                       capture_output=True)
-        subprocess.run([*self.kubectl, "wait", "--for=condition=Established",
-                        "crd/registrycredentials.regcred.dev", "--timeout=60s"],
-                       check=True, capture_output=True)
+        install_crds(self.plane.kubeconfig)
         subprocess.run([*self.kubectl, "apply", "-f", str(NODE_RBAC)], check=True, capture_output=True)
         self.core.create_namespace({"metadata": {"name": NAMESPACE}})
         self.port = free_port()

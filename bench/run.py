@@ -49,7 +49,7 @@ from kubernetes import client, watch  # noqa: E402
 from operator_process import OperatorProcess, free_port  # noqa: E402
 
 from regcred.kube.config import connect  # noqa: E402
-from regcred_dev.controlplane import ControlPlane  # noqa: E402
+from regcred_dev.controlplane import ControlPlane, install_crds  # noqa: E402
 from regcred_dev.process import interruptible  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
@@ -121,12 +121,7 @@ class Bench:
     # --- setup -----------------------------------------------------------------------
 
     def install(self) -> None:
-        kubeconfig = str(self.plane.kubeconfig)
-        subprocess.run(["kubectl", "--kubeconfig", kubeconfig, "apply", "--server-side", "-f",
-                        str(REPO / "crds")], check=True, capture_output=True)
-        subprocess.run(["kubectl", "--kubeconfig", kubeconfig, "wait", "--for=condition=Established",
-                        "crd/registrycredentials.regcred.dev", "--timeout=60s"], check=True,
-                       capture_output=True)
+        install_crds(self.plane.kubeconfig)
         self.core.create_namespace({"metadata": {"name": SOURCE_NAMESPACE}})
         self.core.create_namespace({"metadata": {"name": "bench-onboard", "labels": {"onboard": "yes"}}})
         self.core.create_namespaced_secret(SOURCE_NAMESPACE, {

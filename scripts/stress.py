@@ -49,6 +49,7 @@ from operator_process import OperatorProcess  # noqa: E402
 from scenario import OPERATOR_NAMESPACE, PASSWORD_MARK, Cluster, password  # noqa: E402
 
 from regcred.kube.config import connect  # noqa: E402
+from regcred_dev.controlplane import install_crds  # noqa: E402
 
 SERVER = "stress.registry.example.com"
 JSON_PATCH = "application/json-patch+json"
@@ -312,13 +313,7 @@ class FanOut:
 
 
 def install_crd(kubeconfig: str, cluster: Cluster) -> None:
-    import subprocess
-
-    kubectl = ["kubectl", "--kubeconfig", kubeconfig]
-    subprocess.run([*kubectl, "apply", "--server-side", "-f", str(REPO / "crds")], check=True,
-                   capture_output=True)
-    subprocess.run([*kubectl, "wait", "--for=condition=Established", "crd/registrycredentials.regcred.dev",
-                    "--timeout=60s"], check=True, capture_output=True)
+    install_crds(kubeconfig)
     if OPERATOR_NAMESPACE not in {ns.metadata.name for ns in cluster.core.list_namespace().items}:
         cluster.create_namespace(OPERATOR_NAMESPACE)
 

@@ -20,13 +20,14 @@ import json
 import os
 import shutil
 import ssl
+import subprocess
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from regcred_dev import cpconfig
+from regcred_dev import REPO, cpconfig
 from regcred_dev.build import APISERVER, BINARIES, CONTROLLER_MANAGER, ETCD, KUBECTL, ensure_binaries
 from regcred_dev.pki import Certificates, write_kubeconfig
 from regcred_dev.process import (
@@ -45,6 +46,17 @@ from regcred_dev.process import (
 )
 
 TEMP_PREFIX = "regcred-cp-"
+
+
+def install_crds(kubeconfig: str | Path) -> None:
+    """regcred's CRDs and kopf's peering CRD (crds/), applied server-side and Established: what
+    every suite, bench and stress run installs before starting regcred."""
+    kubectl = ["kubectl", "--kubeconfig", str(kubeconfig)]
+    subprocess.run([*kubectl, "apply", "--server-side", "-f", str(REPO / "crds")],
+                   check=True, capture_output=True)
+    subprocess.run([*kubectl, "wait", "--for=condition=Established", "--timeout=60s",
+                    "crd/registrycredentials.regcred.dev", "crd/clusterkopfpeerings.kopf.dev"],
+                   check=True, capture_output=True)
 
 
 class ControlPlane(RunContext):

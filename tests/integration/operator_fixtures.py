@@ -11,6 +11,7 @@ import pytest
 from operator_process import OperatorProcess
 from scenario import OPERATOR_NAMESPACE, Cluster, unique
 
+from regcred_dev.controlplane import install_crds
 from support import wait
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,15 +26,7 @@ def cluster(kube) -> Cluster:
 def crd_installed(kubeconfig: str, cluster: Cluster) -> None:
     """The CRDs from crds/ (ours and kopf's peering), applied server-side, and the operator's
     namespace."""
-    subprocess.run(
-        ["kubectl", "--kubeconfig", kubeconfig, "apply", "--server-side", "-f", str(REPO / "crds")],
-        check=True, capture_output=True,
-    )
-    subprocess.run(
-        ["kubectl", "--kubeconfig", kubeconfig, "wait", "--for=condition=Established",
-         "crd/registrycredentials.regcred.dev", "crd/clusterkopfpeerings.kopf.dev", "--timeout=60s"],
-        check=True, capture_output=True,
-    )
+    install_crds(kubeconfig)
     if OPERATOR_NAMESPACE not in {ns.metadata.name for ns in cluster.core.list_namespace().items}:
         cluster.create_namespace(OPERATOR_NAMESPACE)
 
