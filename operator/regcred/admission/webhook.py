@@ -218,7 +218,7 @@ class Reviewer:
             return ()
         if names:
             log.info("admitted with pull secret entries", namespace=namespace, service_account=name,
-                     secrets=list(names), dry_run=bool(request.get("dryRun")))
+                     secrets=list(names), dry_run=bool(request.get("dryRun")), read_live=live)
         return names
 
 
