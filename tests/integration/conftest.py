@@ -17,6 +17,7 @@ from kubernetes.client.exceptions import ApiException
 
 from regcred_dev.controlplane import ControlPlane
 from support import wait
+from support.processes import start_or_fail
 
 HERE = Path(__file__).resolve().parent
 
@@ -36,11 +37,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
     """etcd + kube-apiserver + kube-controller-manager, started once per session."""
-    plane = ControlPlane()
-    try:
-        plane.start()
-    except Exception as error:
-        pytest.fail(f"could not build or start the control plane: {error}", pytrace=False)
+    plane = start_or_fail(ControlPlane().start, "could not build or start the control plane")
     plane.put_kubectl_first_on_path()
     yield plane
     plane.stop(failed=request.session.testsfailed > 0)  # keeps the logs when tests failed

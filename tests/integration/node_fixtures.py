@@ -27,6 +27,7 @@ from scenario import password, unique
 from regcred_dev import images
 from regcred_dev.node import NODE_NAME, Node
 from regcred_dev.registry import Registry
+from support.processes import start_or_fail
 
 # conftest star-imports this module: export the fixtures and helpers, never a name that
 # could shadow a conftest fixture.
@@ -57,11 +58,7 @@ def require(reason: str | None) -> None:
 @pytest.fixture(scope="session")
 def node(control_plane, request: pytest.FixtureRequest) -> Iterator[Node]:
     require(Node.unavailable_reason())
-    started = Node(control_plane)
-    try:
-        started.start()
-    except Exception as error:
-        pytest.fail(f"could not start the node: {error}", pytrace=False)
+    started = start_or_fail(Node(control_plane).start, "could not start the node")
     yield started
     started.stop(failed=request.session.testsfailed > 0)
 
@@ -80,10 +77,8 @@ def registry(control_plane, request: pytest.FixtureRequest) -> Iterator[Registry
     """The private registry, user `REGISTRY_USER` (`registry.login(REGISTRY_USER)`); needs no
     root and no node (the `pods` fixture makes the node trust it)."""
     require(Registry.unavailable_reason())
-    try:
-        started = start_registry(control_plane, {REGISTRY_USER: password("registry")})
-    except Exception as error:
-        pytest.fail(f"could not start the registry: {error}", pytrace=False)
+    started = start_or_fail(lambda: start_registry(control_plane, {REGISTRY_USER: password("registry")}),
+                            "could not start the registry")
     yield started
     started.stop(failed=request.session.testsfailed > 0)
 

@@ -22,7 +22,7 @@ import yaml
 
 from regcred.kube.errors import CRD_MISSING, DOCTOR_ROLE, OPERATOR_ROLE, UNAUTHORIZED, Cause, forbidden
 from regcred_dev.controlplane import ControlPlane
-from support.processes import stop_process
+from support.processes import start_or_fail, stop_process
 
 pytestmark = [pytest.mark.integration]
 
@@ -115,11 +115,7 @@ def test_regcred_run_says_why_and_keeps_retrying(case: str, control_plane, tmp_p
 
 @pytest.fixture(scope="module")
 def cluster_without_the_crd() -> Iterator[ControlPlane]:
-    plane = ControlPlane()
-    try:
-        plane.start()
-    except Exception as error:
-        pytest.fail(f"could not start a second control plane: {error}", pytrace=False)
+    plane = start_or_fail(ControlPlane().start, "could not start a second control plane")
     yield plane
     plane.stop()
 

@@ -23,6 +23,7 @@ from test_helm import assert_uninstalled_as_documented, copy_writes
 
 from regcred_dev import images
 from regcred_dev.incluster import CHART, NAMESPACE, PULL_SECRET, RELEASE, InCluster
+from support.processes import start_or_fail
 from support.wait import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.node]
@@ -38,11 +39,7 @@ def incluster(request: pytest.FixtureRequest) -> Iterator[InCluster]:
     from regcred_dev.registry import Registry
 
     require(Node.unavailable_reason() or image.unavailable_reason() or Registry.unavailable_reason())
-    started = InCluster()
-    try:
-        started.start()
-    except Exception as error:
-        pytest.fail(f"regcred's release did not come up: {error}", pytrace=False)
+    started = start_or_fail(InCluster().start, "regcred's release did not come up")
     yield started
     started.stop(failed=request.session.testsfailed > 0)
 

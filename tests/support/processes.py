@@ -1,9 +1,16 @@
-"""Stopping a process a test started: politely first, then for sure."""
+"""Starting what a fixture runs (or failing the tests with the reason), and stopping a process
+a test started: politely first, then for sure."""
 
 from __future__ import annotations
 
 import signal
 import subprocess
+from collections.abc import Callable
+from typing import TypeVar
+
+import pytest
+
+Started = TypeVar("Started")
 
 
 def stop_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30) -> None:
@@ -17,3 +24,12 @@ def stop_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, ti
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def start_or_fail(start: Callable[[], Started], failure: str) -> Started:
+    """What `start()` returns; if it raises, the tests that need it fail (never skip) with
+    `failure` and the reason, without a traceback into the start-up code."""
+    try:
+        return start()
+    except Exception as error:
+        pytest.fail(f"{failure}: {error}", pytrace=False)
